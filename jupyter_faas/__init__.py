@@ -1,0 +1,63 @@
+"""jupyter-faas: serverless functions native to Jupyter, running on an elastic Dask cluster."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jupyter_faas._errors import FaasError, FaasMemoryError, FaasTimeout, RemoteError, WorkerLost
+    from jupyter_faas._function import FaasFunction, function
+    from jupyter_faas._platform import Platform
+    from jupyter_faas._records import InvocationRecord
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FaasError",
+    "FaasFunction",
+    "FaasMemoryError",
+    "FaasTimeout",
+    "InvocationRecord",
+    "RemoteError",
+    "WorkerLost",
+    "function",
+    "platform",
+]
+
+# Public names load on first access, so a worker's sandbox process can import the package cheaply.
+_LAZY = {
+    "FaasError": "jupyter_faas._errors",
+    "FaasMemoryError": "jupyter_faas._errors",
+    "FaasTimeout": "jupyter_faas._errors",
+    "RemoteError": "jupyter_faas._errors",
+    "WorkerLost": "jupyter_faas._errors",
+    "FaasFunction": "jupyter_faas._function",
+    "function": "jupyter_faas._function",
+    "InvocationRecord": "jupyter_faas._records",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jupyter_faas' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+def platform() -> Platform:
+    """The running platform of this process: started on first use, with its elastic cluster."""
+    from jupyter_faas import _platform
+
+    return _platform.current()
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext jupyter_faas`: registers the %%faas magic."""
+    from jupyter_faas._magic import FaasMagics
+
+    ipython.register_magics(FaasMagics)

@@ -1,0 +1,186 @@
+"""The `faas` namespace of Dask's config: defaults, typed reads and validation."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.config
+import yaml
+
+from jupyter_faas._limits import (
+    MIN_MEMORY,
+    LimitError,
+    Limits,
+    parse_count,
+    parse_duration,
+    parse_size,
+)
+
+_DEFAULTS_FILE = Path(__file__).with_name("faas.yaml")
+with _DEFAULTS_FILE.open() as _f:
+    DEFAULTS: dict[str, Any] = yaml.safe_load(_f)
+
+dask.config.update_defaults(DEFAULTS)
+
+
+class ConfigError(LimitError):
+    """A `faas.*` config value that is missing, unknown or malformed."""
+
+
+def _flat_keys(tree: dict[str, Any], prefix: str) -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        full = f"{prefix}.{key}"
+        # factory is a mapping value of its own, not a subtree of known keys
+        if isinstance(value, dict) and full != "faas.cluster.factory":
+            keys.extend(_flat_keys(value, full))
+        else:
+            keys.append(full)
+    return keys
+
+
+KNOWN_KEYS: tuple[str, ...] = tuple(_flat_keys(DEFAULTS["faas"], "faas"))
+
+
+def _get(key: str) -> Any:
+    return dask.config.get(key)
+
+
+def _checked(key: str, parse: Any) -> Any:
+    try:
+        return parse(_get(key))
+    except LimitError as e:
+        raise ConfigError(str(e)) from None
+
+
+def idle_timeout() -> float:
+    return _checked("faas.cluster.idle-timeout", lambda v: parse_duration(v, "faas.cluster.idle-timeout", minimum=1))
+
+
+def maximum_workers() -> int:
+    value = _get("faas.cluster.maximum")
+    if value is None:
+        return os.cpu_count() or 1
+    return _checked("faas.cluster.maximum", lambda v: parse_count(v, "faas.cluster.maximum", minimum=1))
+
+
+def slots_per_worker() -> int:
+    return _checked(
+        "faas.cluster.slots-per-worker", lambda v: parse_count(v, "faas.cluster.slots-per-worker", minimum=1)
+    )
+
+
+def worker_memory() -> int:
+    return _checked(
+        "faas.cluster.worker-memory",
+        lambda v: parse_size(v, "faas.cluster.worker-memory", minimum=MIN_MEMORY),
+    )
+
+
+def start_method() -> str:
+    value = _get("faas.cluster.start-method")
+    if value in ("spawn", "forkserver", "fork"):
+        return value
+    raise ConfigError(f"faas.cluster.start-method: expected one of spawn, forkserver, fork; got {value!r}")
+
+
+def dashboard_address() -> str | None:
+    value = _get("faas.cluster.dashboard-address")
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigError(f"faas.cluster.dashboard-address: expected an address like '127.0.0.1:0', got {value!r}")
+
+
+def cluster_address() -> str | None:
+    value = _get("faas.cluster.address")
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or ("://" not in value and ":" not in value):
+        raise ConfigError(f"faas.cluster.address: expected a scheduler address like tcp://host:8786, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class FactorySpec:
+    module: str
+    class_name: str
+    kwargs: dict[str, Any]
+
+
+def cluster_factory() -> FactorySpec | None:
+    value = _get("faas.cluster.factory")
+    if value in (None, "", {}):
+        return None
+    form = "a mapping {module: ..., class: ..., kwargs: {...}}"
+    if not isinstance(value, dict):
+        raise ConfigError(f"faas.cluster.factory: expected {form}, got {value!r}")
+    unknown = set(value) - {"module", "class", "kwargs"}
+    if unknown or not isinstance(value.get("module"), str) or not isinstance(value.get("class"), str):
+        raise ConfigError(f"faas.cluster.factory: expected {form}, got {value!r}")
+    kwargs = value.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"faas.cluster.factory.kwargs: expected a mapping, got {kwargs!r}")
+    return FactorySpec(value["module"], value["class"], dict(kwargs))
+
+
+def records_per_function() -> int:
+    return _checked(
+        "faas.records.max-per-function",
+        lambda v: parse_count(v, "faas.records.max-per-function", minimum=1),
+    )
+
+
+def function_defaults() -> Limits:
+    """`faas.defaults.*`, validated; a bad value names its config key."""
+    return Limits(
+        timeout=_checked("faas.defaults.timeout", lambda v: parse_duration(v, "faas.defaults.timeout")),
+        memory=_checked("faas.defaults.memory", lambda v: parse_size(v, "faas.defaults.memory", minimum=MIN_MEMORY)),
+        retries=_checked("faas.defaults.retries", lambda v: parse_count(v, "faas.defaults.retries", minimum=0)),
+        concurrency=_checked(
+            "faas.defaults.concurrency",
+            lambda v: parse_count(v, "faas.defaults.concurrency", minimum=1, allow_none=True),
+        ),
+    )
+
+
+_VALIDATORS = {
+    "faas.cluster.idle-timeout": idle_timeout,
+    "faas.cluster.maximum": maximum_workers,
+    "faas.cluster.slots-per-worker": slots_per_worker,
+    "faas.cluster.worker-memory": worker_memory,
+    "faas.cluster.start-method": start_method,
+    "faas.cluster.dashboard-address": dashboard_address,
+    "faas.cluster.address": cluster_address,
+    "faas.cluster.factory": cluster_factory,
+    "faas.records.max-per-function": records_per_function,
+}
+
+
+def validate_all() -> None:
+    """Read every known key, so that a bad value fails early with its key named."""
+    function_defaults()
+    for check in _VALIDATORS.values():
+        check()
+
+
+def set_value(key: str, raw: str) -> Any:
+    """`%faas config key=value`: set one known key for this process, validated before it takes effect."""
+    if not key.startswith("faas."):
+        key = f"faas.{key}"
+    if key not in KNOWN_KEYS:
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(KNOWN_KEYS)}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"{key}: could not read value {raw!r}") from None
+    with dask.config.set({key: value}):
+        validate_all()
+    dask.config.set({key: value})
+    return value
+
+
+def current() -> dict[str, Any]:
+    return {key: _get(key) for key in KNOWN_KEYS}

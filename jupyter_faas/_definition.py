@@ -1,0 +1,372 @@
+"""Turning a cell or a def into an immutable, content-hashed function definition."""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import dis
+import hashlib
+import inspect
+import linecache
+import types
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from jupyter_faas._code import with_filename
+from jupyter_faas._limits import Limits
+
+# Module name given to cell-defined code, so that cloudpickle always ships it by value.
+CELL_MODULE = "__faas__"
+
+_IMMUTABLE_ATOMS = (int, float, complex, str, bytes, bool, type(None), range, types.ModuleType)
+
+
+class DefinitionError(ValueError):
+    """A cell or def that cannot become a function; the message says what to write instead."""
+
+
+@dataclass(frozen=True)
+class FunctionDefinition:
+    """Everything a worker needs to run one version of a function, serialized once."""
+
+    name: str
+    version: str
+    payload: bytes
+    filename: str
+    source: str
+    signature: inspect.Signature
+    limits: Limits
+    reusable: bool
+    captured: tuple[str, ...]
+
+    @property
+    def short_version(self) -> str:
+        return self.version[:8]
+
+    def load(self) -> Callable[..., Any]:
+        """A fresh copy of the function, with globals no other call has touched."""
+        function = cloudpickle.loads(self.payload)
+        function.__code__ = with_filename(function.__code__, self.filename)
+        return function
+
+    def describe_signature(self) -> str:
+        return f"{self.name}{self.signature}"
+
+
+def register_source(filename: str, source: str) -> None:
+    """Make tracebacks through `filename` show these source lines."""
+    lines = source.splitlines(keepends=True)
+    # An mtime of None keeps the entry through linecache.checkcache().
+    linecache.cache[filename] = (len(source), None, lines, filename)
+
+
+def cell_filename(name: str) -> str:
+    return f"<faas-cell {name}>"
+
+
+# -- finding the names a function reads from its globals ---------------------------------------------
+
+
+def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def _global_names(code: types.CodeType) -> tuple[set[str], set[str]]:
+    """(names read, names only written) through the globals of `code` and the code nested in it."""
+    read: set[str] = set()
+    written: set[str] = set()
+    for inner in _code_objects(code):
+        for instruction in dis.get_instructions(inner):
+            if instruction.opname == "LOAD_GLOBAL" or (instruction.opname == "LOAD_NAME" and inner is not code):
+                read.add(instruction.argval)
+            elif instruction.opname in ("STORE_GLOBAL", "DELETE_GLOBAL"):
+                written.add(instruction.argval)
+    return read, written - read
+
+
+def _functions_of(value: Any) -> Iterator[types.FunctionType]:
+    if isinstance(value, types.FunctionType):
+        yield value
+    elif isinstance(value, type):
+        for attribute in vars(value).values():
+            target = getattr(attribute, "__func__", attribute)
+            if isinstance(target, types.FunctionType):
+                yield target
+
+
+def _capture(
+    root: types.FunctionType,
+    lookup: Callable[[str], tuple[bool, Any]],
+    shares_globals: Callable[[types.FunctionType], bool],
+) -> tuple[dict[str, Any], list[str]]:
+    """Resolve every global the function reads, following helpers that share its globals.
+
+    Returns the captured values by name, and the names that resolve nowhere.
+    """
+    captured: dict[str, Any] = {}
+    missing: list[str] = []
+    seen: set[int] = set()
+    pending = [root]
+    while pending:
+        function = pending.pop()
+        if id(function) in seen:
+            continue
+        seen.add(id(function))
+        read, written_only = _global_names(function.__code__)
+        for name in sorted(read | written_only):
+            if name in captured or name in missing:
+                continue
+            found, value = lookup(name)
+            if not found:
+                if name in read and not hasattr(builtins, name):
+                    missing.append(name)
+                continue
+            captured[name] = value
+            pending.extend(f for f in _functions_of(value) if shares_globals(f))
+    return captured, missing
+
+
+def _is_immutable(value: Any, depth: int = 0) -> bool:
+    if depth > 4:
+        return False
+    if isinstance(value, _IMMUTABLE_ATOMS) or value is Ellipsis:
+        return True
+    if isinstance(value, tuple | frozenset):
+        return all(_is_immutable(item, depth + 1) for item in value)
+    return False
+
+
+def _reusable(function: types.FunctionType, captured: Mapping[str, Any]) -> bool:
+    """True when nothing a call could mutate is reachable: then a loaded copy may serve many calls."""
+    defaults = list(function.__defaults__ or ()) + list((function.__kwdefaults__ or {}).values())
+    cells = [cell.cell_contents for cell in function.__closure__ or ()]
+    return all(_is_immutable(v) for v in [*captured.values(), *defaults, *cells])
+
+
+def _serialize(name: str, function: types.FunctionType, captured: Mapping[str, Any]) -> bytes:
+    try:
+        return cloudpickle.dumps(function, protocol=5)
+    except Exception as whole_error:
+        culprits = []
+        for key, value in captured.items():
+            try:
+                cloudpickle.dumps(value, protocol=5)
+            except Exception as e:
+                culprits.append(f"{key} ({type(value).__name__}: {e})")
+        if culprits:
+            raise DefinitionError(
+                f"{name} captures values that cannot be sent to a worker: {'; '.join(culprits)}. "
+                "Pass them as arguments, or create them inside the function."
+            ) from None
+        raise DefinitionError(f"{name} cannot be serialized for a worker: {whole_error}") from None
+
+
+def _finish(
+    name: str,
+    function: types.FunctionType,
+    fn_globals: dict[str, Any],
+    captured: dict[str, Any],
+    filename: str,
+    source: str,
+    limits: Limits,
+) -> FunctionDefinition:
+    fn_globals.update(captured)
+    final = types.FunctionType(
+        function.__code__, fn_globals, function.__name__, function.__defaults__, function.__closure__
+    )
+    final.__kwdefaults__ = function.__kwdefaults__
+    final.__annotations__ = dict(function.__annotations__)
+    final.__doc__ = function.__doc__
+    final.__qualname__ = name
+    payload = _serialize(name, final, captured)
+    register_source(filename, source)
+    return FunctionDefinition(
+        name=name,
+        version=hashlib.sha256(payload).hexdigest(),
+        payload=payload,
+        filename=filename,
+        source=source,
+        signature=inspect.signature(final),
+        limits=limits,
+        reusable=_reusable(final, captured),
+        captured=tuple(sorted(captured)),
+    )
+
+
+def _undefined(name: str, missing: list[str]) -> DefinitionError:
+    return DefinitionError(f"{name} uses undefined names: {', '.join(sorted(missing))}")
+
+
+# -- from a decorated def ----------------------------------------------------------------------------
+
+
+def from_callable(function: Callable[..., Any], limits: Limits, name: str | None = None) -> FunctionDefinition:
+    """A definition from a plain def: its free names are captured by value now."""
+    if not isinstance(function, types.FunctionType):
+        raise TypeError(f"function() takes a def, got {type(function).__name__}")
+    if inspect.iscoroutinefunction(function) or inspect.isgeneratorfunction(function):
+        raise TypeError(f"{function.__name__} must be a plain def: async and generator functions are not supported")
+    name = name or function.__name__
+    module_globals = function.__globals__
+
+    def lookup(key: str) -> tuple[bool, Any]:
+        if key in module_globals:
+            return True, module_globals[key]
+        return False, None
+
+    captured, missing = _capture(function, lookup, lambda f: f.__globals__ is module_globals)
+    if missing:
+        raise _undefined(name, missing)
+    try:
+        source = inspect.getsource(function)
+        first_line = function.__code__.co_firstlineno
+        source = "\n" * (first_line - 1) + source
+    except (OSError, TypeError):
+        source = ""
+    fn_globals = {"__name__": function.__module__, "__builtins__": builtins}
+    return _finish(name, function, fn_globals, captured, function.__code__.co_filename, source, limits)
+
+
+# -- from a cell -------------------------------------------------------------------------------------
+
+
+class _CellLocals(dict):
+    """The cell's top-level namespace: its own names first, then the notebook's."""
+
+    def __init__(self, fallback: Mapping[str, Any]) -> None:
+        super().__init__()
+        self._fallback = fallback
+
+    def __missing__(self, key: str) -> Any:
+        return self._fallback[key]
+
+
+def _split_params(params: list[str], name: str) -> ast.arguments:
+    text = ", ".join(params)
+    try:
+        tree = ast.parse(f"def _({text}): pass")
+        arguments = tree.body[0].args  # type: ignore[attr-defined]
+    except SyntaxError:
+        raise DefinitionError(
+            f"%%faas {name}: cannot read the parameters {' '.join(params)!r}; "
+            "write them as in a def, one per token: text min_len=1 x:int"
+        ) from None
+    return arguments
+
+
+def _top_level_defs(tree: ast.Module) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    return [node for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)]
+
+
+def _only_environment(tree: ast.Module, chosen: ast.AST) -> bool:
+    """True when every other top-level statement is an import, an assignment, a def, a class or a docstring."""
+    allowed = (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign, ast.FunctionDef, ast.ClassDef)
+    for node in tree.body:
+        if node is chosen or isinstance(node, allowed):
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue
+        return False
+    return True
+
+
+def from_cell(
+    cell: str,
+    namespace: Mapping[str, Any],
+    limits: Limits,
+    name: str | None = None,
+    params: list[str] | None = None,
+    magic_line: str = "",
+) -> FunctionDefinition:
+    """A definition from a %%faas cell, in either form.
+
+    Form 1 (a name, maybe parameters): the cell is the body, its last expression the return value.
+    Form 2: the cell defines one top-level function; `name` picks one of several, or renames the only one.
+    """
+    try:
+        tree = ast.parse(cell)
+    except SyntaxError as e:
+        # IPython shows a SyntaxError with the offending line; shift it to the cell's numbering.
+        if e.lineno is not None:
+            e.lineno += 1
+        raise
+    defs = _top_level_defs(tree)
+    by_name = {d.name: d for d in defs}
+    chosen: ast.FunctionDef | ast.AsyncFunctionDef | None = None
+    if params is None or not params:
+        if name is not None and name in by_name:
+            chosen = by_name[name]
+        elif len(defs) == 1 and (name is None or _only_environment(tree, defs[0])):
+            chosen = defs[0]
+    if chosen is None and name is None:
+        if not defs:
+            raise DefinitionError(
+                "%%faas needs a function: name one to make the cell its body (%%faas NAME [params]), "
+                "or define one function in the cell"
+            )
+        listed = ", ".join(d.name for d in defs)
+        raise DefinitionError(
+            f"the cell defines {len(defs)} functions ({listed}); name the one to run, e.g. %%faas {defs[0].name}"
+        )
+    if isinstance(chosen, ast.AsyncFunctionDef):
+        raise DefinitionError(f"{chosen.name} is async; %%faas runs plain def functions")
+
+    bound_name = name or chosen.name  # type: ignore[union-attr]
+    if not bound_name.isidentifier():
+        raise DefinitionError(f"%%faas: {bound_name!r} is not a valid Python name")
+    filename = cell_filename(bound_name)
+    source = f"%%faas {magic_line}".rstrip() + "\n" + cell
+    # Line 1 of the cell is the magic line, so the cell's own code starts at line 2.
+    ast.increment_lineno(tree, 1)
+
+    if chosen is None:
+        arguments = _split_params(params or [], bound_name)
+        body = tree.body or [ast.Pass()]
+        last = body[-1]
+        if isinstance(last, ast.Expr):
+            body[-1] = ast.copy_location(ast.Return(value=last.value), last)
+        function_node = ast.FunctionDef(
+            name=bound_name, args=arguments, body=body, decorator_list=[], returns=None, type_params=[]
+        )
+        ast.copy_location(function_node, body[0])
+        function_node.lineno = 1
+        tree = ast.Module(body=[function_node], type_ignores=[])
+        ast.fix_missing_locations(tree)
+        target = bound_name
+    else:
+        target = chosen.name
+
+    fn_globals: dict[str, Any] = {"__name__": CELL_MODULE, "__builtins__": builtins}
+    cell_locals = _CellLocals(namespace)
+    try:
+        code = compile(tree, filename, "exec")
+    except SyntaxError as e:
+        raise DefinitionError(f"{bound_name}: {e.msg} (cell line {e.lineno})") from None
+    register_source(filename, source)
+    exec(code, fn_globals, cell_locals)
+    function = dict.get(cell_locals, target)
+    if not isinstance(function, types.FunctionType):
+        raise DefinitionError(f"%%faas: {target} is not a function after running the cell")
+    # The cell's own names become globals of the function and of the helpers it defines.
+    fn_globals.update(dict(cell_locals))
+
+    def lookup(key: str) -> tuple[bool, Any]:
+        if key in fn_globals and key not in ("__name__", "__builtins__"):
+            return True, fn_globals[key]
+        if key in namespace:
+            return True, namespace[key]
+        return False, None
+
+    captured, missing = _capture(function, lookup, lambda f: f.__globals__ is fn_globals)
+    if missing:
+        raise _undefined(bound_name, missing)
+    # Keep only what the function reaches, so unrelated cell names do not travel.
+    fn_globals.clear()
+    fn_globals.update({"__name__": CELL_MODULE, "__builtins__": builtins})
+    return _finish(bound_name, function, fn_globals, captured, filename, source, limits)

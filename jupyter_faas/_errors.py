@@ -1,0 +1,59 @@
+"""The exceptions users see, and how a remote failure is raised again in the notebook."""
+
+from __future__ import annotations
+
+import contextlib
+
+
+class FaasError(Exception):
+    """Base class of jupyter-faas's own errors."""
+
+
+class FaasTimeout(FaasError, TimeoutError):
+    """An invocation ran past its timeout and was stopped."""
+
+
+class FaasMemoryError(FaasError, MemoryError):
+    """An invocation went over its memory limit and was stopped."""
+
+
+class WorkerLost(FaasError):
+    """The worker running an invocation went away before it answered."""
+
+
+class RemoteError(FaasError):
+    """An exception raised in a function whose type could not be rebuilt in the notebook."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+
+
+class RemoteTraceback(Exception):
+    """Carries the function's own traceback text, chained as the cause of the re-raised error."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\nThe function's traceback, on the worker:\n\n{self.text}"
+
+
+def present(error: BaseException, function: str, worker: str | None, traceback_text: str) -> BaseException:
+    """Make a remote error read like a local one: the function's own traceback, not the platform's frames.
+
+    Plain Python shows the function's traceback as the chained cause; IPython shows only it,
+    through its `_render_traceback_` protocol.
+    """
+    if traceback_text:
+        error.__cause__ = RemoteTraceback(traceback_text)
+        body = traceback_text.rstrip("\n").splitlines()
+    else:
+        body = [f"{type(error).__qualname__}: {error}"]
+    where = f" on worker {worker}" if worker else ""
+    lines = [f"{function} failed{where}:", *body]
+    with contextlib.suppress(AttributeError, TypeError):
+        error._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
+    return error

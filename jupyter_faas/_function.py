@@ -1,0 +1,150 @@
+"""The function object users call, and the `function` decorator that makes one from a def."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import Any, overload
+
+import cloudpickle
+
+from jupyter_faas import _platform
+from jupyter_faas._definition import FunctionDefinition, from_callable
+from jupyter_faas._limits import Limits
+from jupyter_faas._records import InvocationRecord
+
+
+class FaasFunction:
+    """A stateless function that runs on the platform's workers.
+
+    Call it like the function it wraps; `submit` returns a future, `map` runs many calls,
+    and `local` runs it here, for debugging, with the same stateless semantics.
+    """
+
+    def __init__(self, definition: FunctionDefinition) -> None:
+        self._definition = definition
+        self.__name__ = definition.name
+        self.__doc__ = definition.load().__doc__
+        self.__signature__ = definition.signature
+
+    @property
+    def name(self) -> str:
+        return self._definition.name
+
+    @property
+    def version(self) -> str:
+        """Content hash of the serialized function; a new definition with other code or captures changes it."""
+        return self._definition.version
+
+    @property
+    def signature(self) -> inspect.Signature:
+        return self._definition.signature
+
+    @property
+    def limits(self) -> Limits:
+        return self._definition.limits
+
+    def _pack_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        try:
+            self._definition.signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{self.name}(): {e}") from None
+        try:
+            return cloudpickle.dumps((args, kwargs), protocol=5)
+        except Exception as e:
+            raise TypeError(f"{self.name}(): an argument cannot be sent to a worker: {e}") from None
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future:
+        """Start one invocation; the concurrent.futures.Future ends with its result or error."""
+        return _platform.current().invoke(self._definition, self._pack_arguments(args, kwargs))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        future = self.submit(*args, **kwargs)
+        try:
+            return future.result()
+        except BaseException as error:
+            if not future.done():
+                future.cancel()
+                raise
+            # Drop the frames of concurrent.futures, so the traceback is the caller's and the function's.
+            raise error.with_traceback(None) from error.__cause__
+
+    def map(self, iterable: Iterable[Any], *iterables: Iterable[Any], return_exceptions: bool = False) -> list[Any]:
+        """Results in input order; with return_exceptions, a failed item gives its exception in place."""
+        __tracebackhide__ = True
+        futures = [self.submit(*items) for items in zip(iterable, *iterables, strict=False)]
+        results = []
+        try:
+            for future in futures:
+                if return_exceptions:
+                    error = future.exception()
+                    results.append(error if error is not None else future.result())
+                else:
+                    results.append(future.result())
+        except KeyboardInterrupt:
+            # Invocations not yet started are dropped; those already running finish and are recorded.
+            for future in futures:
+                future.cancel()
+            raise
+        except BaseException as error:
+            raise error.with_traceback(None) from error.__cause__
+        return results
+
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        """Run here in the notebook process, on a fresh copy, as a worker would; limits are not enforced."""
+        self._pack_arguments(args, kwargs)
+        return self._definition.load()(*args, **kwargs)
+
+    @property
+    def invocations(self) -> list[InvocationRecord]:
+        """Records of this function's invocations, newest last."""
+        return _platform.current(start=False).records(self.name)
+
+    def stats(self) -> dict[str, Any]:
+        """Invocations, errors, cold starts and end-to-end latency percentiles (ms)."""
+        return _platform.current(start=False).stats(self.name)
+
+    def __repr__(self) -> str:
+        return (
+            f"<faas function {self._definition.describe_signature()} "
+            f"version {self._definition.short_version}: {self.limits.describe()}>"
+        )
+
+
+@overload
+def function(fn: Callable[..., Any], /) -> FaasFunction: ...
+
+
+@overload
+def function(
+    *,
+    name: str | None = None,
+    timeout: Any = None,
+    memory: Any = None,
+    retries: Any = None,
+    concurrency: Any = None,
+) -> Callable[[Callable[..., Any]], FaasFunction]: ...
+
+
+def function(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: Any = None,
+    memory: Any = None,
+    retries: Any = None,
+    concurrency: Any = None,
+) -> FaasFunction | Callable[[Callable[..., Any]], FaasFunction]:
+    """Make a def a serverless function: `@function` or `@function(timeout="5s", memory="128MB")`.
+
+    Free names are captured by value now, as `%%faas` does for a cell.
+    """
+    limits = Limits.resolve(timeout=timeout, memory=memory, retries=retries, concurrency=concurrency)
+
+    def wrap(target: Callable[..., Any]) -> FaasFunction:
+        return FaasFunction(from_callable(target, limits, name))
+
+    return wrap if fn is None else wrap(fn)

@@ -1,0 +1,172 @@
+"""The %%faas cell magic and the %faas line magic."""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from jupyter_faas import _config, _platform
+from jupyter_faas._definition import DefinitionError, from_cell
+from jupyter_faas._function import FaasFunction
+from jupyter_faas._limits import LimitError, Limits
+
+_OPENERS = {"(": ")", "[": "]", "{": "}"}
+_LINE_COMMANDS = ("config", "status", "shutdown")
+
+
+def split_line(line: str) -> list[str]:
+    """Split on spaces outside quotes and brackets, keeping each token's text as written.
+
+    `greeting="hello world"` and `xs=[1, 2]` stay one token each, quotes and all,
+    so parameter defaults reach the Python parser unchanged.
+    """
+    tokens: list[str] = []
+    current: list[str] = []
+    closers: list[str] = []
+    quote: str | None = None
+    escaped = False
+    for char in line:
+        if quote is not None:
+            current.append(char)
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = None
+            continue
+        if char.isspace() and not closers:
+            if current:
+                tokens.append("".join(current))
+                current = []
+            continue
+        current.append(char)
+        if char in "'\"":
+            quote = char
+        elif char in _OPENERS:
+            closers.append(_OPENERS[char])
+        elif closers and char == closers[-1]:
+            closers.pop()
+    if quote is not None:
+        raise UsageError(f"%%faas: unterminated {quote} quote in {line.strip()!r}")
+    if closers:
+        raise UsageError(f"%%faas: unclosed bracket in {line.strip()!r}; expected {closers[-1]!r}")
+    if current:
+        tokens.append("".join(current))
+    return tokens
+
+
+def _unquote(value: str | None) -> str | None:
+    if value and value[0] in "'\"":
+        try:
+            return str(ast.literal_eval(value))
+        except (ValueError, SyntaxError):
+            raise UsageError(f"%%faas: cannot read the quoted value {value}") from None
+    return value
+
+
+@magics_class
+class FaasMagics(Magics):
+    """`%%faas` makes a cell a stateless function on the platform; `%faas` shows and configures it."""
+
+    @magic_arguments()
+    @argument(
+        "name",
+        nargs="?",
+        help="The function's name. With parameters (or a cell that is not a single def), the cell is its body.",
+    )
+    @argument("params", nargs="*", help="Parameters, one per token as in a def: text min_len=1 x:int")
+    @argument("--timeout", help="Hard time limit, e.g. 30s, 500ms, '2 minutes' (default faas.defaults.timeout).")
+    @argument("--memory", help="Memory limit, e.g. 256MB, 1GiB (default faas.defaults.memory).")
+    @argument("--retries", help="Retries on an exception or a lost worker (default faas.defaults.retries).")
+    @argument("--concurrency", help="Most invocations running at once (default: unlimited).")
+    @line_cell_magic
+    def faas(self, line: str, cell: str | None = None) -> Any:
+        """Turn the cell into a stateless function that runs on an elastic Dask cluster.
+
+        Form 1, the cell is the body and its last expression the return value:
+
+            %%faas word_count text min_len=1
+            len([w for w in text.split() if len(w) >= min_len])
+
+        Form 2, the cell defines one function (imports and constants beside it travel with it):
+
+            %%faas --timeout 5s
+            import hashlib
+            def sha(data: bytes) -> str:
+                return hashlib.sha256(data).hexdigest()
+
+        As a line magic: `%faas` shows the platform, `%faas config [key=value ...]` reads or sets
+        `faas.*` config, `%faas shutdown` stops the cluster.
+        """
+        if cell is None:
+            return self._line(line)
+        tokens = split_line(line)
+        args = self.faas.parser.parse_intermixed_args(tokens)
+        if args.name is not None and not args.name.isidentifier():
+            raise UsageError(
+                f"%%faas: {args.name!r} is not a valid function name; write %%faas NAME [params] [--options]"
+            )
+        try:
+            limits = Limits.resolve(
+                timeout=_unquote(args.timeout),
+                memory=_unquote(args.memory),
+                retries=_unquote(args.retries),
+                concurrency=_unquote(args.concurrency),
+                option_prefix="--",
+            )
+            definition = from_cell(
+                cell,
+                self.shell.user_ns,
+                limits,
+                name=args.name,
+                params=args.params,
+                magic_line=line.strip(),
+            )
+        except (LimitError, DefinitionError) as e:
+            raise UsageError(str(e)) from None
+        function = FaasFunction(definition)
+        self.shell.user_ns[definition.name] = function
+        print(
+            f"{definition.describe_signature()} is a serverless function ({definition.short_version}): "
+            f"{limits.describe()}"
+        )
+        return None
+
+    def _line(self, line: str) -> Any:
+        words = split_line(line)
+        command = words[0] if words else "status"
+        if command == "status":
+            platform = _platform.current(start=False)
+            print(repr(platform))
+            return None
+        if command == "shutdown":
+            _platform.current(start=False).shutdown()
+            print("jupyter_faas platform shut down; it starts again on the next invocation")
+            return None
+        if command == "config":
+            return self._config(words[1:])
+        raise UsageError(
+            f"%faas: unknown command {command!r}; use one of: {', '.join(_LINE_COMMANDS)} "
+            "(or %%faas as a cell magic to define a function)"
+        )
+
+    def _config(self, assignments: list[str]) -> None:
+        if not assignments:
+            for key, value in _config.current().items():
+                print(f"{key} = {value!r}")
+            return
+        for assignment in assignments:
+            key, equals, raw = assignment.partition("=")
+            if not equals or not key:
+                raise UsageError(f"%faas config: expected key=value, got {assignment!r}")
+            try:
+                value = _config.set_value(key.strip(), raw.strip())
+            except _config.ConfigError as e:
+                raise UsageError(str(e)) from None
+            full_key = key if key.startswith("faas.") else f"faas.{key}"
+            print(f"{full_key} = {value!r}")
