@@ -78,7 +78,7 @@ def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
 
 
 def _global_names(code: types.CodeType) -> tuple[set[str], set[str]]:
-    """(names read, names only written) through the globals of `code` and the code nested in it."""
+    """(names read, names written) through the globals of `code` and the code nested in it."""
     read: set[str] = set()
     written: set[str] = set()
     for inner in _code_objects(code):
@@ -87,7 +87,7 @@ def _global_names(code: types.CodeType) -> tuple[set[str], set[str]]:
                 read.add(instruction.argval)
             elif instruction.opname in ("STORE_GLOBAL", "DELETE_GLOBAL"):
                 written.add(instruction.argval)
-    return read, written - read
+    return read, written
 
 
 def _functions_of(value: Any) -> Iterator[types.FunctionType]:
@@ -118,13 +118,14 @@ def _capture(
         if id(function) in seen:
             continue
         seen.add(id(function))
-        read, written_only = _global_names(function.__code__)
-        for name in sorted(read | written_only):
+        read, written = _global_names(function.__code__)
+        for name in sorted(read | written):
             if name in captured or name in missing:
                 continue
             found, value = lookup(name)
             if not found:
-                if name in read and not hasattr(builtins, name):
+                # A name the function assigns through `global` may exist by the time it is read.
+                if name not in written and not hasattr(builtins, name):
                     missing.append(name)
                 continue
             captured[name] = value
@@ -175,6 +176,7 @@ def _finish(
     filename: str,
     source: str,
     limits: Limits,
+    register: bool = True,
 ) -> FunctionDefinition:
     fn_globals.update(captured)
     final = types.FunctionType(
@@ -185,7 +187,8 @@ def _finish(
     final.__doc__ = function.__doc__
     final.__qualname__ = name
     payload = _serialize(name, final, captured)
-    register_source(filename, source)
+    if register:
+        register_source(filename, source)
     return FunctionDefinition(
         name=name,
         version=hashlib.sha256(payload).hexdigest(),
@@ -223,14 +226,11 @@ def from_callable(function: Callable[..., Any], limits: Limits, name: str | None
     captured, missing = _capture(function, lookup, lambda f: f.__globals__ is module_globals)
     if missing:
         raise _undefined(name, missing)
-    try:
-        source = inspect.getsource(function)
-        first_line = function.__code__.co_firstlineno
-        source = "\n" * (first_line - 1) + source
-    except (OSError, TypeError):
-        source = ""
+    filename = function.__code__.co_filename
+    # The whole file, so a worker without it can show these lines; this process reads the file itself.
+    source = "".join(linecache.getlines(filename))
     fn_globals = {"__name__": function.__module__, "__builtins__": builtins}
-    return _finish(name, function, fn_globals, captured, function.__code__.co_filename, source, limits)
+    return _finish(name, function, fn_globals, captured, filename, source, limits, register=False)
 
 
 # -- from a cell -------------------------------------------------------------------------------------
@@ -345,7 +345,8 @@ def from_cell(
     fn_globals: dict[str, Any] = {"__name__": CELL_MODULE, "__builtins__": builtins}
     cell_locals = _CellLocals(namespace)
     try:
-        code = compile(tree, filename, "exec")
+        # dont_inherit: this module's `from __future__ import annotations` must not change the user's code.
+        code = compile(tree, filename, "exec", dont_inherit=True)
     except SyntaxError as e:
         raise DefinitionError(f"{bound_name}: {e.msg} (cell line {e.lineno})") from None
     register_source(filename, source)

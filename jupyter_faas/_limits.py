@@ -19,10 +19,10 @@ class LimitError(ValueError):
 def parse_duration(value: Any, option: str, *, minimum: float = 0.0) -> float:
     """Seconds from "30s", "500ms", "2 minutes" or a plain number of seconds."""
     try:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
             raise TypeError
         seconds = parse_timedelta(value, default="seconds")
-    except (TypeError, ValueError, KeyError, AttributeError):
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError):
         raise LimitError(f"{option}: expected {DURATION_FORM}, got {value!r}") from None
     if seconds is None or not math.isfinite(seconds) or seconds <= 0 or seconds < minimum:
         floor = f"at least {minimum:g}s" if minimum else "greater than zero"
@@ -33,10 +33,10 @@ def parse_duration(value: Any, option: str, *, minimum: float = 0.0) -> float:
 def parse_size(value: Any, option: str, *, minimum: int = 1) -> int:
     """Bytes from "256MB", "1GiB" or a plain number of bytes."""
     try:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
             raise TypeError
         size = int(value) if isinstance(value, int | float) else parse_bytes(value)
-    except (TypeError, ValueError, KeyError, AttributeError):
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError):
         raise LimitError(f"{option}: expected {SIZE_FORM}, got {value!r}") from None
     if size < minimum:
         raise LimitError(f"{option}: expected {SIZE_FORM}, at least {format_size(minimum)}; got {value!r}")

@@ -1,0 +1,83 @@
+"""Fixtures: the real platform with its LocalCluster, a real IPython shell, and deadline-based waiting."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dask
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+import jupyter_faas
+from jupyter_faas import _platform
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, message: str = "condition") -> Any:
+    """Poll until `condition()` is truthy, failing the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shutdown_platform_at_end() -> Iterator[None]:
+    yield
+    _platform.current(start=False).shutdown()
+
+
+@pytest.fixture
+def platform() -> _platform.Platform:
+    """The embedded platform shared by the tests that need no special configuration."""
+    current = _platform.current(start=False)
+    if current.mode not in (None, "embedded"):
+        current.shutdown()
+    return jupyter_faas.platform()
+
+
+@pytest.fixture
+def own_platform() -> Iterator[Callable[..., _platform.Platform]]:
+    """A platform started under the given config; shut down afterwards, whatever happens."""
+    started: list[_platform.Platform] = []
+    contexts: list[Any] = []
+
+    def start(config: dict[str, Any]) -> _platform.Platform:
+        _platform.current(start=False).shutdown()
+        context = dask.config.set(config)
+        contexts.append(context)
+        platform = _platform.current(start=True)
+        started.append(platform)
+        return platform
+
+    try:
+        yield start
+    finally:
+        for platform in started:
+            platform.shutdown()
+        for context in reversed(contexts):
+            context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def shell() -> Iterator[InteractiveShell]:
+    """A real IPython shell with the extension loaded; the names a test defines are removed after it."""
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "jupyter_faas")
+    before = set(ip.user_ns)
+    yield ip
+    for name in set(ip.user_ns) - before:
+        del ip.user_ns[name]
+
+
+def run_ok(shell: InteractiveShell, code: str) -> Any:
+    """Run a cell that must succeed; returns its value."""
+    result = shell.run_cell(code)
+    if not result.success:
+        raise AssertionError(f"cell failed: {result.error_before_exec or result.error_in_exec!r}\n{code}")
+    return result.result

@@ -1,0 +1,112 @@
+"""The same functions on a cluster the platform did not start: an existing scheduler, or a factory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+
+from jupyter_faas import function
+from jupyter_faas._config import ConfigError
+from jupyter_faas._platform import Platform
+
+
+@function
+def where(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def external_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `dask scheduler` and one `dask worker`, each its own process, started from another directory."""
+    folder = tmp_path_factory.mktemp("external")
+    scheduler_file = folder / "scheduler.json"
+    dask_cli = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    env = {**os.environ, "PYTHONPATH": ""}
+    scheduler = subprocess.Popen(
+        [*dask_cli, "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    worker = None
+    try:
+        wait_for(lambda: scheduler_file.exists() and scheduler_file.stat().st_size > 0, 60, "the scheduler file")
+        address = json.loads(scheduler_file.read_text())["address"]
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1", "--nthreads", "2",
+             "--host", "127.0.0.1", "--no-dashboard"],
+            cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        yield address
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _stop(scheduler)
+
+
+def test_an_existing_scheduler_runs_the_same_functions(
+    own_platform: Callable[..., Platform], external_scheduler: str
+) -> None:
+    platform = own_platform({"faas.cluster.address": external_scheduler, "faas.cluster.idle-timeout": "1s"})
+    assert platform.mode == "address"
+    assert platform.scheduler_address == external_scheduler
+    wait_for(lambda: platform.workers == 1, 60, "the external worker")
+    assert where.map(range(10))[3][0] == 9
+    value, pid = where(4)
+    assert value == 16 and pid != os.getpid()
+    # No scaling there: the user's cluster decides, so its worker outlives the keep-alive.
+    # Proving that something does not happen needs an observation window: three keep-alives.
+    time.sleep(3)
+    assert platform.workers == 1
+    counts = [n for _, n in platform.scale_events]
+    assert 0 not in counts[counts.index(1) :]
+
+
+def test_an_unreachable_scheduler_is_a_clear_config_error(own_platform: Callable[..., Platform]) -> None:
+    with pytest.raises(ConfigError, match=r"faas.cluster.address: cannot reach the scheduler at tcp://127.0.0.1:9"):
+        own_platform({"faas.cluster.address": "tcp://127.0.0.1:9"})
+
+
+def test_a_factory_cluster_adapts_from_zero(own_platform: Callable[..., Platform]) -> None:
+    factory = {
+        "module": "distributed",
+        "class": "LocalCluster",
+        "kwargs": {"n_workers": 0, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+                   "dashboard_address": None, "memory_limit": "1GiB"},
+    }  # fmt: skip
+    platform = own_platform({"faas.cluster.factory": factory, "faas.cluster.maximum": 1})
+    assert platform.mode == "factory"
+    assert platform.workers == 0
+    assert where(5)[0] == 25
+    assert platform.workers == 1
+
+
+def test_a_factory_that_cannot_be_imported_names_it(own_platform: Callable[..., Platform]) -> None:
+    factory = {"module": "no_such_module", "class": "Cluster"}
+    with pytest.raises(ConfigError, match=r"cannot import no_such_module.Cluster"):
+        own_platform({"faas.cluster.factory": factory})
+
+
+def test_address_and_factory_together_are_refused(own_platform: Callable[..., Platform], tmp_path: Path) -> None:
+    config = {
+        "faas.cluster.address": "tcp://127.0.0.1:9",
+        "faas.cluster.factory": {"module": "distributed", "class": "LocalCluster"},
+    }
+    with pytest.raises(ConfigError, match="set only one of faas.cluster.address and faas.cluster.factory"):
+        own_platform(config)

@@ -1,0 +1,51 @@
+"""The public surface is small, pinned, and cheap to import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import jupyter_faas
+
+
+def test_all_is_pinned() -> None:
+    assert jupyter_faas.__all__ == [
+        "FaasError",
+        "FaasFunction",
+        "FaasMemoryError",
+        "FaasTimeout",
+        "InvocationRecord",
+        "RemoteError",
+        "WorkerLost",
+        "function",
+        "platform",
+    ]
+    for name in jupyter_faas.__all__:
+        assert getattr(jupyter_faas, name) is not None
+    assert set(jupyter_faas.__all__) <= set(dir(jupyter_faas))
+
+
+def test_error_hierarchy() -> None:
+    assert issubclass(jupyter_faas.FaasTimeout, jupyter_faas.FaasError)
+    assert issubclass(jupyter_faas.FaasTimeout, TimeoutError)
+    assert issubclass(jupyter_faas.FaasMemoryError, MemoryError)
+    assert issubclass(jupyter_faas.WorkerLost, jupyter_faas.FaasError)
+
+
+def test_unknown_attributes_raise_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        jupyter_faas.nothing  # noqa: B018
+
+
+def test_importing_the_package_does_not_import_distributed() -> None:
+    code = "import sys, jupyter_faas; print('distributed' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_the_version_matches_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    assert jupyter_faas.__version__ == version("jupyter-faas")

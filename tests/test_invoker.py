@@ -1,0 +1,97 @@
+"""The worker side on its own: sandboxes with hard timeouts, memory limits and crash isolation."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from jupyter_faas._definition import from_cell
+from jupyter_faas._invoker import Invoker
+from jupyter_faas._limits import Limits
+
+LIMITS = Limits(timeout=10.0, memory=256 * 10**6, retries=0, concurrency=None)
+
+
+@pytest.fixture
+def invoker() -> Iterator[Invoker]:
+    invoker = Invoker(slots=1)
+    try:
+        yield invoker
+    finally:
+        invoker.close()
+
+
+def run(invoker: Invoker, body: str, *args: Any, timeout: float = 10.0, memory: int = 256 * 10**6) -> tuple:
+    definition = from_cell(body, {"time": time, "os": os}, LIMITS, name="f", params=["x=None"])
+    package = (definition.payload, definition.filename, definition.source, definition.reusable)
+    return invoker.invoke("f", definition.version, package, cloudpickle.dumps((args, {})), timeout, memory)
+
+
+def test_a_call_runs_in_a_separate_process(invoker: Invoker) -> None:
+    status, value, started, finished, fresh, peak, error = run(invoker, "os.getpid()")
+    assert status == "ok" and error is None
+    assert cloudpickle.loads(value) != os.getpid()
+    assert fresh and started <= finished
+    assert peak is not None and peak > 0
+
+
+def test_the_function_is_loaded_once_per_sandbox(invoker: Invoker) -> None:
+    first = run(invoker, "x * 2", 1)
+    second = run(invoker, "x * 2", 2)
+    assert first[4] is True and second[4] is False
+    assert cloudpickle.loads(second[1]) == 4
+
+
+def test_a_timeout_kills_the_sandbox_and_the_next_call_works(invoker: Invoker) -> None:
+    began = time.monotonic()
+    status, *_, error = run(invoker, "time.sleep(60)", timeout=1.0)
+    assert status == "timeout"
+    assert error[0] == "FaasTimeout" and "timeout of 1s" in error[1]
+    assert time.monotonic() - began < 30  # far below the 60 s sleep: it was stopped, not waited for
+    status, value, *_ = run(invoker, "x + 1", 1)
+    assert status == "ok" and cloudpickle.loads(value) == 2
+
+
+def test_going_over_memory_is_a_memory_error_and_the_next_call_works(invoker: Invoker) -> None:
+    status, *_, peak, error = run(invoker, "b = b'x' * (300 * 2**20)\ntime.sleep(5)\nlen(b)", memory=128 * 2**20)
+    assert status == "memory"
+    assert peak is not None and peak > 128 * 2**20
+    assert error is not None and "memory limit of 128MiB" in error[1]
+    status, value, *_ = run(invoker, "x", 7)
+    assert status == "ok" and cloudpickle.loads(value) == 7
+
+
+def test_a_short_peak_over_the_limit_is_still_caught(invoker: Invoker) -> None:
+    # allocated and freed between two memory samples; the process's peak still shows it
+    status, *_ = run(invoker, "b = b'x' * (300 * 2**20)\ndel b\n'done'", memory=128 * 2**20)
+    assert status == "memory"
+
+
+def test_a_sandbox_that_dies_is_an_error_and_is_replaced(invoker: Invoker) -> None:
+    status, *_, error = run(invoker, "os._exit(3)")
+    assert status == "error"
+    assert error[0] == "SandboxExit" and "exited with code 3" in error[1]
+    status, value, *_ = run(invoker, "x", "still here")
+    assert status == "ok" and cloudpickle.loads(value) == "still here"
+
+
+def test_an_exception_carries_type_message_and_the_cells_traceback(invoker: Invoker) -> None:
+    status, _, _, _, _, _, error = run(invoker, "a = 1\nraise KeyError('nope')")
+    assert status == "error"
+    type_name, message, traceback_text, exc_bytes = error
+    assert type_name == "KeyError" and message == "'nope'"
+    assert 'File "<faas-cell f>", line 3, in f' in traceback_text
+    assert "raise KeyError('nope')" in traceback_text
+    assert "_runner" not in traceback_text
+    assert isinstance(cloudpickle.loads(exc_bytes), KeyError)
+
+
+def test_a_result_that_cannot_be_sent_back_is_an_error(invoker: Invoker) -> None:
+    status, *_, error = run(invoker, "import threading\nthreading.Lock()")
+    assert status == "error"
+    assert error[0] == "TypeError" and "cannot be sent back" in error[1]

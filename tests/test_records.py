@@ -1,0 +1,39 @@
+"""Invocation records and their statistics."""
+
+from __future__ import annotations
+
+from jupyter_faas._records import InvocationRecord, RecordStore, percentile
+
+
+def record(n: int, status: str = "ok", cold: bool = False, latency: float = 1.0) -> InvocationRecord:
+    return InvocationRecord(
+        id=str(n), function="f", version="v", submitted=0.0, started=0.1, finished=0.2, queued_ms=100.0,
+        cold_start=cold, duration_ms=100.0, latency_ms=latency, worker="w", status=status,
+        error=None if status == "ok" else "ValueError", attempts=1, peak_memory=None,
+    )  # fmt: skip
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 95) == 95.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+
+
+def test_stats_count_everything_and_the_window_is_bounded() -> None:
+    store = RecordStore(max_records=10)
+    for n in range(25):
+        store.add(record(n, status="error" if n % 5 == 0 else "ok", cold=n < 2, latency=float(n)))
+    stats = store.stats()
+    assert stats["invocations"] == 25 and stats["errors"] == 5 and stats["cold_starts"] == 2
+    assert [r.id for r in store.records()] == [str(n) for n in range(15, 25)]
+    # percentiles over the records still kept: latencies 15..24
+    assert stats["p50_ms"] == 19.0 and stats["p99_ms"] == 24.0
+
+
+def test_empty_stats() -> None:
+    assert RecordStore(5).stats() == {
+        "invocations": 0, "errors": 0, "cold_starts": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None,
+    }  # fmt: skip
