@@ -377,11 +377,6 @@ class Platform:
             for invocation in held:
                 self._launch(invocation)
 
-    def set_idle_now(self) -> None:
-        """Treat the platform as idle from now; the keep-alive counts from here."""
-        with self._lock:
-            self._last_activity = time.monotonic() - 1e9
-
 
 _platform: Platform | None = None
 _platform_lock = threading.Lock()

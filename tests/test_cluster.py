@@ -88,7 +88,7 @@ def test_a_factory_cluster_adapts_from_zero(own_platform: Callable[..., Platform
         "module": "distributed",
         "class": "LocalCluster",
         "kwargs": {"n_workers": 0, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
-                   "dashboard_address": None, "memory_limit": "1GiB"},
+                   "dashboard_address": "127.0.0.1:0", "memory_limit": "1GiB"},
     }  # fmt: skip
     platform = own_platform({"faas.cluster.factory": factory, "faas.cluster.maximum": 1})
     assert platform.mode == "factory"
