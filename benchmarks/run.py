@@ -1,0 +1,518 @@
+"""jupyter-faas beside plain distributed, a process pool and the in-process call, in one run on one machine.
+
+    python benchmarks/run.py [--size tiny|default|full] [--json PATH]
+
+Prints one table: warm invocation p50/p99, map throughput, cold start from zero workers and the idle
+platform's resident memory, with the ratio jupyter-faas / plain distributed for each row. It reports
+figures only and asserts none. Every cluster and pool it starts is shut down, also on error.
+
+Work stays under `if __name__ == "__main__":` and module-level imports stay light: worker processes
+start with forkserver and import this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform as python_platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+MB = 2**20
+# Sleep after the platform reports zero workers, before a cold trial: the keep-alive thread finishes
+# its retirement (and releases the invocations it holds) a moment after the worker count reaches zero.
+SETTLE_S = 0.5
+# No single call may hang the benchmark: a cold call that takes longer than this counts as failed.
+CALL_TIMEOUT_S = 120.0
+SCALE_DEADLINE_S = 60.0
+WORKERS = 2
+COLUMNS = ("jupyter_faas", "plain_distributed", "processpool", "in_process")
+HEADINGS = {
+    "jupyter_faas": "jupyter-faas",
+    "plain_distributed": "plain distributed",
+    "processpool": "ProcessPool(2)",
+    "in_process": "in-process",
+}
+ROWS = (
+    ("warm_p50_ms", "warm call p50 (ms)"),
+    ("warm_p99_ms", "warm call p99 (ms)"),
+    ("map_calls_per_s", "map throughput (calls/s)"),
+    ("cold_start_ms", "cold start, 0 workers -> result (ms)"),
+    ("idle_memory_mb", "idle memory at 0 workers, net (MB)"),
+)
+
+
+@dataclass(frozen=True)
+class Size:
+    warm: int
+    map_items: int
+    plain_map_items: int
+    cold_trials: int
+
+
+SIZES = {
+    "tiny": Size(warm=30, map_items=200, plain_map_items=200, cold_trials=1),
+    "default": Size(warm=300, map_items=5000, plain_map_items=5000, cold_trials=3),
+    "full": Size(warm=1000, map_items=100_000, plain_map_items=20_000, cold_trials=5),
+}
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+
+
+def percentile(sorted_samples: list[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted samples."""
+    rank = max(1, -(-len(sorted_samples) * q // 100))
+    return sorted_samples[min(int(rank), len(sorted_samples)) - 1]
+
+
+def latency_figures(samples_s: list[float]) -> dict[str, float]:
+    ordered = sorted(s * 1000 for s in samples_s)
+    return {"warm_p50_ms": statistics.median(ordered), "warm_p99_ms": percentile(ordered, 99)}
+
+
+def time_calls(call: Callable[[int], Any], n: int) -> list[float]:
+    samples = []
+    for i in range(n):
+        start = time.perf_counter()
+        call(i)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def time_map(run: Callable[[int], list[Any]], n: int) -> float:
+    """Calls per second of `run(n)`, which must return the squares of range(n)."""
+    start = time.perf_counter()
+    results = run(n)
+    elapsed = time.perf_counter() - start
+    if len(results) != n or results[-1] != (n - 1) ** 2 or sum(results) != sum(i * i for i in range(n)):
+        raise RuntimeError("map returned wrong results")
+    return n / elapsed
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def rss_now() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def children_rss() -> list[dict[str, Any]]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+            found.append({"pid": child.pid, "rss_mb": child.memory_info().rss / MB, "cmdline": cmdline[:160]})
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def describe_child(cmdline: str) -> str:
+    for marker, label in (
+        ("forkserver", "forkserver"),
+        ("resource_tracker", "resource tracker"),
+        ("jupyter_faas._runner", "sandbox"),
+        ("spawn_main", "worker"),
+    ):
+        if marker in cmdline:
+            return label
+    return cmdline.split(" ")[0] or "?"
+
+
+# -- the phases --------------------------------------------------------------------------------------
+
+
+def bench_in_process(size: Size) -> dict[str, Any]:
+    figures = latency_figures(time_calls(_square, size.warm))
+    figures["map_calls_per_s"] = time_map(lambda n: list(map(_square, range(n))), size.map_items)
+    figures["map_items"] = size.map_items
+    return figures
+
+
+def bench_processpool(size: Size) -> dict[str, Any]:
+    pool = ProcessPoolExecutor(WORKERS)
+    try:
+        for future in [pool.submit(_square, i) for i in range(4 * WORKERS)]:
+            future.result()
+        figures = latency_figures(time_calls(lambda i: pool.submit(_square, i).result(), size.warm))
+        figures["map_calls_per_s"] = time_map(lambda n: list(pool.map(_square, range(n), chunksize=1)), size.map_items)
+        figures["map_items"] = size.map_items
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return figures
+
+
+def idle_memory(p: Any, driver_before: int) -> dict[str, Any]:
+    """RSS of this process and of its children that remain once the platform is at zero workers."""
+    wait_for_zero(p)
+    driver = rss_now()
+    children = children_rss()
+    children_mb = sum(c["rss_mb"] for c in children)
+    total_mb = driver / MB + children_mb
+    return {
+        "workers": p.workers,
+        "driver_before_platform_mb": driver_before / MB,
+        "driver_mb": driver / MB,
+        "children": children,
+        "children_mb": children_mb,
+        "total_mb": total_mb,
+        "net_mb": total_mb - driver_before / MB,
+    }
+
+
+def wait_for_zero(p: Any) -> None:
+    if not wait_until(lambda: p.workers == 0, SCALE_DEADLINE_S):
+        raise RuntimeError(f"the platform still had {p.workers} workers after {SCALE_DEADLINE_S:.0f}s")
+    # The keep-alive thread ends its retirement a moment after the count reaches zero; a call submitted
+    # before that is held by the platform, so step around that window.
+    time.sleep(SETTLE_S)
+
+
+def cold_trial(p: Any, square: Any) -> dict[str, Any]:
+    wait_for_zero(p)
+    workers_before = p.workers
+    start = time.perf_counter()
+    future = square.submit(3)
+    try:
+        value = future.result(timeout=CALL_TIMEOUT_S)
+    except TimeoutError:
+        future.cancel()
+        return {"ok": False, "workers_before": workers_before, "error": f"no result in {CALL_TIMEOUT_S:.0f}s"}
+    elapsed_ms = (time.perf_counter() - start) * 1000
+    record = square.invocations[-1]
+    return {
+        "ok": value == 9,
+        "ms": elapsed_ms,
+        "workers_before": workers_before,
+        "cold_start": record.cold_start,
+        "queued_ms": record.queued_ms,
+        "latency_ms": record.latency_ms,
+    }
+
+
+def bench_platform(size: Size, driver_before: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """jupyter-faas warm, map, cold starts and idle memory; then plain distributed on the platform's cluster."""
+    import dask
+
+    import jupyter_faas
+    from jupyter_faas import function
+
+    # The platform re-reads the keep-alive on every tick: 1s where it must scale to zero, 10 minutes
+    # where it must not, plain distributed's phases included (the platform does not see those tasks).
+    keep_short, keep_long = {"faas.cluster.idle-timeout": "1s"}, {"faas.cluster.idle-timeout": "10 minutes"}
+    dask.config.set({**keep_short, "faas.cluster.maximum": WORKERS})
+    square = function(timeout="30s", name="square")(_square)
+    faas: dict[str, Any] = {}
+    plain: dict[str, Any] = {}
+    memory: dict[str, Any] = {}
+    p = jupyter_faas.platform()
+    faas["slots_per_worker"] = dask.config.get("faas.cluster.slots-per-worker")
+    try:
+        start = time.perf_counter()
+        square(1)
+        faas["first_call_after_platform_start_ms"] = (time.perf_counter() - start) * 1000
+        memory["after_first_call"] = idle_memory(p, driver_before)
+
+        dask.config.set(keep_long)
+        square(1)
+        faas.update(latency_figures(time_calls(square, size.warm)))
+        faas["warm_calls_marked_cold"] = sum(r.cold_start for r in square.invocations[-size.warm :])
+        faas["map_calls_per_s"] = time_map(lambda n: square.map(range(n)), size.map_items)
+        faas["map_items"] = size.map_items
+        faas["map_calls_marked_cold"] = sum(r.cold_start for r in square.invocations[-size.map_items :])
+
+        dask.config.set(keep_short)
+        trials = [cold_trial(p, square) for _ in range(size.cold_trials)]
+        faas["cold_trials"] = trials
+        good = [t["ms"] for t in trials if t["ok"]]
+        faas["cold_start_ms"] = statistics.median(good) if good else None
+        faas["stats"] = square.stats()
+        memory.update(idle_memory(p, driver_before))
+        faas["idle_memory_mb"] = memory["net_mb"]
+        faas["idle_memory_total_mb"] = memory["total_mb"]
+
+        dask.config.set(keep_long)
+        square.map(range(4 * WORKERS))  # demand for every worker
+        if not wait_until(lambda: p.workers >= WORKERS, SCALE_DEADLINE_S):
+            print(f"note: only {p.workers} of {WORKERS} workers up for plain distributed", file=sys.stderr)
+        plain["workers"] = p.workers
+        client = p.client
+        client.submit(_square, 1, pure=False).result()
+        plain.update(latency_figures(time_calls(lambda i: client.submit(_square, i, pure=False).result(), size.warm)))
+
+        def plain_map(n: int) -> list[int]:
+            futures = client.map(_square, range(n), pure=False)
+            try:
+                return client.gather(futures)
+            finally:
+                del futures[:]
+
+        plain["map_calls_per_s"] = time_map(plain_map, size.plain_map_items)
+        plain["map_items"] = size.plain_map_items
+    finally:
+        p.shutdown()
+    return faas, plain, memory
+
+
+def bench_plain_cold(trials: int, method: str) -> dict[str, Any]:
+    """An adaptive LocalCluster from zero workers to the first result, as the reference measures it."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    samples: list[float] = []
+
+    def at_zero() -> bool:
+        return not cluster.scheduler_info["workers"]
+
+    # The platform sets distributed's start method for the whole process; pin the one asked for here.
+    with dask.config.set({"distributed.worker.multiprocessing-method": method}), warnings.catch_warnings():
+        # dashboard_address=None, as in the reference, means the default port; taken is fine.
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+        cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True, dashboard_address=None)
+        try:
+            cluster.adapt(minimum=0, maximum=WORKERS, interval="100ms", wait_count=10)
+            client = Client(cluster, set_as_default=False)
+            try:
+                for _ in range(trials):
+                    if not wait_until(at_zero, SCALE_DEADLINE_S):
+                        raise RuntimeError("the adaptive LocalCluster did not go back to zero workers")
+                    start = time.perf_counter()
+                    client.submit(_square, 3, pure=False).result(timeout=CALL_TIMEOUT_S)
+                    samples.append((time.perf_counter() - start) * 1000)
+                # Closing with a worker still up makes it log a failed heartbeat; let adapt retire it first.
+                wait_until(at_zero, SCALE_DEADLINE_S)
+            finally:
+                client.close()
+        finally:
+            cluster.close()
+    return {"cold_start_ms": statistics.median(samples), "cold_trials_ms": samples, "start_method": method}
+
+
+# -- reporting ---------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 0.01:
+        return f"{value:.2f}"
+    return f"{value:.5f}"
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key, _ in ROWS:
+        faas, plain = results["jupyter_faas"].get(key), results["plain_distributed"].get(key)
+        out[key] = faas / plain if faas is not None and plain else None
+    return out
+
+
+def table(results: dict[str, dict[str, Any]], ratio: dict[str, float | None]) -> str:
+    label_width = max(len(label) for _, label in ROWS) + 2
+    widths = [max(len(HEADINGS[c]), 10) + 2 for c in COLUMNS]
+    lines = [
+        "".ljust(label_width)
+        + "".join(HEADINGS[c].rjust(w) for c, w in zip(COLUMNS, widths, strict=True))
+        + "  faas/plain"
+    ]
+    lines.append("-" * len(lines[0]))
+    for key, label in ROWS:
+        cells = "".join(fmt(results[c].get(key)).rjust(w) for c, w in zip(COLUMNS, widths, strict=True))
+        r = ratio[key]
+        lines.append(label.ljust(label_width) + cells + ("-" if r is None else f"{r:.2f}x").rjust(11))
+    return "\n".join(lines)
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, with "+dirty" when the package has uncommitted changes; None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "jupyter_faas"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def machine_info() -> dict[str, Any]:
+    import dask
+    import distributed
+
+    import jupyter_faas
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "python": python_platform.python_version(),
+        "implementation": python_platform.python_implementation(),
+        "dask": dask.__version__,
+        "distributed": distributed.__version__,
+        "jupyter_faas": jupyter_faas.__version__,
+        "jupyter_faas_commit": git_commit(),
+        "platform": python_platform.platform(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def notes(size: Size, report: dict[str, Any]) -> list[str]:
+    faas, plain = report["results"]["jupyter_faas"], report["results"]["plain_distributed"]
+    memory = report["memory"]
+    lines = []
+    for i, trial in enumerate(faas["cold_trials"], 1):
+        if trial["ok"]:
+            lines.append(
+                f"jupyter-faas cold trial {i}: {trial['ms']:.1f} ms, workers before {trial['workers_before']}, "
+                f"invocations[-1].cold_start={trial['cold_start']}, queued {fmt(trial['queued_ms'])} ms"
+            )
+        else:
+            lines.append(f"jupyter-faas cold trial {i}: FAILED ({trial['error']})")
+    lines.append(
+        "plain distributed cold start: separate adaptive LocalCluster(n_workers=0), adapt(0..2, 100ms, wait_count=10), "
+        f"start method {plain['cold_start_method']}, trials {', '.join(f'{t:.0f}' for t in plain['cold_trials_ms'])} ms"
+    )
+    forkserver = report["extra"].get("plain_cold_forkserver")
+    if forkserver:
+        lines.append(
+            f"plain distributed cold start with forkserver (jupyter-faas's start method): "
+            f"median {forkserver['cold_start_ms']:.0f} ms"
+        )
+    children = ", ".join(f"{describe_child(c['cmdline'])} {c['rss_mb']:.1f}" for c in memory["children"])
+    first = memory["after_first_call"]
+    lines.append(
+        f"idle memory right after the first call: net {first['net_mb']:.1f} MB "
+        f"(driver {first['driver_mb']:.1f} MB + children {first['children_mb']:.1f} MB)"
+    )
+    lines.append(
+        f"idle memory at {memory['workers']} workers after {faas['stats']['invocations']} invocations: "
+        f"driver {memory['driver_mb']:.1f} MB + children "
+        f"{memory['children_mb']:.1f} MB ({children or 'none'}) = {memory['total_mb']:.1f} MB total; "
+        f"driver before the platform {memory['driver_before_platform_mb']:.1f} MB; "
+        f"net {memory['net_mb']:.1f} MB (RSS, shared pages counted in each process)"
+    )
+    lines.append(
+        f"jupyter-faas: {WORKERS} workers x {faas['slots_per_worker']} slots (sandbox processes); "
+        "plain distributed warm/map ran on the same "
+        f"cluster with {plain['workers']} workers; first call after platform start "
+        f"{faas['first_call_after_platform_start_ms']:.0f} ms; calls recorded as cold_start: "
+        f"{faas['warm_calls_marked_cold']} of {size.warm} warm, {faas['map_calls_marked_cold']} of {size.map_items} map"
+    )
+    if size.plain_map_items != size.map_items:
+        lines.append(
+            f"plain distributed map capped at {size.plain_map_items} items; jupyter-faas, the process pool "
+            f"and in-process mapped {size.map_items}"
+        )
+    lines.append("ratio < 1 is better for times and memory; > 1 is better for throughput")
+    return lines
+
+
+# -- main --------------------------------------------------------------------------------------------
+
+
+class Stopped(BaseException):
+    """SIGTERM, raised in the main thread so that every finally block shuts its cluster or pool down."""
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise Stopped(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="default")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    size = SIZES[args.size]
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+    began = time.perf_counter()
+    load_before = os.getloadavg()
+    phases: dict[str, float] = {}
+
+    def phase(name: str, run: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        print(f"... {name}", file=sys.stderr, flush=True)
+        try:
+            return run()
+        finally:
+            phases[name] = round(time.perf_counter() - start, 2)
+
+    in_process = phase("in-process", lambda: bench_in_process(size))
+    # The pool forks: it runs before the platform starts any thread in this process.
+    pool = phase("process pool", lambda: bench_processpool(size))
+    driver_before = rss_now()
+    faas, plain, memory = phase("jupyter-faas and plain distributed", lambda: bench_platform(size, driver_before))
+    cold = phase("plain distributed cold start", lambda: bench_plain_cold(size.cold_trials, "spawn"))
+    cold_fs = phase(
+        "plain distributed cold start, forkserver", lambda: bench_plain_cold(size.cold_trials, "forkserver")
+    )
+    plain["cold_start_ms"] = cold["cold_start_ms"]
+    plain["cold_trials_ms"] = cold["cold_trials_ms"]
+    plain["cold_start_method"] = cold["start_method"]
+
+    results = {"jupyter_faas": faas, "plain_distributed": plain, "processpool": pool, "in_process": in_process}
+    report: dict[str, Any] = {
+        "size": args.size,
+        "parameters": asdict(size),
+        "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "results": results,
+        "ratios_faas_over_plain": ratios(results),
+        "memory": memory,
+        "extra": {"plain_cold_forkserver": cold_fs},
+        "phase_seconds": phases,
+        "elapsed_s": round(time.perf_counter() - began, 2),
+    }
+    m = report["machine"]
+    print(
+        f"jupyter-faas benchmark, size {args.size} (warm {size.warm} calls, map {size.map_items} items, "
+        f"{size.cold_trials} cold trials): {m['cpu_count']} CPUs, Python {m['python']}, dask {m['dask']}, "
+        f"load average {load_before[0]:.2f}"
+    )
+    print(table(results, report["ratios_faas_over_plain"]))
+    for line in notes(size, report):
+        print(f"  {line}")
+    print(f"  elapsed {report['elapsed_s']:.1f} s")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (KeyboardInterrupt, Stopped) as stop:
+        # The finally blocks have shut every cluster and pool down by now. Stopped mid-map, the platform
+        # can leave a callback thread waiting on its closed client, which would hang the interpreter's exit.
+        print(f"stopped: {type(stop).__name__}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(stop.args[0] if isinstance(stop, Stopped) else 130)
