@@ -4,19 +4,53 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 import multiprocessing
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import dask.config
-from distributed import Client, LocalCluster
+from distributed import Adaptive, Client, LocalCluster
 
 from jupyter_faas import _config
 from jupyter_faas._invoker import SandboxPlugin
 
 # Imported once in the fork server, so each new worker starts with them already loaded.
 _WORKER_PRELOAD = ["distributed", "cloudpickle", "psutil", "jupyter_faas._invoker"]
+
+
+class ScalingHooks(Protocol):
+    """What the platform tells a cluster's autoscaler: the scheduler never sees its invocations as tasks."""
+
+    def demand(self) -> int:
+        """Workers the platform wants now; 0 once the keep-alive has passed with nothing in flight."""
+        ...
+
+    def begin_retire(self) -> bool:
+        """Hold new invocations while workers retire; False if work is in flight and nothing may retire."""
+        ...
+
+    def end_retire(self) -> None:
+        """Release the invocations held during retirement."""
+        ...
+
+
+class _DemandAdaptive(Adaptive):
+    """Dask's Adaptive, also counting the platform's demand, and never retiring workers under live work."""
+
+    def __init__(self, cluster: Any = None, *, hooks: ScalingHooks, **kwargs: Any) -> None:
+        super().__init__(cluster=cluster, **kwargs)
+        self._hooks = hooks
+
+    async def target(self) -> int:
+        return max(await super().target(), self._hooks.demand())
+
+    async def scale_down(self, workers: Any) -> None:
+        if not workers or not self._hooks.begin_retire():
+            return
+        try:
+            await super().scale_down(workers)
+        finally:
+            self._hooks.end_retire()
 
 
 class ClusterHandle:
@@ -30,17 +64,34 @@ class ClusterHandle:
 
     @property
     def scales_on_demand(self) -> bool:
-        """Whether the platform itself scales up on submit and down on keep-alive expiry."""
+        """Whether the platform asks for workers on submit (it does not on a cluster it only connects to)."""
+        return self.mode in ("embedded", "factory")
+
+    @property
+    def retires_when_idle(self) -> bool:
+        """Whether the platform itself retires every worker when the keep-alive expires."""
         return self.mode == "embedded"
 
-    def worker_count(self) -> int:
-        if self.mode == "embedded":
+    def worker_slots(self) -> dict[str, int]:
+        """Each connected worker's address, with the number of threads (slots) it runs."""
+        if self.mode == "embedded" and self.cluster is not None:
             # SpecCluster keeps this current from the scheduler, without a round trip.
-            return len(self.cluster.scheduler_info.get("workers", {}))
-        return len(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+            workers = self.cluster.scheduler_info.get("workers", {})
+        else:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        return {address: int(info.get("nthreads", 1)) for address, info in dict(workers).items()}
+
+    def worker_count(self) -> int:
+        return len(self.worker_slots())
 
     def scale(self, n: int) -> None:
-        self.cluster.scale(n)
+        """Ask for n workers now: directly on the embedded cluster, through an adaptive round on a factory's."""
+        if self.mode == "embedded":
+            self.cluster.scale(n)
+        elif self.mode == "factory":
+            adaptive = getattr(self.cluster, "_adaptive", None)
+            if adaptive is not None:
+                self.cluster.loop.add_callback(adaptive.adapt)
 
     def wait_for_workers(self, n: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -82,15 +133,13 @@ def _embedded(maximum: int) -> ClusterHandle:
         processes=True,
         host="127.0.0.1",
         dashboard_address=_config.dashboard_address(),
-        # Retries are the platform's to decide: a lost worker must not silently rerun an invocation.
-        scheduler_kwargs={"allowed_failures": 0},
         silence_logs=logging.ERROR,
     )
     client = Client(cluster, set_as_default=False)
     return ClusterHandle("embedded", client, cluster, maximum)
 
 
-def _from_factory(spec: _config.FactorySpec, maximum: int) -> ClusterHandle:
+def _from_factory(spec: _config.FactorySpec, maximum: int, hooks: ScalingHooks) -> ClusterHandle:
     try:
         module = importlib.import_module(spec.module)
         cluster_class = getattr(module, spec.class_name)
@@ -100,15 +149,20 @@ def _from_factory(spec: _config.FactorySpec, maximum: int) -> ClusterHandle:
     if not hasattr(cluster, "adapt"):
         cluster.close()
         raise _config.ConfigError(f"faas.cluster.factory: {spec.class_name} has no adapt(); it cannot scale")
-    idle = _config.idle_timeout()
-    interval = min(1.0, idle / 2)
-    cluster.adapt(minimum=0, maximum=maximum, interval=f"{interval}s", wait_count=max(1, math.ceil(idle / interval)))
+    # The keep-alive lives in hooks.demand(), so one adaptive round below it is enough to scale down.
+    interval = min(1.0, _config.idle_timeout() / 2)
+    cluster.adapt(
+        Adaptive=_DemandAdaptive, hooks=hooks, minimum=0, maximum=maximum, interval=f"{interval}s", wait_count=1
+    )
     client = Client(cluster, set_as_default=False)
     return ClusterHandle("factory", client, cluster, maximum)
 
 
-def connect() -> ClusterHandle:
-    """The cluster the config asks for; a bad config value fails here with its key named."""
+def connect(token: str, hooks: ScalingHooks) -> ClusterHandle:
+    """The cluster the config asks for; a bad config value fails here with its key named.
+
+    Its workers start invocation streams that only accept clients holding `token`.
+    """
     _config.validate_all()
     maximum = _config.maximum_workers()
     address = _config.cluster_address()
@@ -122,8 +176,8 @@ def connect() -> ClusterHandle:
             raise _config.ConfigError(f"faas.cluster.address: cannot reach the scheduler at {address}: {e}") from None
         handle = ClusterHandle("address", client, None, maximum)
     elif factory:
-        handle = _from_factory(factory, maximum)
+        handle = _from_factory(factory, maximum, hooks)
     else:
         handle = _embedded(maximum)
-    handle.client.register_plugin(SandboxPlugin())
+    handle.client.register_plugin(SandboxPlugin(token))
     return handle

@@ -1,32 +1,33 @@
-"""The transport seam: how one invocation attempt reaches a worker and how its answer comes back."""
+"""The transport seam: jobs of invocations go straight to a worker's invocation stream, answers come back.
+
+Dask decides which workers exist (membership, scaling, where they run); this module spreads jobs over
+their free slots and talks to each worker over a direct, token-authenticated stream.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from distributed import Client, KilledWorker
+from jupyter_faas import _invoker, _wire
 
-from jupyter_faas import _invoker
+if TYPE_CHECKING:
+    from jupyter_faas._cluster import ClusterHandle
 
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One try at running an invocation; a retry is a new attempt with a new key."""
-
-    key: str
-    name: str
-    version: str
-    package: tuple[bytes, str, str, bool]
-    args_bytes: bytes
-    timeout: float
-    memory: int
+# How often workers are looked for while jobs wait for a slot, and when nothing waits.
+_DISCOVER_WAITING = 0.01
+_DISCOVER_IDLE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A worker's answer to an attempt, or the news that no answer will come."""
+    """A worker's answer to one invocation attempt, or the news that no answer will come."""
 
     status: str  # "ok", "error", "timeout", "memory" or "lost"
     value: bytes = b""
@@ -39,51 +40,213 @@ class Outcome:
     worker_started: float | None = None
 
 
-class Dispatcher(Protocol):
-    def send(self, attempt: Attempt, on_outcome: Callable[[Outcome], None]) -> None: ...
+@dataclass(slots=True)
+class Job:
+    """Invocations of one function that share one blob of arguments, run in order in one slot."""
 
-    def close(self) -> None: ...
+    name: str
+    version: str
+    package: tuple[bytes, str, str, bool]
+    blob: bytes
+    indices: list[int]
+    timeout: float
+    memory: int
+    deliver: Callable[[int, Outcome], None]
+    keep: Callable[[int], bool]
 
 
-class DaskTaskDispatcher:
-    """Each attempt is one Dask task; the scheduler places it and the worker's sandbox runs it."""
+class _Link:
+    """One worker's invocation stream: where it listens, its slots, and its open connections."""
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
+    def __init__(self, worker: str, endpoint: tuple[str, int], slots: int, token: bytes) -> None:
+        self.worker = worker
+        self.endpoint = endpoint
+        self.slots = slots
+        self.busy = 0
+        self.alive = True
+        self.known: set[str] = set()
+        self.worker_started: float | None = None
+        self._token = token
+        self._idle: list[socket.socket] = []
+        self._lock = threading.Lock()
 
-    def send(self, attempt: Attempt, on_outcome: Callable[[Outcome], None]) -> None:
-        future = self._client.submit(
-            _invoker.execute,
-            attempt.name,
-            attempt.version,
-            attempt.package,
-            attempt.args_bytes,
-            attempt.timeout,
-            attempt.memory,
-            key=attempt.key,
-            pure=False,
-            retries=0,
-        )
-        future.add_done_callback(lambda done: on_outcome(self._outcome(done)))
-
-    @staticmethod
-    def _outcome(future: Any) -> Outcome:
+    def take(self) -> socket.socket:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        sock = socket.create_connection(self.endpoint, timeout=10)
         try:
-            if future.status == "finished":
-                answer, worker, worker_started = future.result()
-                status, value, started, finished, fresh, peak, error = answer
-                return Outcome(status, value, started, finished, fresh, peak, error, worker, worker_started)
-            exception = future.exception()
-        except Exception as e:  # the future was lost with its client or scheduler
-            exception = e
-        finally:
-            # A held result pins its worker and blocks scale-down.
-            future.release()
-        if isinstance(exception, KilledWorker):
-            message = f"the worker running it was lost: {exception}"
-        else:
-            message = f"the invocation was lost in transit: {type(exception).__name__}: {exception}"
-        return Outcome("lost", error=("WorkerLost", message, "", None))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _wire.send_token(sock, self._token)
+            _, self.worker_started, _ = _wire.receive(sock)
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def give_back(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.alive:
+                self._idle.append(sock)
+                return
+        sock.close()
 
     def close(self) -> None:
-        pass
+        with self._lock:
+            self.alive = False
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
+
+
+class _NotSent(Exception):
+    """The job never reached the worker, so it can go elsewhere without counting as an attempt."""
+
+
+class DirectDispatcher:
+    """Sends each job to the worker with the most free slots; jobs wait here while none is free."""
+
+    def __init__(self, cluster: ClusterHandle, token: str) -> None:
+        self._cluster = cluster
+        self._token = token.encode()
+        self._links: dict[str, _Link] = {}
+        self._pending: deque[Job] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="faas-dispatch")
+        self._discovery = threading.Thread(target=self._discover, name="faas-discovery", daemon=True)
+        self._discovery.start()
+
+    # -- what the platform calls ---------------------------------------------------------------------
+
+    def send(self, job: Job) -> None:
+        with self._lock:
+            self._pending.append(job)
+            self._assign()
+            waiting = bool(self._pending)
+        if waiting:
+            self._wake.set()
+
+    def capacity(self) -> int:
+        """Slots on the workers known now."""
+        with self._lock:
+            return sum(link.slots for link in self._links.values() if link.alive)
+
+    def forget_workers(self) -> None:
+        """Drop every link; used after the platform retired all workers."""
+        with self._lock:
+            links, self._links = list(self._links.values()), {}
+        for link in links:
+            link.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self.forget_workers()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- placing jobs --------------------------------------------------------------------------------
+
+    def _assign(self) -> None:
+        """Hand waiting jobs to free slots; the caller holds the lock."""
+        while self._pending:
+            free = [link for link in self._links.values() if link.alive and link.busy < link.slots]
+            if not free:
+                return
+            link = max(free, key=lambda candidate: candidate.slots - candidate.busy)
+            job = self._pending.popleft()
+            link.busy += 1
+            self._pool.submit(self._run, link, job)
+
+    def _run(self, link: _Link, job: Job) -> None:
+        try:
+            self._exchange(link, job)
+        except _NotSent:
+            self._drop_link(link)
+            with self._lock:
+                self._pending.appendleft(job)
+        except Exception as error:  # a broken stream after the job was sent: its unanswered calls are lost
+            self._drop_link(link)
+            message = f"the worker running it was lost ({link.worker}): {type(error).__name__}: {error}"
+            lost = Outcome("lost", error=("WorkerLost", message, "", None), worker=link.worker)
+            for index in job.indices:
+                job.deliver(index, lost)
+        finally:
+            with self._lock:
+                link.busy -= 1
+                self._assign()
+                waiting = bool(self._pending)
+            if waiting:
+                self._wake.set()
+
+    def _exchange(self, link: _Link, job: Job) -> None:
+        job.indices = [index for index in job.indices if job.keep(index)]
+        if not job.indices:
+            return
+        try:
+            sock = link.take()
+            package = None if job.version in link.known else job.package
+            _wire.send(sock, ("run", job.name, job.version, package, job.blob, job.indices, job.timeout, job.memory))
+        except (OSError, _wire.ConnectionLost) as error:
+            raise _NotSent from error
+        # The worker answers in the order of job.indices, so what is unanswered is always a tail.
+        answered = 0
+        try:
+            while True:
+                kind, *rest = _wire.receive(sock)
+                if kind == "missing":
+                    _wire.send(sock, ("run", job.name, job.version, job.package, job.blob, job.indices,
+                                      job.timeout, job.memory))  # fmt: skip
+                    continue
+                link.known.add(job.version)
+                for index, answer in rest[0]:
+                    status, value, started, finished, fresh, peak, error = answer
+                    job.deliver(
+                        index,
+                        Outcome(status, value, started, finished, fresh, peak, error, link.worker, link.worker_started),
+                    )
+                    answered += 1
+                if kind == "done":
+                    break
+        except BaseException:
+            job.indices = job.indices[answered:]
+            sock.close()
+            raise
+        link.give_back(sock)
+
+    def _drop_link(self, link: _Link) -> None:
+        link.close()
+        with self._lock:
+            if self._links.get(link.worker) is link:
+                del self._links[link.worker]
+
+    # -- finding workers -----------------------------------------------------------------------------
+
+    def _discover(self) -> None:
+        while not self._closed:
+            with self._lock:
+                waiting = bool(self._pending)
+            self._wake.wait(_DISCOVER_WAITING if waiting else _DISCOVER_IDLE)
+            self._wake.clear()
+            if self._closed:
+                return
+            with contextlib.suppress(Exception):  # the cluster may be starting or stopping; look again soon
+                self._refresh()
+
+    def _refresh(self) -> None:
+        slots = self._cluster.worker_slots()
+        with self._lock:
+            gone = [link for address, link in self._links.items() if address not in slots]
+            new = [address for address in slots if address not in self._links]
+        for link in gone:
+            self._drop_link(link)
+        if not new:
+            return
+        endpoints: dict[str, Any] = self._cluster.client.run(_invoker.endpoint, workers=new, on_error="return")
+        with self._lock:
+            for address, endpoint in endpoints.items():
+                if isinstance(endpoint, tuple) and address not in self._links:
+                    self._links[address] = _Link(address, endpoint, slots[address], self._token)
+            self._assign()

@@ -7,8 +7,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, overload
 
-import cloudpickle
-
 from jupyter_faas import _platform
 from jupyter_faas._definition import FunctionDefinition, from_callable
 from jupyter_faas._limits import Limits
@@ -45,19 +43,17 @@ class FaasFunction:
     def limits(self) -> Limits:
         return self._definition.limits
 
-    def _pack_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
             self._definition.signature.bind(*args, **kwargs)
         except TypeError as e:
             raise TypeError(f"{self.name}(): {e}") from None
-        try:
-            return cloudpickle.dumps((args, kwargs), protocol=5)
-        except Exception as e:
-            raise TypeError(f"{self.name}(): an argument cannot be sent to a worker: {e}") from None
 
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """Start one invocation; the concurrent.futures.Future ends with its result or error."""
-        return _platform.current().invoke(self._definition, self._pack_arguments(args, kwargs))
+        self._check_arguments(args, kwargs)
+        blob = _platform.pack_calls(self.name, [(args, kwargs)])
+        return _platform.current().invoke(self._definition, blob)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
@@ -74,27 +70,28 @@ class FaasFunction:
     def map(self, iterable: Iterable[Any], *iterables: Iterable[Any], return_exceptions: bool = False) -> list[Any]:
         """Results in input order; with return_exceptions, a failed item gives its exception in place."""
         __tracebackhide__ = True
-        futures = [self.submit(*items) for items in zip(iterable, *iterables, strict=False)]
-        results = []
+        calls = [(items, {}) for items in zip(iterable, *iterables, strict=False)]
+        if calls:
+            # Every item has the same number of positional arguments, so one check covers them all.
+            self._check_arguments(calls[0][0], {})
+        results = _platform.current().map(self._definition, calls)
         try:
-            for future in futures:
-                if return_exceptions:
-                    error = future.exception()
-                    results.append(error if error is not None else future.result())
-                else:
-                    results.append(future.result())
+            results.wait()
         except KeyboardInterrupt:
             # Invocations not yet started are dropped; those already running finish and are recorded.
-            for future in futures:
-                future.cancel()
+            results.cancelled = True
             raise
-        except BaseException as error:
-            raise error.with_traceback(None) from error.__cause__
-        return results
+        if return_exceptions:
+            pairs = zip(results.values, results.errors, strict=True)
+            return [value if error is None else error for value, error in pairs]
+        for error in results.errors:
+            if error is not None:
+                raise error.with_traceback(None) from error.__cause__
+        return results.values
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Run here in the notebook process, on a fresh copy, as a worker would; limits are not enforced."""
-        self._pack_arguments(args, kwargs)
+        self._check_arguments(args, kwargs)
         return self._definition.load()(*args, **kwargs)
 
     @property

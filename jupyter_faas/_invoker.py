@@ -1,8 +1,9 @@
-"""The worker side: sandbox processes that run invocations, with hard timeouts and memory limits."""
+"""The worker side: sandbox processes that run invocations, and the stream that feeds them."""
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import os
 import pickle
@@ -12,21 +13,34 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 import psutil
-from distributed import WorkerPlugin, get_worker
+from distributed import WorkerPlugin
 
+from jupyter_faas import _wire
 from jupyter_faas._limits import format_size
 
 # How often a running invocation's memory is sampled; fast calls answer before the first sample.
 _MEMORY_POLL = 0.05
 # A sandbox that has not said "ready" by then is broken, not slow.
 _READY_TIMEOUT = 60.0
+# Answers are sent back in frames at most this far apart, so a lost worker loses little.
+_FLUSH_INTERVAL = 0.01
+# Function packages a worker keeps for its sandboxes; the oldest are dropped first.
+_PACKAGES_KEPT = 256
 
-# (status, value, started, finished, fresh, peak_memory, error) as the sandbox answers it.
-Answer = tuple[str, bytes, float, float, bool, "int | None", "tuple[str, str, str, bytes | None] | None"]
+# (status, value, started, finished, fresh, peak_memory, error) for one invocation.
+Answer = tuple
+OnAnswer = Callable[[int, Answer], None]
+
+
+# -I keeps the worker's current directory off the path: the sandbox must import this very jupyter_faas.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from jupyter_faas._runner import main; main()"
 
 
 class SandboxGone(Exception):
@@ -44,6 +58,10 @@ def _exit_description(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def _failure(status: str, type_name: str, message: str, started: float, fresh: bool, peak: int | None) -> Answer:
+    return (status, b"", started, time.time(), fresh, peak, (type_name, message, "", None))
+
+
 class Sandbox:
     """One child process that runs invocations one at a time and can be killed at any moment."""
 
@@ -51,7 +69,7 @@ class Sandbox:
         parent, child = socket.socketpair()
         env = dict(os.environ, JUPYTER_FAAS_SYS_PATH=json.dumps(sys.path))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_faas._runner", str(child.fileno())],
+            [sys.executable, "-I", "-c", _BOOTSTRAP, _PACKAGE_ROOT, str(child.fileno())],
             pass_fds=(child.fileno(),),
             stdin=subprocess.DEVNULL,
             env=env,
@@ -93,49 +111,78 @@ class Sandbox:
             self.process.wait(timeout=10)
         self.conn.close()
 
-    def run(self, name: str, version: str, package: Any, args_bytes: bytes, timeout: float, memory: int) -> Answer:
-        """Run one invocation; kills the sandbox on timeout or runaway memory, and says so."""
-        self._wait_ready()
-        send_package = None if version in self.known else package
-        answer = self._exchange(name, version, send_package, args_bytes, timeout, memory)
-        if answer[0] == "missing":
-            answer = self._exchange(name, version, package, args_bytes, timeout, memory)
-        self.known.add(version)
-        return answer
+    def run(
+        self,
+        name: str,
+        version: str,
+        package: Any,
+        blob: bytes,
+        indices: list[int],
+        timeout: float,
+        memory: int,
+        on_answer: OnAnswer,
+    ) -> int:
+        """Run the calls at `indices`, answering each; returns how many were answered.
 
-    def _exchange(
-        self, name: str, version: str, package: Any, args_bytes: bytes, timeout: float, memory: int
-    ) -> Answer:
-        sent = time.time()
+        Fewer than all means the sandbox was killed (timeout, memory) or died; the last one answered
+        says why, and the rest have not started.
+        """
+        self._wait_ready()
+        fresh = version not in self.known
+        self._send(version, None if not fresh else package, blob, indices, memory)
+        answered = 0
         deadline = time.monotonic() + timeout
-        try:
-            self.conn.send_bytes(pickle.dumps(("call", version, package, args_bytes, memory), protocol=5))
-        except OSError:
-            raise SandboxGone(self._died()) from None
-        fresh = package is not None
-        while True:
+        while answered < len(indices):
+            index = indices[answered]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
                 message = f"{name} ran past its timeout of {timeout:g}s and was stopped"
-                return ("timeout", b"", sent, time.time(), fresh, None, ("FaasTimeout", message, "", None))
-            if self.conn.poll(min(_MEMORY_POLL, remaining)):
-                try:
-                    return pickle.loads(self.conn.recv_bytes())
-                except (EOFError, OSError):
-                    raise SandboxGone(self._died()) from None
-            try:
-                resident = self._stats.memory_info().rss
-            except psutil.Error:
+                on_answer(index, _failure("timeout", "FaasTimeout", message, time.time() - timeout, fresh, None))
+                return answered + 1
+            if not self.conn.poll(min(_MEMORY_POLL, remaining)):
+                resident = self._resident()
+                if resident is not None and resident > memory:
+                    self.kill()
+                    message = f"{name} went over its memory limit of {format_size(memory)} and was stopped"
+                    on_answer(index, _failure("memory", "FaasMemoryError", message, time.time(), fresh, resident))
+                    return answered + 1
                 continue
-            if resident > memory:
+            try:
+                answer = pickle.loads(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                message = f"the process running {name} {self._died()}"
+                on_answer(index, _failure("error", "SandboxExit", message, time.time(), fresh, None))
+                return answered + 1
+            if answer[0] == "missing":
+                self._send(version, package, blob, indices, memory)
+                continue
+            self.known.add(version)
+            fresh = False
+            on_answer(index, answer)
+            answered += 1
+            deadline = time.monotonic() + timeout
+            if answer[0] == "memory":
+                # Its peak is spent and its memory may still be held: the next call starts clean.
                 self.kill()
-                message = f"{name} went over its memory limit of {format_size(memory)} and was stopped"
-                return ("memory", b"", sent, time.time(), fresh, resident, ("FaasMemoryError", message, "", None))
+                return answered
+        return answered
+
+    def _send(self, version: str, package: Any, blob: bytes, indices: list[int], memory: int) -> None:
+        try:
+            self.conn.send_bytes(pickle.dumps(("run", version, package, blob, indices, memory), protocol=5))
+        except OSError:
+            raise SandboxGone(self._died()) from None
+
+    def _resident(self) -> int | None:
+        try:
+            return self._stats.memory_info().rss
+        except psutil.Error:
+            return None
 
 
 class Invoker:
-    """The sandboxes of one worker process: one per thread the worker runs tasks on."""
+    """The sandboxes of one worker process: one per slot, each running one invocation at a time."""
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
@@ -143,6 +190,10 @@ class Invoker:
         self._all: set[Sandbox] = set()
         self._lock = threading.Lock()
         self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def prewarm(self) -> None:
         """Start the sandboxes now, so the first invocations do not wait for them."""
@@ -173,21 +224,36 @@ class Invoker:
             self._all.discard(sandbox)
         sandbox.kill()
 
-    def invoke(self, name: str, version: str, package: Any, args_bytes: bytes, timeout: float, memory: int) -> Answer:
-        sandbox = self._acquire()
-        try:
-            answer = sandbox.run(name, version, package, args_bytes, timeout, memory)
-        except SandboxGone as gone:
-            sandbox.kill()
-            self._release(sandbox)
-            message = f"the process running {name} {gone}"
-            now = time.time()
-            return ("error", b"", now, now, False, None, ("SandboxExit", message, "", None))
-        if answer[0] == "memory":
-            # Its peak is spent and its memory may still be held: start the next call clean.
-            sandbox.kill()
-        self._release(sandbox)
-        return answer
+    def invoke(
+        self,
+        name: str,
+        version: str,
+        package: Any,
+        blob: bytes,
+        indices: list[int],
+        timeout: float,
+        memory: int,
+        on_answer: OnAnswer,
+    ) -> None:
+        """Run every call at `indices`, each with its own timeout; a killed sandbox is replaced mid-batch."""
+        remaining = list(indices)
+        while remaining:
+            try:
+                sandbox = self._acquire()
+            except SandboxGone as gone:
+                for index in remaining:
+                    on_answer(index, _failure("error", "SandboxExit", f"{name}: {gone}", time.time(), False, None))
+                return
+            try:
+                answered = sandbox.run(name, version, package, blob, remaining, timeout, memory, on_answer)
+            except SandboxGone as gone:
+                sandbox.kill()
+                message = f"the process running {name} {gone}"
+                on_answer(remaining[0], _failure("error", "SandboxExit", message, time.time(), False, None))
+                answered = 1
+            finally:
+                self._release(sandbox)
+            remaining = remaining[answered:]
 
     def close(self) -> None:
         with self._lock:
@@ -199,50 +265,107 @@ class Invoker:
             sandbox.kill()
 
 
-_invoker: Invoker | None = None
-_invoker_lock = threading.Lock()
+class InvokerServer:
+    """A worker's invocation stream: clients that know the token send batches, answers stream back."""
+
+    def __init__(self, invoker: Invoker, host: str, token: str, worker_started: float) -> None:
+        self.invoker = invoker
+        self._token = token.encode()
+        self._worker_started = worker_started
+        self._packages: OrderedDict[str, Any] = OrderedDict()
+        self._packages_lock = threading.Lock()
+        self._listener = socket.create_server((host, 0))
+        self.endpoint = (host, self._listener.getsockname()[1])
+        self._connections: set[socket.socket] = set()
+        self._closed = False
+        threading.Thread(target=self._accept, name="faas-invoker-accept", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(sock,), name="faas-invoker", daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._connections.add(sock)
+        try:
+            # Nothing is unpickled before the peer proves it holds the token.
+            offered = _wire.receive_token(sock, len(self._token))
+            if not hmac.compare_digest(offered, self._token):
+                return
+            _wire.send(sock, ("hello", self._worker_started, self.invoker.slots))
+            while not self._closed:
+                self._handle(sock, _wire.receive(sock))
+        except (OSError, _wire.ConnectionLost, EOFError):
+            pass
+        finally:
+            self._connections.discard(sock)
+            sock.close()
+
+    def _handle(self, sock: socket.socket, request: tuple) -> None:
+        _, name, version, package, blob, indices, timeout, memory = request
+        with self._packages_lock:
+            if package is not None:
+                self._packages[version] = package
+                while len(self._packages) > _PACKAGES_KEPT:
+                    self._packages.popitem(last=False)
+            package = self._packages.get(version)
+            if package is not None:
+                self._packages.move_to_end(version)
+        if package is None:
+            _wire.send(sock, ("missing",))
+            return
+        pending: list[tuple[int, Answer]] = []
+        last_flush = time.monotonic()
+
+        def on_answer(index: int, answer: Answer) -> None:
+            nonlocal last_flush
+            pending.append((index, answer))
+            now = time.monotonic()
+            if now - last_flush >= _FLUSH_INTERVAL:
+                _wire.send(sock, ("answers", pending[:]))
+                pending.clear()
+                last_flush = now
+
+        self.invoker.invoke(name, version, package, blob, indices, timeout, memory, on_answer)
+        _wire.send(sock, ("done", pending))
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        for sock in list(self._connections):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
-def invoker_for_this_process(slots: int) -> Invoker:
-    global _invoker
-    with _invoker_lock:
-        if _invoker is None or _invoker._closed:
-            _invoker = Invoker(slots)
-        return _invoker
+_server: InvokerServer | None = None
 
 
 class SandboxPlugin(WorkerPlugin):
-    """Starts a worker's sandboxes with the worker, and stops them with it."""
+    """Starts a worker's sandboxes and invocation stream with the worker, and stops them with it."""
 
     name = "jupyter-faas-sandboxes"
 
+    def __init__(self, token: str) -> None:
+        self.token = token
+
     def setup(self, worker: Any) -> None:
-        invoker_for_this_process(worker.state.nthreads).prewarm()
+        global _server
+        invoker = Invoker(worker.state.nthreads)
+        invoker.prewarm()
+        _server = InvokerServer(invoker, worker.ip, self.token, psutil.Process().create_time())
 
     def teardown(self, worker: Any) -> None:
-        if _invoker is not None:
-            _invoker.close()
+        global _server
+        if _server is not None:
+            _server.close()
+            _server.invoker.close()
+            _server = None
 
 
-def execute(
-    name: str, version: str, package: Any, args_bytes: bytes, timeout: float, memory: int
-) -> tuple[Answer, str, float]:
-    """The Dask task of one invocation attempt: runs it in a sandbox of this worker.
-
-    Returns the sandbox's answer, the worker's address and when the worker process started,
-    so the caller can tell whether the invocation waited for a new worker.
-    """
-    worker = get_worker()
-    invoker = invoker_for_this_process(worker.state.nthreads)
-    answer = invoker.invoke(name, version, package, args_bytes, timeout, memory)
-    return answer, worker.address, _process_started()
-
-
-def _process_started() -> float:
-    global _started_at
-    if _started_at is None:
-        _started_at = psutil.Process().create_time()
-    return _started_at
-
-
-_started_at: float | None = None
+def endpoint() -> tuple[str, int] | None:
+    """Where this worker's invocation stream listens; None until its plugin has started it."""
+    return None if _server is None else _server.endpoint

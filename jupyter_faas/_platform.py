@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import math
+import secrets
 import threading
 import time
-import uuid
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import cloudpickle
 
 from jupyter_faas import _config
 from jupyter_faas._cluster import ClusterHandle, connect
 from jupyter_faas._definition import FunctionDefinition
-from jupyter_faas._dispatch import Attempt, DaskTaskDispatcher, Dispatcher, Outcome
+from jupyter_faas._dispatch import DirectDispatcher, Job, Outcome
 from jupyter_faas._errors import (
     FaasError,
     FaasMemoryError,
@@ -31,17 +33,40 @@ from jupyter_faas._records import InvocationRecord, RecordStore
 
 # Outcomes that count as a failure worth another attempt when retries remain.
 _RETRIED = ("error", "lost")
+# Most calls of a map sent to one slot at once; a batch runs its calls in order, each with its own limits.
+_MAX_BATCH = 1000
 
 
-@dataclass(eq=False)
+class _Sink(Protocol):
+    """Where invocations' results go: a future for one call, a MapResults for many."""
+
+    def start(self) -> bool:
+        """Called once before an invocation's first attempt; False means it was cancelled."""
+        ...
+
+    def wanted(self) -> bool:
+        """Checked again just before sending; False drops it (a map interrupted while it waited)."""
+        ...
+
+    def drop(self) -> None:
+        """A dropped invocation will never complete."""
+        ...
+
+    def complete(self, slot: int, value: Any, error: BaseException | None) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
 class _Invocation:
     id: str
     definition: FunctionDefinition
-    args_bytes: bytes
-    future: Future
+    blob: bytes
+    index: int
     submitted: float
     started_clock: float
+    sink: _Sink
+    slot: int
     attempts: int = 0
+    begun: bool = False
     gate: _Gate | None = None
 
 
@@ -68,6 +93,67 @@ class _Gate:
         return None
 
 
+class _FutureSink:
+    """One call's result goes to its concurrent.futures.Future."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: Future) -> None:
+        self.future = future
+
+    def start(self) -> bool:
+        return self.future.set_running_or_notify_cancel()
+
+    def wanted(self) -> bool:
+        return True
+
+    def drop(self) -> None:
+        pass
+
+    def complete(self, slot: int, value: Any, error: BaseException | None) -> None:
+        if error is None:
+            self.future.set_result(value)
+        else:
+            self.future.set_exception(error)
+
+
+class MapResults:
+    """Collects a map's results in input order as they arrive, from any thread."""
+
+    def __init__(self, count: int) -> None:
+        self.values: list[Any] = [None] * count
+        self.errors: list[BaseException | None] = [None] * count
+        self.cancelled = False
+        self._remaining = count
+        self._done = threading.Condition()
+
+    def start(self) -> bool:
+        return not self.cancelled
+
+    wanted = start
+
+    def complete(self, slot: int, value: Any, error: BaseException | None) -> None:
+        self.values[slot] = value
+        self.errors[slot] = error
+        with self._done:
+            self._remaining -= 1
+            if self._remaining <= 0:
+                self._done.notify_all()
+
+    def drop(self) -> None:
+        """One invocation will never complete: it was cancelled before it started."""
+        with self._done:
+            self._remaining -= 1
+            if self._remaining <= 0:
+                self._done.notify_all()
+
+    def wait(self) -> None:
+        with self._done:
+            while self._remaining > 0:
+                # A bounded wait keeps Ctrl-C responsive in the notebook's main thread.
+                self._done.wait(0.1)
+
+
 def _rebuild_error(definition: FunctionDefinition, outcome: Outcome) -> BaseException:
     type_name, message, traceback_text, exc_bytes = outcome.error or ("Error", "", "", None)
     if outcome.status == "timeout":
@@ -78,15 +164,29 @@ def _rebuild_error(definition: FunctionDefinition, outcome: Outcome) -> BaseExce
         return present(error, definition.name, outcome.worker, "")
     if outcome.status == "lost":
         return present(WorkerLost(f"{definition.name}: {message}"), definition.name, outcome.worker, "")
-    error: BaseException | None = None
+    rebuilt: BaseException | None = None
     if exc_bytes is not None:
         try:
-            error = cloudpickle.loads(exc_bytes)
+            rebuilt = cloudpickle.loads(exc_bytes)
         except Exception:
-            error = None
-    if not isinstance(error, BaseException):
-        error = RemoteError(type_name, message)
-    return present(error, definition.name, outcome.worker, traceback_text)
+            rebuilt = None
+    if not isinstance(rebuilt, BaseException):
+        rebuilt = RemoteError(type_name, message)
+    return present(rebuilt, definition.name, outcome.worker, traceback_text)
+
+
+def pack_calls(name: str, calls: Sequence[tuple[tuple, dict]]) -> bytes:
+    """One blob for many calls' arguments; an argument that cannot travel is named by its position."""
+    try:
+        return cloudpickle.dumps(list(calls), protocol=5)
+    except Exception:
+        for position, call in enumerate(calls):
+            try:
+                cloudpickle.dumps(call, protocol=5)
+            except Exception as e:
+                where = f" (item {position})" if len(calls) > 1 else ""
+                raise TypeError(f"{name}(): an argument{where} cannot be sent to a worker: {e}") from None
+        raise
 
 
 class Platform:
@@ -95,18 +195,19 @@ class Platform:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._cluster: ClusterHandle | None = None
-        self._dispatcher: Dispatcher | None = None
+        self._dispatcher: DirectDispatcher | None = None
         self._stores: dict[str, RecordStore] = {}
         self._gates: dict[str, _Gate] = {}
         self._in_flight = 0
-        self._held: deque[_Invocation] = deque()
+        self._held: deque[list[_Invocation]] = deque()
         self._retiring = False
         self._requested_workers = 0
         self._last_activity = time.monotonic()
         self._scale_events: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._controller: threading.Thread | None = None
-        self._keys = itertools.count()
+        self._id_prefix = secrets.token_hex(4)
+        self._ids = itertools.count(1)
         self._closed = False
 
     # -- life cycle ----------------------------------------------------------------------------------
@@ -116,13 +217,17 @@ class Platform:
         return self._cluster is not None
 
     def start(self) -> Platform:
+        if self._cluster is not None:
+            return self
         with self._lock:
             if self._closed:
                 raise FaasError("this platform was shut down; call jupyter_faas.platform() for a new one")
             if self._cluster is None:
-                self._cluster = connect()
-                self._dispatcher = DaskTaskDispatcher(self._cluster.client)
-                self._note_workers(self._cluster.worker_count())
+                token = secrets.token_hex(16)
+                cluster = connect(token, self)
+                self._dispatcher = DirectDispatcher(cluster, token)
+                self._cluster = cluster
+                self._note_workers(cluster.worker_count())
                 self._controller = threading.Thread(target=self._control, name="faas-keepalive", daemon=True)
                 self._controller.start()
         return self
@@ -134,7 +239,9 @@ class Platform:
                 return
             self._closed = True
             cluster, self._cluster = self._cluster, None
-            waiting = list(self._held) + [i for gate in self._gates.values() for i in gate.waiting]
+            dispatcher, self._dispatcher = self._dispatcher, None
+            waiting = [i for held in self._held for i in held]
+            waiting += [i for gate in self._gates.values() for i in gate.waiting]
             self._held.clear()
             for gate in self._gates.values():
                 gate.waiting.clear()
@@ -142,8 +249,11 @@ class Platform:
         if self._controller is not None:
             self._controller.join(timeout=5)
         for invocation in waiting:
-            if invocation.future.set_running_or_notify_cancel():
-                invocation.future.set_exception(FaasError("the platform was shut down before this ran"))
+            if invocation.begun or invocation.sink.start():
+                error = FaasError("the platform was shut down before this ran")
+                invocation.sink.complete(invocation.slot, None, error)
+        if dispatcher is not None:
+            dispatcher.close()
         if cluster is not None:
             cluster.close()
 
@@ -179,7 +289,7 @@ class Platform:
 
     @property
     def client(self) -> Any:
-        """The distributed.Client the platform dispatches through."""
+        """The distributed.Client that connects the platform to its cluster."""
         return self.start()._cluster.client  # type: ignore[union-attr]
 
     def records(self, name: str) -> list[InvocationRecord]:
@@ -200,64 +310,127 @@ class Platform:
     # -- invoking ------------------------------------------------------------------------------------
 
     def _store(self, name: str) -> RecordStore:
-        with self._lock:
-            store = self._stores.get(name)
-            if store is None:
-                store = self._stores[name] = RecordStore(_config.records_per_function())
-            return store
+        store = self._stores.get(name)
+        if store is None:
+            with self._lock:
+                store = self._stores.setdefault(name, RecordStore(_config.records_per_function()))
+        return store
 
-    def invoke(self, definition: FunctionDefinition, args_bytes: bytes) -> Future:
-        """Queue one invocation; the returned future ends with its result or its error."""
+    def _gate(self, definition: FunctionDefinition) -> _Gate:
+        gate = self._gates.get(definition.name)
+        if gate is None or gate.limit != definition.limits.concurrency:
+            # A redefinition with another limit starts a new gate; calls in flight keep the old one.
+            gate = self._gates[definition.name] = _Gate(definition.limits.concurrency)
+        return gate
+
+    def invoke(self, definition: FunctionDefinition, blob: bytes) -> Future:
+        """One invocation of the single call packed in `blob`; the future ends with its result or error."""
         self.start()
+        future: Future = Future()
         invocation = _Invocation(
-            id=uuid.uuid4().hex[:16],
-            definition=definition,
-            args_bytes=args_bytes,
-            future=Future(),
-            submitted=time.time(),
-            started_clock=time.perf_counter(),
-        )
+            f"{self._id_prefix}-{next(self._ids)}", definition, blob, 0, time.time(), time.perf_counter(),
+            _FutureSink(future), 0,
+        )  # fmt: skip
         with self._lock:
-            gate = self._gates.get(definition.name)
-            if gate is None or gate.limit != definition.limits.concurrency:
-                # A redefinition with another limit starts a new gate; calls in flight keep the old one.
-                gate = self._gates[definition.name] = _Gate(definition.limits.concurrency)
-            invocation.gate = gate
-            admitted = gate.admit(invocation)
+            invocation.gate = self._gate(definition)
+            admitted = invocation.gate.admit(invocation)
         if admitted:
-            self._launch(invocation)
-        return invocation.future
+            self._launch([invocation])
+        return future
 
-    def _launch(self, invocation: _Invocation) -> None:
-        if invocation.attempts == 0 and not invocation.future.set_running_or_notify_cancel():
-            self._release_gate(invocation)
+    def map(self, definition: FunctionDefinition, calls: Sequence[tuple[tuple, dict]]) -> MapResults:
+        """Invocations of many calls, sent in batches; results arrive in a MapResults in input order."""
+        self.start()
+        results = MapResults(len(calls))
+        if not calls:
+            return results
+        limited = definition.limits.concurrency is not None
+        slots = self._dispatcher.capacity() if self._dispatcher else 0  # type: ignore[union-attr]
+        slots = slots or self.maximum * _config.slots_per_worker()
+        # Four batches a slot keeps the slots busy to the end; a concurrency limit needs single calls.
+        size = 1 if limited else max(1, min(_MAX_BATCH, math.ceil(len(calls) / (4 * slots))))
+        # Submitted together, so one clock reading serves every invocation of the map.
+        submitted, clock, prefix, ids = time.time(), time.perf_counter(), self._id_prefix, self._ids
+        batches: list[list[_Invocation]] = []
+        for first in range(0, len(calls), size):
+            chunk = calls[first : first + size]
+            blob = pack_calls(definition.name, chunk)
+            batch = [
+                _Invocation(f"{prefix}-{next(ids)}", definition, blob, at, submitted, clock, results, first + at)
+                for at in range(len(chunk))
+            ]
+            batches.append(batch)
+        if not limited:
+            for batch in batches:
+                self._launch(batch)
+            return results
+        admitted = []
+        with self._lock:
+            gate = self._gate(definition)
+            for batch in batches:
+                batch[0].gate = gate
+                if gate.admit(batch[0]):
+                    admitted.append(batch)
+        for batch in admitted:
+            self._launch(batch)
+        return results
+
+    def _launch(self, invocations: list[_Invocation]) -> None:
+        invocations = [invocation for invocation in invocations if self._started(invocation)]
+        if not invocations:
             return
         with self._lock:
             if self._retiring:
-                self._held.append(invocation)
+                self._held.append(invocations)
                 return
-            self._in_flight += 1
+            self._in_flight += len(invocations)
             self._last_activity = time.monotonic()
             self._scale_for_demand()
-        invocation.attempts += 1
-        definition = invocation.definition
-        attempt = Attempt(
-            key=f"faas-{definition.name}-{invocation.id}-{invocation.attempts}",
-            name=definition.name,
-            version=definition.version,
-            package=(definition.payload, definition.filename, definition.source, definition.reusable),
-            args_bytes=invocation.args_bytes,
-            timeout=definition.limits.timeout,
-            memory=definition.limits.memory,
-        )
-        dispatcher = self._dispatcher
+            dispatcher = self._dispatcher
+        for invocation in invocations:
+            invocation.attempts += 1
+        first = invocations[0]
+        definition = first.definition
+        by_index = {invocation.index: invocation for invocation in invocations}
         if dispatcher is None:
-            self._finish(invocation, Outcome("lost", error=("WorkerLost", "the platform was shut down", "", None)))
+            lost = Outcome("lost", error=("WorkerLost", "the platform was shut down", "", None))
+            for invocation in invocations:
+                self._on_outcome(invocation, lost)
             return
-        try:
-            dispatcher.send(attempt, lambda outcome: self._on_outcome(invocation, outcome))
-        except Exception as e:
-            self._on_outcome(invocation, Outcome("lost", error=("WorkerLost", f"could not dispatch: {e}", "", None)))
+        dispatcher.send(
+            Job(
+                name=definition.name,
+                version=definition.version,
+                package=(definition.payload, definition.filename, definition.source, definition.reusable),
+                blob=first.blob,
+                indices=list(by_index),
+                timeout=definition.limits.timeout,
+                memory=definition.limits.memory,
+                deliver=lambda index, outcome: self._on_outcome(by_index[index], outcome),
+                keep=lambda index: self._still_wanted(by_index[index]),
+            )
+        )
+
+    def _started(self, invocation: _Invocation) -> bool:
+        """Starts an invocation once (a held or retried one is already started); False if it was cancelled."""
+        if invocation.begun:
+            return True
+        if invocation.sink.start():
+            invocation.begun = True
+            return True
+        invocation.sink.drop()
+        self._release_gate(invocation)
+        return False
+
+    def _still_wanted(self, invocation: _Invocation) -> bool:
+        """False for an invocation cancelled before it was sent; it is dropped without a record."""
+        if invocation.sink.wanted():
+            return True
+        with self._lock:
+            self._in_flight -= 1
+        invocation.sink.drop()
+        self._release_gate(invocation)
+        return False
 
     def _scale_for_demand(self) -> None:
         """Ask for min(demand, maximum) workers at once, instead of waiting for an adaptive tick."""
@@ -275,7 +448,7 @@ class Platform:
             self._in_flight -= 1
             self._last_activity = time.monotonic()
         if retry and not self._closed:
-            self._launch(invocation)
+            self._launch([invocation])
             return
         self._finish(invocation, outcome)
 
@@ -283,7 +456,6 @@ class Platform:
         definition = invocation.definition
         latency_ms = (time.perf_counter() - invocation.started_clock) * 1000
         cold = outcome.fresh or (outcome.worker_started is not None and outcome.worker_started > invocation.submitted)
-        error_name = None
         result: Any = None
         error: BaseException | None = None
         status = outcome.status
@@ -295,8 +467,6 @@ class Platform:
                 error = FaasError(f"{definition.name} returned a value the notebook cannot load: {e}")
         else:
             error = _rebuild_error(definition, outcome)
-        if error is not None:
-            error_name = outcome.error[0] if outcome.error else type(error).__name__
         started, finished = outcome.started, outcome.finished
         record = InvocationRecord(
             id=invocation.id,
@@ -311,25 +481,23 @@ class Platform:
             latency_ms=latency_ms,
             worker=outcome.worker,
             status="error" if status == "lost" else status,
-            error=error_name,
+            error=None if error is None else (outcome.error[0] if outcome.error else type(error).__name__),
             attempts=invocation.attempts,
             peak_memory=outcome.peak_memory,
         )
         self._store(definition.name).add(record)
         self._release_gate(invocation)
-        if error is None:
-            invocation.future.set_result(result)
-        else:
-            invocation.future.set_exception(error)
+        invocation.sink.complete(invocation.slot, result, error)
 
     def _release_gate(self, invocation: _Invocation) -> None:
         gate = invocation.gate
         if gate is None:
             return
+        invocation.gate = None
         with self._lock:
             following = gate.release()
         if following is not None:
-            self._launch(following)
+            self._launch([following])
 
     # -- keep-alive ----------------------------------------------------------------------------------
 
@@ -346,36 +514,55 @@ class Platform:
                 return
             try:
                 self._note_workers(cluster.worker_count())
-                if cluster.scales_on_demand:
+                if cluster.retires_when_idle:
                     self._maybe_retire(cluster)
             except Exception:  # the cluster is going away under us; the next tick or shutdown settles it
                 if self._stop.is_set():
                     return
 
-    def _maybe_retire(self, cluster: ClusterHandle) -> None:
+    def _keepalive_expired(self) -> bool:
         try:
             idle_timeout = _config.idle_timeout()
         except _config.ConfigError:
-            return
+            return False
+        return time.monotonic() - self._last_activity >= idle_timeout
+
+    def demand(self) -> int:
+        """Workers wanted now: the most asked for since the platform was last idle, until the keep-alive ends."""
         with self._lock:
-            quiet = self._in_flight == 0 and not self._held
-            expired = time.monotonic() - self._last_activity >= idle_timeout
-            if not (quiet and expired and (self._requested_workers or cluster.worker_count())):
-                return
+            if self._in_flight == 0 and not self._held and self._keepalive_expired():
+                return 0
+            return max(self._requested_workers, min(self._in_flight, self.maximum))
+
+    def begin_retire(self) -> bool:
+        """Start holding new invocations, if nothing is in flight and the keep-alive has passed."""
+        with self._lock:
+            if self._in_flight or self._held or self._retiring or not self._keepalive_expired():
+                return False
             # From here new invocations wait in _held, so none can land on a worker being retired.
             self._retiring = True
+            return True
+
+    def end_retire(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.forget_workers()
+        with self._lock:
+            self._retiring = False
+            self._requested_workers = 0
+            held = list(self._held)
+            self._held.clear()
+        for invocations in held:
+            self._launch(invocations)
+
+    def _maybe_retire(self, cluster: ClusterHandle) -> None:
+        if not (self._requested_workers or cluster.worker_count()) or not self.begin_retire():
+            return
         try:
             cluster.scale(0)
             cluster.wait_for_workers(0, timeout=30)
             self._note_workers(cluster.worker_count())
         finally:
-            with self._lock:
-                self._retiring = False
-                self._requested_workers = 0
-                held = list(self._held)
-                self._held.clear()
-            for invocation in held:
-                self._launch(invocation)
+            self.end_retire()
 
 
 _platform: Platform | None = None

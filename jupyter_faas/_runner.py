@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import re
+import resource
 import sys
 import threading
 import time
@@ -47,21 +48,54 @@ class _Loaded:
         return copy
 
 
-def _reset_peak_memory() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+class _PeakMeter:
+    """This process's peak resident memory, reset only when a call has raised it.
 
+    Resetting costs a write to /proc, so it happens only when a call pushed the peak more than
+    _SLACK above the level after the last reset; a reading can therefore include at most _SLACK
+    left over from earlier calls, far below any memory limit.
+    """
 
-def _peak_memory() -> int | None:
-    try:
-        with open("/proc/self/status", "rb") as f:
-            match = _HWM.search(f.read())
-    except OSError:
-        return None
-    return int(match.group(1)) * 1024 if match else None
+    _SLACK = 2 * 2**20
+
+    def __init__(self) -> None:
+        self._reset()
+        hwm = self._status_peak()
+        # getrusage is twenty times cheaper than /proc/self/status; use it where the reset reaches it.
+        self._cheap = hwm is not None and abs(self._rusage_peak() - hwm) <= self._SLACK
+        self._floor = self.read() or 0
+
+    @staticmethod
+    def _reset() -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+    @staticmethod
+    def _status_peak() -> int | None:
+        try:
+            with open("/proc/self/status", "rb") as f:
+                match = _HWM.search(f.read())
+        except OSError:
+            return None
+        return int(match.group(1)) * 1024 if match else None
+
+    @staticmethod
+    def _rusage_peak() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def read(self) -> int | None:
+        return self._rusage_peak() if self._cheap else self._status_peak()
+
+    def after_call(self) -> int | None:
+        """The peak since the last reset; resets it if this call raised it."""
+        peak = self.read()
+        if peak is not None and peak > self._floor + self._SLACK:
+            self._reset()
+            self._floor = self.read() or 0
+        return peak
 
 
 def _register_source(filename: str, source: str) -> None:
@@ -93,15 +127,40 @@ def _watch_parent() -> None:
             os._exit(0)
 
 
+def _call(loaded: _Loaded, call: tuple[tuple, dict], memory_limit: int, fresh: bool, meter: _PeakMeter) -> tuple:
+    """One invocation, answered as (status, value, started, finished, fresh, peak, error)."""
+    started = time.time()
+    status, value, error = "ok", b"", None
+    try:
+        args, kwargs = call
+        result = loaded.fresh()(*args, **kwargs)
+    except MemoryError as e:
+        status, error = "memory", _describe_error(e, 1)
+    except BaseException as e:
+        status, error = "error", _describe_error(e, 1)
+    else:
+        try:
+            value = cloudpickle.dumps(result, protocol=5)
+        except Exception as e:
+            wrapped = TypeError(f"the result ({type(result).__name__}) cannot be sent back: {e}")
+            status, error = "error", (type(wrapped).__name__, str(wrapped), f"TypeError: {wrapped}\n", None)
+    finished = time.time()
+    peak = meter.after_call()
+    if peak is not None and peak > memory_limit and status != "memory":
+        status, value, error = "memory", b"", None
+    return (status, value, started, finished, fresh, peak, error)
+
+
 def serve(conn: Connection) -> None:
+    """Answer ("run", version, package, blob, indices, memory) with one message per index, in order."""
     cache: OrderedDict[str, _Loaded] = OrderedDict()
+    meter = _PeakMeter()
     conn.send_bytes(pickle.dumps(("ready", os.getpid())))
     while True:
         try:
-            request = pickle.loads(conn.recv_bytes())
+            _, version, package, blob, indices, memory_limit = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
-        _, version, package, args_bytes, memory_limit = request
         fresh = False
         loaded = cache.get(version)
         if loaded is None:
@@ -116,41 +175,26 @@ def serve(conn: Connection) -> None:
                 cache.popitem(last=False)
         else:
             cache.move_to_end(version)
-        _reset_peak_memory()
-        started = time.time()
-        status, value, error = "ok", b"", None
         try:
-            function = loaded.fresh()
-            args, kwargs = cloudpickle.loads(args_bytes)
-            result = function(*args, **kwargs)
-        except MemoryError as e:
-            status = "memory"
-            error = _describe_error(e, 1)
+            calls = cloudpickle.loads(blob)
         except BaseException as e:
-            status = "error"
-            error = _describe_error(e, 1)
-        else:
-            try:
-                value = cloudpickle.dumps(result, protocol=5)
-            except Exception as e:
-                status = "error"
-                wrapped = TypeError(f"the result ({type(result).__name__}) cannot be sent back: {e}")
-                error = (type(wrapped).__name__, str(wrapped), f"TypeError: {wrapped}\n", None)
-        finished = time.time()
-        peak = _peak_memory()
-        if peak is not None and peak > memory_limit and status != "memory":
-            status, value, error = "memory", b"", None
-        conn.send_bytes(pickle.dumps((status, value, started, finished, fresh, peak, error), protocol=5))
+            now = time.time()
+            error = _describe_error(e, 0)
+            for _ in indices:
+                conn.send_bytes(pickle.dumps(("error", b"", now, now, fresh, None, error), protocol=5))
+            continue
+        for index in indices:
+            answer = _call(loaded, calls[index], memory_limit, fresh, meter)
+            fresh = False
+            conn.send_bytes(pickle.dumps(answer, protocol=5))
 
 
 def main() -> None:
-    fd = int(sys.argv[1])
-    extra_path = os.environ.get("JUPYTER_FAAS_SYS_PATH")
-    if extra_path:
-        # The embedded cluster shares the notebook's environment, including its import path.
-        for entry in reversed(json.loads(extra_path)):
-            if entry not in sys.path:
-                sys.path.insert(0, entry)
+    fd = int(sys.argv[-1])
+    worker_path = os.environ.get("JUPYTER_FAAS_SYS_PATH")
+    if worker_path:
+        # The worker's import path, after this package's own root: functions import what the worker can.
+        sys.path[1:] = [entry for entry in json.loads(worker_path) if entry != sys.path[0]]
     threading.Thread(target=_watch_parent, name="faas-parent-watch", daemon=True).start()
     # The protocol has its own socket, so a function's prints go to the worker's stdout harmlessly.
     serve(Connection(fd))

@@ -90,11 +90,17 @@ def test_a_factory_cluster_adapts_from_zero(own_platform: Callable[..., Platform
         "kwargs": {"n_workers": 0, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
                    "dashboard_address": "127.0.0.1:0", "memory_limit": "1GiB"},
     }  # fmt: skip
-    platform = own_platform({"faas.cluster.factory": factory, "faas.cluster.maximum": 1})
+    platform = own_platform(
+        {"faas.cluster.factory": factory, "faas.cluster.maximum": 1, "faas.cluster.idle-timeout": "1s"}
+    )
     assert platform.mode == "factory"
     assert platform.workers == 0
     assert where(5)[0] == 25
     assert platform.workers == 1
+    assert where.invocations[-1].cold_start
+    # Dask's Adaptive retires the worker once the platform's keep-alive has passed with nothing in flight.
+    wait_for(lambda: platform.workers == 0, 30, "the factory cluster to scale to zero")
+    assert where(6)[0] == 36
 
 
 def test_a_factory_that_cannot_be_imported_names_it(own_platform: Callable[..., Platform]) -> None:

@@ -26,10 +26,24 @@ def invoker() -> Iterator[Invoker]:
         invoker.close()
 
 
-def run(invoker: Invoker, body: str, *args: Any, timeout: float = 10.0, memory: int = 256 * 10**6) -> tuple:
+def run_many(
+    invoker: Invoker, body: str, calls: list[tuple], timeout: float = 10.0, memory: int = 256 * 10**6
+) -> list[tuple]:
+    """Run a batch of calls through the invoker; returns the answers in the order they came."""
     definition = from_cell(body, {"time": time, "os": os}, LIMITS, name="f", params=["x=None"])
     package = (definition.payload, definition.filename, definition.source, definition.reusable)
-    return invoker.invoke("f", definition.version, package, cloudpickle.dumps((args, {})), timeout, memory)
+    blob = cloudpickle.dumps([(args, {}) for args in calls])
+    answers: list[tuple] = []
+    invoker.invoke(
+        "f", definition.version, package, blob, list(range(len(calls))), timeout, memory,
+        lambda index, answer: answers.append((index, answer)),
+    )  # fmt: skip
+    assert [index for index, _ in answers] == list(range(len(calls)))
+    return [answer for _, answer in answers]
+
+
+def run(invoker: Invoker, body: str, *args: Any, timeout: float = 10.0, memory: int = 256 * 10**6) -> tuple:
+    return run_many(invoker, body, [args], timeout, memory)[0]
 
 
 def test_a_call_runs_in_a_separate_process(invoker: Invoker) -> None:
@@ -95,3 +109,17 @@ def test_a_result_that_cannot_be_sent_back_is_an_error(invoker: Invoker) -> None
     status, *_, error = run(invoker, "import threading\nthreading.Lock()")
     assert status == "error"
     assert error[0] == "TypeError" and "cannot be sent back" in error[1]
+
+
+def test_a_batch_answers_every_call_in_order_with_its_own_timeout(invoker: Invoker) -> None:
+    answers = run_many(invoker, "if x == 2:\n    time.sleep(60)\nx * 10", [(1,), (2,), (3,)], timeout=1.0)
+    assert [a[0] for a in answers] == ["ok", "timeout", "ok"]
+    assert cloudpickle.loads(answers[0][1]) == 10 and cloudpickle.loads(answers[2][1]) == 30
+    # the call after the stuck one ran in a fresh sandbox, so it loaded the function anew
+    assert answers[2][4] is True
+
+
+def test_a_crash_mid_batch_fails_only_that_call(invoker: Invoker) -> None:
+    answers = run_many(invoker, "if x == 1:\n    os._exit(9)\nx", [(0,), (1,), (2,)])
+    assert [a[0] for a in answers] == ["ok", "error", "ok"]
+    assert answers[1][6][0] == "SandboxExit"
