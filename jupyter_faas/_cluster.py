@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import multiprocessing
@@ -61,6 +62,7 @@ class ClusterHandle:
         self.client = client
         self.cluster = cluster
         self.maximum = maximum
+        self.plugin_name: str | None = None
 
     @property
     def scales_on_demand(self) -> bool:
@@ -114,6 +116,10 @@ class ClusterHandle:
 
     def close(self) -> None:
         try:
+            if self.mode == "address" and self.plugin_name:
+                # A shared cluster outlives this platform: take our token back off its workers.
+                with contextlib.suppress(Exception):
+                    self.client.unregister_worker_plugin(self.plugin_name)
             self.client.close()
         finally:
             if self.cluster is not None and self.mode != "address":
@@ -179,5 +185,7 @@ def connect(token: str, hooks: ScalingHooks) -> ClusterHandle:
         handle = _from_factory(factory, maximum, hooks)
     else:
         handle = _embedded(maximum)
-    handle.client.register_plugin(SandboxPlugin(token))
+    plugin = SandboxPlugin(token)
+    handle.client.register_plugin(plugin, name=plugin.name)
+    handle.plugin_name = plugin.name
     return handle

@@ -20,6 +20,9 @@ from jupyter_faas import _invoker, _wire
 if TYPE_CHECKING:
     from jupyter_faas._cluster import ClusterHandle
 
+# A worker that sends nothing for this long past an invocation's timeout is taken for lost:
+# its own watchdog would have answered by then.
+_SILENCE_GRACE = 30.0
 # How often workers are looked for while jobs wait for a slot, and when nothing waits.
 _DISCOVER_WAITING = 0.01
 _DISCOVER_IDLE = 1.0
@@ -194,6 +197,7 @@ class DirectDispatcher:
         # The worker answers in the order of job.indices, so what is unanswered is always a tail.
         answered = 0
         try:
+            sock.settimeout(job.timeout + _SILENCE_GRACE)
             while True:
                 kind, *rest = _wire.receive(sock)
                 if kind == "missing":
@@ -214,6 +218,7 @@ class DirectDispatcher:
             job.indices = job.indices[answered:]
             sock.close()
             raise
+        sock.settimeout(None)
         link.give_back(sock)
 
     def _drop_link(self, link: _Link) -> None:

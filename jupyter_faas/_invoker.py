@@ -265,12 +265,19 @@ class Invoker:
             sandbox.kill()
 
 
-class InvokerServer:
-    """A worker's invocation stream: clients that know the token send batches, answers stream back."""
+TOKEN_LENGTH = 32
 
-    def __init__(self, invoker: Invoker, host: str, token: str, worker_started: float) -> None:
+
+class InvokerServer:
+    """A worker's invocation stream: clients that hold a token send batches, answers stream back.
+
+    Each platform using the worker registers its own token, so notebooks sharing a cluster do not
+    lock each other out.
+    """
+
+    def __init__(self, invoker: Invoker, host: str, worker_started: float) -> None:
         self.invoker = invoker
-        self._token = token.encode()
+        self.tokens: set[bytes] = set()
         self._worker_started = worker_started
         self._packages: OrderedDict[str, Any] = OrderedDict()
         self._packages_lock = threading.Lock()
@@ -293,8 +300,8 @@ class InvokerServer:
         self._connections.add(sock)
         try:
             # Nothing is unpickled before the peer proves it holds the token.
-            offered = _wire.receive_token(sock, len(self._token))
-            if not hmac.compare_digest(offered, self._token):
+            offered = _wire.receive_token(sock, TOKEN_LENGTH)
+            if not any(hmac.compare_digest(offered, token) for token in list(self.tokens)):
                 return
             _wire.send(sock, ("hello", self._worker_started, self.invoker.slots))
             while not self._closed:
@@ -342,28 +349,40 @@ class InvokerServer:
 
 
 _server: InvokerServer | None = None
+_server_lock = threading.Lock()
 
 
 class SandboxPlugin(WorkerPlugin):
-    """Starts a worker's sandboxes and invocation stream with the worker, and stops them with it."""
+    """Starts a worker's sandboxes and invocation stream with the worker, and stops them with it.
 
-    name = "jupyter-faas-sandboxes"
+    One plugin per platform, named after its token; the worker's stream serves them all.
+    """
 
     def __init__(self, token: str) -> None:
+        if len(token.encode()) != TOKEN_LENGTH:
+            raise ValueError(f"a token is {TOKEN_LENGTH} characters")
         self.token = token
+        self.name = f"jupyter-faas-{token[:8]}"
 
     def setup(self, worker: Any) -> None:
         global _server
-        invoker = Invoker(worker.state.nthreads)
-        invoker.prewarm()
-        _server = InvokerServer(invoker, worker.ip, self.token, psutil.Process().create_time())
+        with _server_lock:
+            if _server is None:
+                invoker = Invoker(worker.state.nthreads)
+                invoker.prewarm()
+                _server = InvokerServer(invoker, worker.ip, psutil.Process().create_time())
+            _server.tokens.add(self.token.encode())
 
     def teardown(self, worker: Any) -> None:
         global _server
-        if _server is not None:
-            _server.close()
-            _server.invoker.close()
-            _server = None
+        with _server_lock:
+            if _server is None:
+                return
+            _server.tokens.discard(self.token.encode())
+            if not _server.tokens:
+                _server.close()
+                _server.invoker.close()
+                _server = None
 
 
 def endpoint() -> tuple[str, int] | None:

@@ -116,3 +116,24 @@ def test_address_and_factory_together_are_refused(own_platform: Callable[..., Pl
     }
     with pytest.raises(ConfigError, match="set only one of faas.cluster.address and faas.cluster.factory"):
         own_platform(config)
+
+
+def test_two_platforms_share_one_scheduler_without_locking_each_other_out(
+    own_platform: Callable[..., Platform], external_scheduler: str
+) -> None:
+    first = own_platform({"faas.cluster.address": external_scheduler})
+    wait_for(lambda: first.workers == 1, 60, "the external worker")
+    assert where(2)[0] == 4
+    # A second notebook connecting to the same cluster: its own client, plugin and token.
+    from jupyter_faas._platform import Platform as PlatformClass
+
+    second = PlatformClass()
+    try:
+        second.start()
+        second_square = second.map(where._definition, [((3,), {})])
+        second_square.wait()
+        assert second_square.values[0][0] == 9
+        assert where(4)[0] == 16  # the first platform still gets through
+    finally:
+        second.shutdown()
+    assert where(5)[0] == 25  # and still does after the second one left
