@@ -5,18 +5,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import multiprocessing
 import time
 from typing import Any, Protocol
 
 import dask.config
-from distributed import Adaptive, Client, LocalCluster
+from distributed import Adaptive, Client, LocalCluster, Nanny
 
 from jupyter_faas import _config
 from jupyter_faas._invoker import SandboxPlugin
-
-# Imported once in the fork server, so each new worker starts with them already loaded.
-_WORKER_PRELOAD = ["distributed", "cloudpickle", "psutil", "jupyter_faas._invoker"]
 
 
 class ScalingHooks(Protocol):
@@ -95,6 +91,11 @@ class ClusterHandle:
             if adaptive is not None:
                 self.cluster.loop.add_callback(adaptive.adapt)
 
+    def has_dask_work(self) -> bool:
+        """Tasks submitted through the Dask client itself: the keep-alive must not retire workers under them."""
+        scheduler = getattr(self.cluster, "scheduler", None)
+        return bool(scheduler is not None and scheduler.tasks)
+
     def wait_for_workers(self, n: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -126,13 +127,21 @@ class ClusterHandle:
                 self.cluster.close()
 
 
+def _nanny_starting_with(method: str) -> type[Nanny]:
+    """A Nanny that starts its worker process by `method`, leaving the process-wide setting alone."""
+
+    class FaasNanny(Nanny):
+        async def instantiate(self) -> Any:
+            # distributed reads this key as the worker process starts; scope it to our own workers.
+            with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+                return await super().instantiate()
+
+    return FaasNanny
+
+
 def _embedded(maximum: int) -> ClusterHandle:
-    method = _config.start_method()
-    # Read by each Nanny at every worker start, so it must outlive this function.
-    dask.config.set({"distributed.worker.multiprocessing-method": method})
-    if method == "forkserver":
-        multiprocessing.set_forkserver_preload(_WORKER_PRELOAD)
     cluster = LocalCluster(
+        worker_class=_nanny_starting_with(_config.start_method()),
         n_workers=0,
         threads_per_worker=_config.slots_per_worker(),
         memory_limit=_config.worker_memory(),

@@ -227,8 +227,13 @@ def from_callable(function: Callable[..., Any], limits: Limits, name: str | None
     if missing:
         raise _undefined(name, missing)
     filename = function.__code__.co_filename
-    # The whole file, so a worker without it can show these lines; this process reads the file itself.
-    source = "".join(linecache.getlines(filename))
+    # The function's own lines, at their own line numbers, so a worker without the file can show them;
+    # this process reads the file itself.
+    try:
+        lines, first = inspect.getsourcelines(function)
+        source = "\n" * (first - 1) + "".join(lines)
+    except (OSError, TypeError):
+        source = ""
     fn_globals = {"__name__": function.__module__, "__builtins__": builtins}
     return _finish(name, function, fn_globals, captured, filename, source, limits, register=False)
 

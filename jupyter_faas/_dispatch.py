@@ -71,12 +71,15 @@ class _Link:
         self.worker_started: float | None = None
         self._token = token
         self._idle: list[socket.socket] = []
+        self._in_use: set[socket.socket] = set()
         self._lock = threading.Lock()
 
     def take(self) -> socket.socket:
         with self._lock:
             if self._idle:
-                return self._idle.pop()
+                sock = self._idle.pop()
+                self._in_use.add(sock)
+                return sock
         sock = socket.create_connection(self.endpoint, timeout=10)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -86,21 +89,34 @@ class _Link:
         except BaseException:
             sock.close()
             raise
+        with self._lock:
+            self._in_use.add(sock)
         return sock
 
     def give_back(self, sock: socket.socket) -> None:
         with self._lock:
+            self._in_use.discard(sock)
             if self.alive:
                 self._idle.append(sock)
                 return
         sock.close()
 
-    def close(self) -> None:
+    def discard(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._in_use.discard(sock)
+        sock.close()
+
+    def close(self, interrupt: bool = False) -> None:
+        """Close idle connections; with interrupt, also break those in use, so their waits end now."""
         with self._lock:
             self.alive = False
             idle, self._idle = self._idle, []
+            in_use = list(self._in_use) if interrupt else []
         for sock in idle:
             sock.close()
+        for sock in in_use:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 class _NotSent(Exception):
@@ -125,6 +141,11 @@ class DirectDispatcher:
     # -- what the platform calls ---------------------------------------------------------------------
 
     def send(self, job: Job) -> None:
+        if self._closed:
+            shut = Outcome("lost", error=("WorkerLost", "the platform was shut down before it ran", "", None))
+            for index in job.indices:
+                job.deliver(index, shut)
+            return
         with self._lock:
             self._pending.append(job)
             self._assign()
@@ -137,18 +158,25 @@ class DirectDispatcher:
         with self._lock:
             return sum(link.slots for link in self._links.values() if link.alive)
 
-    def forget_workers(self) -> None:
-        """Drop every link; used after the platform retired all workers."""
+    def forget_workers(self, interrupt: bool = False) -> None:
+        """Drop every link; used after the platform retired all workers, and at shutdown."""
         with self._lock:
             links, self._links = list(self._links.values()), {}
         for link in links:
-            link.close()
+            link.close(interrupt)
 
     def close(self) -> None:
+        """Stop: jobs still waiting for a slot end as lost, and jobs under way end as soon as their streams break."""
         self._closed = True
         self._wake.set()
-        self.forget_workers()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            waiting, self._pending = list(self._pending), deque()
+        shut = Outcome("lost", error=("WorkerLost", "the platform was shut down before it ran", "", None))
+        for job in waiting:
+            for index in job.indices:
+                job.deliver(index, shut)
+        self.forget_workers(interrupt=True)
+        self._pool.shutdown(wait=False)
 
     # -- placing jobs --------------------------------------------------------------------------------
 
@@ -168,6 +196,11 @@ class DirectDispatcher:
             self._exchange(link, job)
         except _NotSent:
             self._drop_link(link)
+            if self._closed:
+                raise_lost = Outcome("lost", error=("WorkerLost", "the platform was shut down", "", None))
+                for index in job.indices:
+                    job.deliver(index, raise_lost)
+                return
             with self._lock:
                 self._pending.appendleft(job)
         except Exception as error:  # a broken stream after the job was sent: its unanswered calls are lost
@@ -216,7 +249,7 @@ class DirectDispatcher:
                     break
         except BaseException:
             job.indices = job.indices[answered:]
-            sock.close()
+            link.discard(sock)
             raise
         sock.settimeout(None)
         link.give_back(sock)

@@ -497,7 +497,7 @@ class Platform:
         with self._lock:
             following = gate.release()
         if following is not None:
-            self._launch([following])
+            self._launch_or_fail([following])
 
     # -- keep-alive ----------------------------------------------------------------------------------
 
@@ -552,10 +552,21 @@ class Platform:
             held = list(self._held)
             self._held.clear()
         for invocations in held:
+            self._launch_or_fail(invocations)
+
+    def _launch_or_fail(self, invocations: list[_Invocation]) -> None:
+        """Launch from a background thread: whatever goes wrong must end the invocations, not lose them."""
+        try:
             self._launch(invocations)
+        except Exception as e:
+            for invocation in invocations:
+                if invocation.begun or invocation.sink.start():
+                    invocation.sink.complete(invocation.slot, None, FaasError(f"could not dispatch: {e}"))
 
     def _maybe_retire(self, cluster: ClusterHandle) -> None:
-        if not (self._requested_workers or cluster.worker_count()) or not self.begin_retire():
+        if not (self._requested_workers or cluster.worker_count()) or cluster.has_dask_work():
+            return
+        if not self.begin_retire():
             return
         try:
             cluster.scale(0)

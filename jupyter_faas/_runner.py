@@ -99,10 +99,21 @@ class _PeakMeter:
 
 
 def _register_source(filename: str, source: str) -> None:
+    """Known lines for tracebacks; functions from one file each bring their own lines, so merge them."""
     import linecache
 
-    if source:
-        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    if not source or os.path.exists(filename):
+        return  # a real file on this machine is read as it is
+    lines = source.splitlines(keepends=True)
+    known = linecache.cache.get(filename)
+    if known is not None and len(known) == 4 and known[1] is None:
+        previous = known[2]
+        width = max(len(previous), len(lines))
+        lines = [
+            (lines[i] if i < len(lines) and lines[i].strip() else (previous[i] if i < len(previous) else "\n"))
+            for i in range(width)
+        ]
+    linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
 
 
 def _describe_error(exc: BaseException, skip_frames: int) -> tuple[str, str, str, bytes | None]:

@@ -30,8 +30,9 @@ def test_scale_to_zero_after_the_idle_timeout_then_scale_from_zero(platform: Pla
     assert square(2) == 4
     assert platform.workers >= 1
     with dask.config.set({"faas.cluster.idle-timeout": "1s"}):
-        wait_for(lambda: platform.workers == 0, timeout=30, message="scale to zero")
-    assert platform.scale_events[-1][1] == 0
+        wait_for(
+            lambda: platform.workers == 0 and platform.scale_events[-1][1] == 0, timeout=30, message="scale to zero"
+        )
     # From zero, an invocation starts a worker at once and is held until it is ready.
     assert square(3) == 9
     record = square.invocations[-1]
@@ -185,3 +186,37 @@ def test_shutdown_then_platform_starts_a_new_one(own_platform: object) -> None:
         first.start()
     assert jupyter_faas.platform() is not first
     assert square(3) == 9
+
+
+def test_an_invocation_that_arrives_while_workers_retire_is_held_then_runs(platform: Platform) -> None:
+    square(1)
+    with dask.config.set({"faas.cluster.idle-timeout": "1s"}):
+        # Take the retirement window ourselves (the keep-alive thread may hold it first; then we wait).
+        wait_for(platform.begin_retire, timeout=30, message="the retirement window")
+        try:
+            future = square.submit(12)
+            assert not future.done()  # held: no worker may receive it while workers retire
+        finally:
+            platform.end_retire()
+        assert future.result(timeout=60) == 144
+
+
+def test_shutdown_with_work_in_flight_ends_every_invocation(own_platform: object) -> None:
+    import jupyter_faas
+
+    platform = jupyter_faas.platform()
+    futures = [nap.submit(0.05) for _ in range(300)]
+    wait_for(lambda: any(f.done() for f in futures), timeout=60, message="the first result")
+    platform.shutdown()
+    wait_for(lambda: all(f.done() for f in futures), timeout=60, message="every invocation to end")
+    outcomes = [f.exception() for f in futures]
+    assert all(e is None or isinstance(e, FaasError) for e in outcomes)
+    assert any(isinstance(e, FaasError) for e in outcomes)  # some were cut short, and said so
+
+
+def test_plain_dask_work_on_the_platforms_client_keeps_workers_alive(platform: Platform) -> None:
+    square(1)
+    with dask.config.set({"faas.cluster.idle-timeout": "1s"}):
+        task = platform.client.submit(time.sleep, 3, pure=False)
+        assert task.result(timeout=60) is None
+        assert platform.workers >= 1
