@@ -9,7 +9,7 @@ import hashlib
 import inspect
 import linecache
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,15 +100,25 @@ def _functions_of(value: Any) -> Iterator[types.FunctionType]:
                 yield target
 
 
-def _capture(
-    root: types.FunctionType,
-    lookup: Callable[[str], tuple[bool, Any]],
-    shares_globals: Callable[[types.FunctionType], bool],
-) -> tuple[dict[str, Any], list[str]]:
-    """Resolve every global the function reads, following helpers that share its globals.
+_NOT_CAPTURED = ("__name__", "__builtins__")
 
-    Returns the captured values by name, and the names that resolve nowhere.
+
+def _capture(
+    name: str,
+    root: types.FunctionType,
+    namespaces: Sequence[Mapping[str, Any]],
+    shares_globals: Callable[[types.FunctionType], bool],
+) -> dict[str, Any]:
+    """Resolve every global the function reads, first in the first namespace, following helpers that share
+    its globals; names that resolve nowhere fail the definition, all of them named at once.
     """
+
+    def lookup(key: str) -> tuple[bool, Any]:
+        for namespace in namespaces:
+            if key in namespace:
+                return True, namespace[key]
+        return False, None
+
     captured: dict[str, Any] = {}
     missing: list[str] = []
     seen: set[int] = set()
@@ -119,18 +129,21 @@ def _capture(
             continue
         seen.add(id(function))
         read, written = _global_names(function.__code__)
-        for name in sorted(read | written):
-            if name in captured or name in missing:
+        for key in sorted(read | written):
+            # __name__ and __builtins__ are the function's own module globals, never the notebook's.
+            if key in captured or key in missing or key in _NOT_CAPTURED:
                 continue
-            found, value = lookup(name)
+            found, value = lookup(key)
             if not found:
                 # A name the function assigns through `global` may exist by the time it is read.
-                if name not in written and not hasattr(builtins, name):
-                    missing.append(name)
+                if key not in written and not hasattr(builtins, key):
+                    missing.append(key)
                 continue
-            captured[name] = value
+            captured[key] = value
             pending.extend(f for f in _functions_of(value) if shares_globals(f))
-    return captured, missing
+    if missing:
+        raise DefinitionError(f"{name} uses undefined names: {', '.join(sorted(missing))}")
+    return captured
 
 
 def _is_immutable(value: Any, depth: int = 0) -> bool:
@@ -202,10 +215,6 @@ def _finish(
     )
 
 
-def _undefined(name: str, missing: list[str]) -> DefinitionError:
-    return DefinitionError(f"{name} uses undefined names: {', '.join(sorted(missing))}")
-
-
 # -- from a decorated def ----------------------------------------------------------------------------
 
 
@@ -217,15 +226,7 @@ def from_callable(function: Callable[..., Any], limits: Limits, name: str | None
         raise TypeError(f"{function.__name__} must be a plain def: async and generator functions are not supported")
     name = name or function.__name__
     module_globals = function.__globals__
-
-    def lookup(key: str) -> tuple[bool, Any]:
-        if key in module_globals:
-            return True, module_globals[key]
-        return False, None
-
-    captured, missing = _capture(function, lookup, lambda f: f.__globals__ is module_globals)
-    if missing:
-        raise _undefined(name, missing)
+    captured = _capture(name, function, [module_globals], lambda f: f.__globals__ is module_globals)
     filename = function.__code__.co_filename
     # The function's own lines, at their own line numbers, so a worker without the file can show them;
     # this process reads the file itself.
@@ -361,17 +362,7 @@ def from_cell(
         raise DefinitionError(f"%%faas: {target} is not a function after running the cell")
     # The cell's own names become globals of the function and of the helpers it defines.
     fn_globals.update(dict(cell_locals))
-
-    def lookup(key: str) -> tuple[bool, Any]:
-        if key in fn_globals and key not in ("__name__", "__builtins__"):
-            return True, fn_globals[key]
-        if key in namespace:
-            return True, namespace[key]
-        return False, None
-
-    captured, missing = _capture(function, lookup, lambda f: f.__globals__ is fn_globals)
-    if missing:
-        raise _undefined(bound_name, missing)
+    captured = _capture(bound_name, function, [fn_globals, namespace], lambda f: f.__globals__ is fn_globals)
     # Keep only what the function reaches, so unrelated cell names do not travel.
     fn_globals.clear()
     fn_globals.update({"__name__": CELL_MODULE, "__builtins__": builtins})

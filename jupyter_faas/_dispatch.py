@@ -58,6 +58,13 @@ class Job:
     keep: Callable[[int], bool]
 
 
+def _end_as_lost(job: Job, message: str, worker: str | None = None) -> None:
+    """Every call of the job still unanswered ends as lost: the platform retries it or reports it."""
+    lost = Outcome("lost", error=("WorkerLost", message, "", None), worker=worker)
+    for index in job.indices:
+        job.deliver(index, lost)
+
+
 class _Link:
     """One worker's invocation stream: where it listens, its slots, and its open connections."""
 
@@ -142,9 +149,7 @@ class DirectDispatcher:
 
     def send(self, job: Job) -> None:
         if self._closed:
-            shut = Outcome("lost", error=("WorkerLost", "the platform was shut down before it ran", "", None))
-            for index in job.indices:
-                job.deliver(index, shut)
+            _end_as_lost(job, "the platform was shut down before it ran")
             return
         with self._lock:
             self._pending.append(job)
@@ -171,10 +176,8 @@ class DirectDispatcher:
         self._wake.set()
         with self._lock:
             waiting, self._pending = list(self._pending), deque()
-        shut = Outcome("lost", error=("WorkerLost", "the platform was shut down before it ran", "", None))
         for job in waiting:
-            for index in job.indices:
-                job.deliver(index, shut)
+            _end_as_lost(job, "the platform was shut down before it ran")
         self.forget_workers(interrupt=True)
         self._pool.shutdown(wait=False)
 
@@ -197,18 +200,14 @@ class DirectDispatcher:
         except _NotSent:
             self._drop_link(link)
             if self._closed:
-                raise_lost = Outcome("lost", error=("WorkerLost", "the platform was shut down", "", None))
-                for index in job.indices:
-                    job.deliver(index, raise_lost)
+                _end_as_lost(job, "the platform was shut down before it ran")
                 return
             with self._lock:
                 self._pending.appendleft(job)
         except Exception as error:  # a broken stream after the job was sent: its unanswered calls are lost
             self._drop_link(link)
             message = f"the worker running it was lost ({link.worker}): {type(error).__name__}: {error}"
-            lost = Outcome("lost", error=("WorkerLost", message, "", None), worker=link.worker)
-            for index in job.indices:
-                job.deliver(index, lost)
+            _end_as_lost(job, message, link.worker)
         finally:
             with self._lock:
                 link.busy -= 1

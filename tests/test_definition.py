@@ -209,3 +209,7 @@ def test_any_cell_text_either_defines_or_fails_with_a_clear_error(cell: str) -> 
         pass
     except Exception as e:  # running the cell's own top-level code may raise anything; that is the user's code
         assert not isinstance(e, AssertionError)
+
+
+def test_a_function_reading_its_module_name_is_not_refused() -> None:
+    assert define("__name__", {"__name__": "__main__"}, name="where").load()() == "__faas__"
