@@ -281,9 +281,11 @@ class DirectDispatcher:
             self._drop_link(link)
         if not new:
             return
-        endpoints: dict[str, Any] = self._cluster.client.run(_invoker.endpoint, workers=new, on_error="return")
+        # One call to the scheduler; a worker whose plugin has not published yet is found on a later round.
+        endpoints: dict[str, Any] = self._cluster.client.get_metadata([_invoker.ENDPOINTS_KEY], default={})
         with self._lock:
-            for address, endpoint in endpoints.items():
-                if isinstance(endpoint, tuple) and address not in self._links:
-                    self._links[address] = _Link(address, endpoint, slots[address], self._token)
+            for address in new:
+                endpoint = endpoints.get(address)
+                if endpoint is not None and address not in self._links:
+                    self._links[address] = _Link(address, (endpoint[0], int(endpoint[1])), slots[address], self._token)
             self._assign()

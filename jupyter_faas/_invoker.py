@@ -266,6 +266,8 @@ class Invoker:
 
 
 TOKEN_LENGTH = 32
+# Scheduler metadata: worker address -> [host, port] of its invocation stream.
+ENDPOINTS_KEY = "jupyter-faas-endpoints"
 
 
 class InvokerServer:
@@ -364,7 +366,7 @@ class SandboxPlugin(WorkerPlugin):
         self.token = token
         self.name = f"jupyter-faas-{token[:8]}"
 
-    def setup(self, worker: Any) -> None:
+    async def setup(self, worker: Any) -> None:
         global _server
         with _server_lock:
             if _server is None:
@@ -372,6 +374,9 @@ class SandboxPlugin(WorkerPlugin):
                 invoker.prewarm()
                 _server = InvokerServer(invoker, worker.ip, psutil.Process().create_time())
             _server.tokens.add(self.token.encode())
+            host, port = _server.endpoint
+        # Published on the scheduler, so clients find it without asking workers (a dead one could stall them).
+        await worker.scheduler.set_metadata(keys=[ENDPOINTS_KEY, worker.address], value=[host, port])
 
     def teardown(self, worker: Any) -> None:
         global _server
@@ -384,7 +389,3 @@ class SandboxPlugin(WorkerPlugin):
                 _server.invoker.close()
                 _server = None
 
-
-def endpoint() -> tuple[str, int] | None:
-    """Where this worker's invocation stream listens; None until its plugin has started it."""
-    return None if _server is None else _server.endpoint
