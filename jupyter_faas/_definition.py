@@ -7,8 +7,10 @@ import builtins
 import dis
 import hashlib
 import inspect
+import keyword
 import linecache
 import types
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +56,19 @@ class FunctionDefinition:
 
     def describe_signature(self) -> str:
         return f"{self.name}{self.signature}"
+
+
+def check_name(name: str) -> str:
+    """The name as Python reads it (NFKC); refuses what cannot, or must not, be bound in a notebook."""
+    normalized = unicodedata.normalize("NFKC", name)
+    if not normalized.isidentifier():
+        raise DefinitionError(f"{name!r} is not a valid function name")
+    if keyword.iskeyword(normalized):
+        raise DefinitionError(f"{name!r} is a Python keyword; choose another function name")
+    if normalized.startswith("__") and normalized.endswith("__"):
+        # Binding __builtins__ and its kind in the notebook would break every later cell.
+        raise DefinitionError(f"{name!r}: names like __x__ belong to Python; choose another function name")
+    return normalized
 
 
 def register_source(filename: str, source: str) -> None:
@@ -224,7 +239,9 @@ def from_callable(function: Callable[..., Any], limits: Limits, name: str | None
         raise TypeError(f"function() takes a def, got {type(function).__name__}")
     if inspect.iscoroutinefunction(function) or inspect.isgeneratorfunction(function):
         raise TypeError(f"{function.__name__} must be a plain def: async and generator functions are not supported")
-    name = name or function.__name__
+    if name is None and function.__name__ == "<lambda>":
+        raise DefinitionError("a lambda needs a name: function(name='double')(lambda x: 2 * x)")
+    name = check_name(name or function.__name__)
     module_globals = function.__globals__
     captured = _capture(name, function, [module_globals], lambda f: f.__globals__ is module_globals)
     filename = function.__code__.co_filename
@@ -323,9 +340,7 @@ def from_cell(
     if isinstance(chosen, ast.AsyncFunctionDef):
         raise DefinitionError(f"{chosen.name} is async; %%faas runs plain def functions")
 
-    bound_name = name or chosen.name  # type: ignore[union-attr]
-    if not bound_name.isidentifier():
-        raise DefinitionError(f"%%faas: {bound_name!r} is not a valid Python name")
+    bound_name = check_name(name or chosen.name)  # type: ignore[union-attr]
     filename = cell_filename(bound_name)
     source = f"%%faas {magic_line}".rstrip() + "\n" + cell
     # Line 1 of the cell is the magic line, so the cell's own code starts at line 2.

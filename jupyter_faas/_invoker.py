@@ -388,4 +388,3 @@ class SandboxPlugin(WorkerPlugin):
                 _server.close()
                 _server.invoker.close()
                 _server = None
-

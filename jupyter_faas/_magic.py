@@ -10,7 +10,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from jupyter_faas import _config, _platform
-from jupyter_faas._definition import DefinitionError, from_cell
+from jupyter_faas._definition import DefinitionError, check_name, from_cell
 from jupyter_faas._function import FaasFunction
 from jupyter_faas._limits import LimitError, Limits
 
@@ -107,11 +107,8 @@ class FaasMagics(Magics):
             return self._line(line)
         tokens = split_line(line)
         args = self.faas.parser.parse_intermixed_args(tokens)
-        if args.name is not None and not args.name.isidentifier():
-            raise UsageError(
-                f"%%faas: {args.name!r} is not a valid function name; write %%faas NAME [params] [--options]"
-            )
         try:
+            name = None if args.name is None else check_name(args.name)
             limits = Limits.resolve(
                 timeout=_unquote(args.timeout),
                 memory=_unquote(args.memory),
@@ -123,7 +120,7 @@ class FaasMagics(Magics):
                 cell,
                 self.shell.user_ns,
                 limits,
-                name=args.name,
+                name=name,
                 params=args.params,
                 magic_line=line.strip(),
             )

@@ -213,3 +213,12 @@ def test_any_cell_text_either_defines_or_fails_with_a_clear_error(cell: str) -> 
 
 def test_a_function_reading_its_module_name_is_not_refused() -> None:
     assert define("__name__", {"__name__": "__main__"}, name="where").load()() == "__faas__"
+
+
+def test_from_callable_checks_a_given_name() -> None:
+    def f() -> int:
+        return 1
+
+    with pytest.raises(DefinitionError, match="names like __x__ belong to Python"):
+        from_callable(f, LIMITS, name="__builtins__")
+    assert from_callable(f, LIMITS, name="renamed").name == "renamed"

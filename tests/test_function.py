@@ -123,7 +123,9 @@ def test_stats_and_records(platform: object) -> None:
 
     assert echo.map(range(20)) == list(range(20))
     with pytest.raises(ZeroDivisionError):
-        function(lambda: 1 / 0)()  # a lambda is a def too
+        function(name="divide")(lambda: 1 / 0)()  # a named lambda is a def too
+    with pytest.raises(ValueError, match="a lambda needs a name"):
+        function(lambda: 1)
     stats = echo.stats()
     assert stats["invocations"] == 20 and stats["errors"] == 0
     assert 0 < stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"]

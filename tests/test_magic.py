@@ -79,12 +79,24 @@ def test_no_def_and_no_name_says_what_to_write(shell: InteractiveShell) -> None:
         ("f --speed 3", "unrecognized arguments: --speed 3"),
         ("f x=", "cannot read the parameters 'x='"),
         ("9lives", "'9lives' is not a valid function name"),
+        ("__builtins__", "names like __x__ belong to Python"),
+        ("class", "'class' is a Python keyword"),
         ('f greeting="unterminated', 'unterminated " quote'),
         ("f xs=[1, 2", "unclosed bracket"),
     ],
 )
 def test_a_bad_magic_line_is_one_clear_usage_error(shell: InteractiveShell, line: str, message: str) -> None:
     assert message in usage_error(shell, f"%%faas {line}\n1")
+
+
+def test_a_def_named_like_a_python_internal_is_refused_and_the_shell_keeps_working(shell: InteractiveShell) -> None:
+    assert "names like __x__ belong to Python" in usage_error(shell, "%%faas\ndef __builtins__():\n    pass")
+    assert run_ok(shell, "1 + 1") == 2
+
+
+def test_names_are_normalized_as_python_reads_them(shell: InteractiveShell) -> None:
+    run_ok(shell, "%%faas \ufb01le\n1")  # the ligature "fi" reads as "file"
+    assert isinstance(shell.user_ns["file"], FaasFunction)
 
 
 def test_options_set_the_limits(shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
