@@ -133,6 +133,59 @@ def records_per_function() -> int:
     )
 
 
+def state_dir() -> Path:
+    """Where durable state lives: `faas.state-dir`, or a "faas" folder in the Jupyter data dir."""
+    value = _get("faas.state-dir")
+    if value in (None, ""):
+        from jupyter_core.paths import jupyter_data_dir
+
+        return Path(jupyter_data_dir()) / "faas"
+    if not isinstance(value, str | os.PathLike):
+        raise ConfigError(f"faas.state-dir: expected a folder path, got {value!r}")
+    return Path(os.path.expanduser(os.fspath(value)))
+
+
+def log_enabled() -> bool:
+    value = _get("faas.log.enabled")
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"faas.log.enabled: expected true or false, got {value!r}")
+
+
+def log_max_records() -> int:
+    return _checked("faas.log.max-records", lambda v: parse_count(v, "faas.log.max-records", minimum=1))
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """USD prices: per GB-second of memory, per request, and per hour of the always-on server."""
+
+    gb_second: float
+    request: float
+    server_hour: float
+
+
+def _price(key: str) -> float:
+    value = _get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{key}: expected a price in USD like 0.0000166667, got {value!r}")
+    try:
+        price = float(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a price in USD like 0.0000166667, got {value!r}") from None
+    if not price >= 0 or price == float("inf"):
+        raise ConfigError(f"{key}: expected a price of zero or more, got {value!r}")
+    return price
+
+
+def pricing() -> Pricing:
+    return Pricing(
+        gb_second=_price("faas.pricing.gb-second"),
+        request=_price("faas.pricing.request"),
+        server_hour=_price("faas.pricing.server-hour"),
+    )
+
+
 def function_defaults() -> Limits:
     """`faas.defaults.*`, validated; a bad value names its config key."""
     return Limits(
@@ -156,6 +209,10 @@ _VALIDATORS = {
     "faas.cluster.address": cluster_address,
     "faas.cluster.factory": cluster_factory,
     "faas.records.max-per-function": records_per_function,
+    "faas.state-dir": state_dir,
+    "faas.log.enabled": log_enabled,
+    "faas.log.max-records": log_max_records,
+    "faas.pricing.gb-second": pricing,
 }
 
 

@@ -18,6 +18,7 @@ import cloudpickle
 
 from jupyter_faas import _config
 from jupyter_faas._cluster import ClusterHandle, connect
+from jupyter_faas._cost import Comparison, compare
 from jupyter_faas._definition import FunctionDefinition
 from jupyter_faas._dispatch import DirectDispatcher, Job, Outcome
 from jupyter_faas._errors import (
@@ -29,7 +30,7 @@ from jupyter_faas._errors import (
     present,
 )
 from jupyter_faas._limits import format_size
-from jupyter_faas._records import InvocationRecord, RecordStore
+from jupyter_faas._records import MESSAGE_LIMIT, InvocationRecord, RecordStore
 
 # Outcomes that count as a failure worth another attempt when retries remain.
 _RETRIED = ("error", "lost")
@@ -206,6 +207,7 @@ class Platform:
         self._scale_events: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._controller: threading.Thread | None = None
+        self._started_at: float | None = None
         self._id_prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
         self._closed = False
@@ -227,6 +229,7 @@ class Platform:
                 cluster = connect(token, self)
                 self._dispatcher = DirectDispatcher(cluster, token)
                 self._cluster = cluster
+                self._started_at = time.monotonic()
                 self._note_workers(cluster.worker_count())
                 self._controller = threading.Thread(target=self._control, name="faas-keepalive", daemon=True)
                 self._controller.start()
@@ -297,7 +300,46 @@ class Platform:
         return store.records() if store else []
 
     def stats(self, name: str) -> dict[str, Any]:
-        return self._store(name).stats()
+        return self._store(name).stats(_config.pricing())
+
+    def function_names(self) -> list[str]:
+        """Every function invoked or looked at on this platform, in the order they first appeared."""
+        with self._lock:
+            return list(self._stores)
+
+    def revision(self, name: str | None = None) -> int:
+        """Grows with every finished invocation (of `name`, or of any function): cheap to poll for changes."""
+        with self._lock:
+            stores = [self._stores[name]] if name in self._stores else [] if name else list(self._stores.values())
+        return sum(store.revision for store in stores)
+
+    @property
+    def idle_timeout(self) -> float:
+        """The keep-alive, in seconds: `faas.cluster.idle-timeout`."""
+        return _config.idle_timeout()
+
+    def seconds_to_scale_to_zero(self) -> float | None:
+        """Time left before every worker is retired, if nothing runs; None when that is not counting down."""
+        cluster = self._cluster
+        if cluster is None or not cluster.retires_when_idle or cluster.worker_count() == 0:
+            return None
+        with self._lock:
+            if self._in_flight or self._held or self._retiring:
+                return None
+            idle_for = time.monotonic() - self._last_activity
+        return max(0.0, self.idle_timeout - idle_for)
+
+    def cost_comparison(self) -> Comparison:
+        """Pay-per-use since the platform started, against an always-on server of the cluster's maximum size."""
+        invocations, gb_seconds_total, busy_s = 0, 0.0, 0.0
+        with self._lock:
+            stores = list(self._stores.values())
+        for store in stores:
+            count, gb_s, busy = store.totals()
+            invocations, gb_seconds_total, busy_s = invocations + count, gb_seconds_total + gb_s, busy_s + busy
+        period_s = 0.0 if self._started_at is None else time.monotonic() - self._started_at
+        slots = self.maximum * _config.slots_per_worker()
+        return compare(invocations, gb_seconds_total, busy_s, period_s, slots, _config.pricing())
 
     def __repr__(self) -> str:
         if self._cluster is None:
@@ -482,8 +524,10 @@ class Platform:
             worker=outcome.worker,
             status="error" if status == "lost" else status,
             error=None if error is None else (outcome.error[0] if outcome.error else type(error).__name__),
+            message=None if error is None else str(error)[:MESSAGE_LIMIT],
             attempts=invocation.attempts,
             peak_memory=outcome.peak_memory,
+            memory_limit=definition.limits.memory,
         )
         self._store(definition.name).add(record)
         self._release_gate(invocation)

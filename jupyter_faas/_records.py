@@ -7,6 +7,12 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from jupyter_faas._config import Pricing
+from jupyter_faas._cost import gb_seconds
+
+# Error messages are kept in records up to this length.
+MESSAGE_LIMIT = 500
+
 
 @dataclass(slots=True)
 class InvocationRecord:
@@ -25,11 +31,18 @@ class InvocationRecord:
     worker: str | None
     status: str
     error: str | None
+    message: str | None
     attempts: int
     peak_memory: int | None
+    memory_limit: int
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def gb_seconds(self) -> float:
+        """What this invocation is billed for: its memory setting times its duration, rounded up to 1 ms."""
+        return 0.0 if self.duration_ms is None else gb_seconds(self.memory_limit, self.duration_ms)
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -49,30 +62,53 @@ class RecordStore:
         self._invocations = 0
         self._errors = 0
         self._cold_starts = 0
+        self._gb_seconds = 0.0
+        self._busy_ms = 0.0
+        self._last_error: InvocationRecord | None = None
+        # Bumped by every record, so a watcher can tell cheaply whether anything changed.
+        self.revision = 0
 
     def add(self, record: InvocationRecord) -> None:
         with self._lock:
             self._records.append(record)
             self._invocations += 1
-            self._errors += record.status != "ok"
             self._cold_starts += record.cold_start
+            if record.status != "ok":
+                self._errors += 1
+                self._last_error = record
+            if record.duration_ms is not None:
+                self._gb_seconds += record.gb_seconds
+                self._busy_ms += record.duration_ms
+            self.revision += 1
 
     def records(self) -> list[InvocationRecord]:
         with self._lock:
             return list(self._records)
 
-    def stats(self) -> dict[str, Any]:
-        """Totals since definition; latency percentiles over the records still kept."""
+    def totals(self) -> tuple[int, float, float]:
+        """(invocations, GB-seconds, busy seconds) since the function was defined."""
+        with self._lock:
+            return self._invocations, self._gb_seconds, self._busy_ms / 1000
+
+    def stats(self, pricing: Pricing) -> dict[str, Any]:
+        """Totals since definition; latency and memory percentiles over the records still kept."""
         with self._lock:
             latencies = sorted(r.latency_ms for r in self._records)
+            peaks = sorted(r.peak_memory for r in self._records if r.peak_memory is not None)
+            last = self._last_error
             totals = {
                 "invocations": self._invocations,
                 "errors": self._errors,
                 "cold_starts": self._cold_starts,
+                "gb_seconds": self._gb_seconds,
+                "cost_usd": self._gb_seconds * pricing.gb_second + self._invocations * pricing.request,
             }
         return {
             **totals,
             "p50_ms": percentile(latencies, 50),
             "p95_ms": percentile(latencies, 95),
             "p99_ms": percentile(latencies, 99),
+            "peak_memory_p50": percentile(peaks, 50),
+            "peak_memory_max": peaks[-1] if peaks else None,
+            "last_error": None if last is None else {"type": last.error, "message": last.message, "id": last.id},
         }

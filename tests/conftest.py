@@ -27,9 +27,11 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, message: str =
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _shutdown_platform_at_end() -> Iterator[None]:
-    yield
-    _platform.current(start=False).shutdown()
+def _isolated_state_and_shutdown(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's durable state lives in a temporary folder, never the user's; the platform stops at the end."""
+    with dask.config.set({"faas.state-dir": str(tmp_path_factory.mktemp("faas-state"))}):
+        yield
+        _platform.current(start=False).shutdown()
 
 
 @pytest.fixture

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+
+from jupyter_faas._config import Pricing
 from jupyter_faas._records import InvocationRecord, RecordStore, percentile
+
+PRICES = Pricing(gb_second=0.0000166667, request=0.0000002, server_hour=0.085)
 
 
 def record(n: int, status: str = "ok", cold: bool = False, latency: float = 1.0) -> InvocationRecord:
     return InvocationRecord(
         id=str(n), function="f", version="v", submitted=0.0, started=0.1, finished=0.2, queued_ms=100.0,
         cold_start=cold, duration_ms=100.0, latency_ms=latency, worker="w", status=status,
-        error=None if status == "ok" else "ValueError", attempts=1, peak_memory=None,
+        error=None if status == "ok" else "ValueError", message=None if status == "ok" else f"bad {n}",
+        attempts=1, peak_memory=1000 + n, memory_limit=2**30,
     )  # fmt: skip
 
 
@@ -26,14 +32,21 @@ def test_stats_count_everything_and_the_window_is_bounded() -> None:
     store = RecordStore(max_records=10)
     for n in range(25):
         store.add(record(n, status="error" if n % 5 == 0 else "ok", cold=n < 2, latency=float(n)))
-    stats = store.stats()
+    stats = store.stats(PRICES)
     assert stats["invocations"] == 25 and stats["errors"] == 5 and stats["cold_starts"] == 2
+    # 25 invocations of 100 ms at 1 GiB: 2.5 GB-seconds
+    assert stats["gb_seconds"] == pytest.approx(2.5)
+    assert stats["cost_usd"] == pytest.approx(2.5 * 0.0000166667 + 25 * 0.0000002)
+    assert stats["last_error"] == {"type": "ValueError", "message": "bad 20", "id": "20"}
+    assert stats["peak_memory_max"] == 1024
     assert [r.id for r in store.records()] == [str(n) for n in range(15, 25)]
     # percentiles over the records still kept: latencies 15..24
     assert stats["p50_ms"] == 19.0 and stats["p99_ms"] == 24.0
 
 
 def test_empty_stats() -> None:
-    assert RecordStore(5).stats() == {
-        "invocations": 0, "errors": 0, "cold_starts": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None,
+    assert RecordStore(5).stats(PRICES) == {
+        "invocations": 0, "errors": 0, "cold_starts": 0, "gb_seconds": 0.0, "cost_usd": 0.0,
+        "p50_ms": None, "p95_ms": None, "p99_ms": None,
+        "peak_memory_p50": None, "peak_memory_max": None, "last_error": None,
     }  # fmt: skip
