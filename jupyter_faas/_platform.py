@@ -122,9 +122,13 @@ class MapResults:
     """Collects a map's results in input order as they arrive, from any thread."""
 
     def __init__(self, count: int) -> None:
+        self.total = count
         self.values: list[Any] = [None] * count
         self.errors: list[BaseException | None] = [None] * count
         self.cancelled = False
+        # Progress, for a progress bar to read: results in so far, and how many of them are errors.
+        self.done = 0
+        self.failed = 0
         self._remaining = count
         self._done = threading.Condition()
 
@@ -137,6 +141,8 @@ class MapResults:
         self.values[slot] = value
         self.errors[slot] = error
         with self._done:
+            self.done += 1
+            self.failed += error is not None
             self._remaining -= 1
             if self._remaining <= 0:
                 self._done.notify_all()
@@ -148,11 +154,17 @@ class MapResults:
             if self._remaining <= 0:
                 self._done.notify_all()
 
-    def wait(self) -> None:
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every result is in, or `timeout` seconds; True if they all are."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._done:
             while self._remaining > 0:
+                left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                if left <= 0:
+                    return False
                 # A bounded wait keeps Ctrl-C responsive in the notebook's main thread.
-                self._done.wait(0.1)
+                self._done.wait(left)
+        return True
 
 
 def _rebuild_error(definition: FunctionDefinition, outcome: Outcome) -> BaseException:
