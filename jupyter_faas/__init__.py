@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from jupyter_faas._function import FaasFunction, function
     from jupyter_faas._platform import Platform
     from jupyter_faas._records import InvocationRecord
+    from jupyter_faas._widgets import dashboard
 
 __version__ = "0.1.0"
 
@@ -21,7 +22,9 @@ __all__ = [
     "InvocationRecord",
     "RemoteError",
     "WorkerLost",
+    "dashboard",
     "function",
+    "invocations",
     "platform",
 ]
 
@@ -35,6 +38,8 @@ _LAZY = {
     "FaasFunction": "jupyter_faas._function",
     "function": "jupyter_faas._function",
     "InvocationRecord": "jupyter_faas._records",
+    "invocations": "jupyter_faas._history",
+    "dashboard": "jupyter_faas._widgets",
 }
 
 

@@ -83,7 +83,16 @@ def demo(idle_timeout: str) -> int:
     while platform.workers and time.monotonic() < deadline:
         time.sleep(0.2)
     print("worker count over time: " + ", ".join(f"{n}" for _, n in platform.scale_events))
-    print(f"stats: {word_count.stats()}")
+    stats = word_count.stats()
+    print(
+        f"word_count: {stats['invocations']} invocations, {stats['cold_starts']} cold starts, "
+        f"p50 {stats['p50_ms']:.1f} ms, {stats['gb_seconds']:.4f} GB-s, ${stats['cost_usd']:.6f}"
+    )
+    cost = platform.cost_comparison()
+    print(
+        f"pay-per-use ${cost.serverless_usd:.6f} against ${cost.always_on_usd:.6f} for an always-on server "
+        f"over the same {cost.period_s:.0f} s; that server would have been {100 * cost.idle_fraction:.1f} % idle"
+    )
     print(f"dashboard: {platform.dashboard_link}")
     platform.shutdown()
     return 0

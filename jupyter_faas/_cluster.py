@@ -149,6 +149,7 @@ def _embedded(maximum: int) -> ClusterHandle:
         host="127.0.0.1",
         dashboard_address=_config.dashboard_address(),
         silence_logs=logging.ERROR,
+        preload=["jupyter_faas._embedded_worker"],
     )
     client = Client(cluster, set_as_default=False)
     return ClusterHandle("embedded", client, cluster, maximum)

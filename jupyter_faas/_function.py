@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from jupyter_faas import _platform
 from jupyter_faas._definition import FunctionDefinition, from_callable
 from jupyter_faas._limits import Limits
 from jupyter_faas._records import InvocationRecord
+
+if TYPE_CHECKING:
+    from jupyter_faas._widgets import FunctionCard
+
+# A map still running after this many seconds shows its progress; faster ones show nothing at all.
+PROGRESS_AFTER = 2.0
 
 
 class FaasFunction:
@@ -25,6 +32,7 @@ class FaasFunction:
         self.__name__ = definition.name
         self.__doc__ = definition.load().__doc__
         self.__signature__ = definition.signature
+        self._card: FunctionCard | None = None
 
     @property
     def name(self) -> str:
@@ -74,9 +82,14 @@ class FaasFunction:
         if calls:
             # Every item has the same number of positional arguments, so one check covers them all.
             self._check_arguments(calls[0][0], {})
+        began = time.monotonic()
         results = _platform.current().map(self._definition, calls)
         try:
-            results.wait()
+            if not results.wait(PROGRESS_AFTER):
+                # Imported only now: widgets cost nothing to maps that finish within the threshold.
+                from jupyter_faas import _widgets
+
+                _widgets.wait_with_progress(self.name, results, began)
         except KeyboardInterrupt:
             # Invocations not yet started are dropped; those already running finish and are recorded.
             results.cancelled = True
@@ -102,6 +115,23 @@ class FaasFunction:
     def stats(self) -> dict[str, Any]:
         """Invocations, errors, cold starts and end-to-end latency percentiles (ms)."""
         return _platform.current(start=False).stats(self.name)
+
+    @property
+    def card(self) -> FunctionCard:
+        """A live ipywidgets card of this function's figures: made on first use, kept current as invocations end."""
+        from jupyter_faas import _widgets
+
+        return _widgets.card_for(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The card is a widget of this process, with its comm and locks; a copy makes its own when asked.
+        return {**self.__dict__, "_card": None}
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        # The card in a kernel, the same figures as text in a terminal; repr() stays one line.
+        from jupyter_faas import _widgets
+
+        return _widgets.function_mimebundle(self)
 
     def __repr__(self) -> str:
         return (

@@ -73,6 +73,8 @@ class Sandbox:
             pass_fds=(child.fileno(),),
             stdin=subprocess.DEVNULL,
             env=env,
+            # Out of the notebook's process group: interrupting the kernel must not interrupt invocations.
+            start_new_session=True,
         )
         child.close()
         self.conn = Connection(parent.detach())

@@ -8,8 +8,9 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.display import display
 
-from jupyter_faas import _config, _platform
+from jupyter_faas import _config, _platform, _widgets
 from jupyter_faas._definition import DefinitionError, check_name, from_cell
 from jupyter_faas._function import FaasFunction
 from jupyter_faas._limits import LimitError, Limits
@@ -100,8 +101,8 @@ class FaasMagics(Magics):
             def sha(data: bytes) -> str:
                 return hashlib.sha256(data).hexdigest()
 
-        As a line magic: `%faas` shows the platform, `%faas config [key=value ...]` reads or sets
-        `faas.*` config, `%faas shutdown` stops the cluster.
+        As a line magic: `%faas` shows the platform's dashboard, `%faas status` one line about it,
+        `%faas config [key=value ...]` reads or sets `faas.*` config, `%faas shutdown` stops the cluster.
         """
         if cell is None:
             return self._line(line)
@@ -128,6 +129,9 @@ class FaasMagics(Magics):
             raise UsageError(str(e)) from None
         function = FaasFunction(definition)
         self.shell.user_ns[definition.name] = function
+        if _widgets.use_widgets():
+            display(function.card)
+            return None
         print(
             f"{definition.describe_signature()} is a serverless function ({definition.short_version}): "
             f"{limits.describe()}"
@@ -136,7 +140,10 @@ class FaasMagics(Magics):
 
     def _line(self, line: str) -> Any:
         words = split_line(line)
-        command = words[0] if words else "status"
+        if not words:
+            _widgets.show_dashboard()
+            return None
+        command = words[0]
         if command == "status":
             platform = _platform.current(start=False)
             print(repr(platform))

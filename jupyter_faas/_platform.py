@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import math
 import secrets
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -30,6 +32,7 @@ from jupyter_faas._errors import (
     present,
 )
 from jupyter_faas._limits import format_size
+from jupyter_faas._log import InvocationLog, LogError
 from jupyter_faas._records import MESSAGE_LIMIT, InvocationRecord, RecordStore
 
 # Outcomes that count as a failure worth another attempt when retries remain.
@@ -220,6 +223,7 @@ class Platform:
         self._stop = threading.Event()
         self._controller: threading.Thread | None = None
         self._started_at: float | None = None
+        self._log: InvocationLog | None = None
         self._id_prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
         self._closed = False
@@ -238,6 +242,7 @@ class Platform:
                 raise FaasError("this platform was shut down; call jupyter_faas.platform() for a new one")
             if self._cluster is None:
                 token = secrets.token_hex(16)
+                self._log = _open_log()
                 cluster = connect(token, self)
                 self._dispatcher = DirectDispatcher(cluster, token)
                 self._cluster = cluster
@@ -271,6 +276,12 @@ class Platform:
             dispatcher.close()
         if cluster is not None:
             cluster.close()
+        log, self._log = self._log, None
+        if log is not None:
+            try:
+                log.close()
+            except LogError as e:
+                warnings.warn(f"jupyter_faas: the last invocation records were not saved: {e}", stacklevel=2)
 
     # -- what users read -----------------------------------------------------------------------------
 
@@ -306,6 +317,11 @@ class Platform:
     def client(self) -> Any:
         """The distributed.Client that connects the platform to its cluster."""
         return self.start()._cluster.client  # type: ignore[union-attr]
+
+    def flush_log(self) -> None:
+        """Commit every record so far to the durable log (a no-op without one)."""
+        if self._log is not None:
+            self._log.flush()
 
     def records(self, name: str) -> list[InvocationRecord]:
         store = self._stores.get(name)
@@ -542,6 +558,11 @@ class Platform:
             memory_limit=definition.limits.memory,
         )
         self._store(definition.name).add(record)
+        log = self._log
+        if log is not None:
+            # LogError: closed by a shutdown racing this last record, which stays in memory.
+            with contextlib.suppress(LogError):
+                log.append(record)
         self._release_gate(invocation)
         invocation.sink.complete(invocation.slot, result, error)
 
@@ -630,6 +651,22 @@ class Platform:
             self._note_workers(cluster.worker_count())
         finally:
             self.end_retire()
+
+
+def _open_log() -> InvocationLog | None:
+    """The durable log, if enabled; a state dir that cannot hold it is a warning, not a dead platform."""
+    if not _config.log_enabled():
+        return None
+    state_dir = _config.state_dir()
+    try:
+        return InvocationLog(state_dir, _config.log_max_records())
+    except LogError as e:
+        warnings.warn(
+            f"jupyter_faas: invocations are not being saved to {state_dir}: {e}. "
+            "Set faas.state-dir to a writable folder.",
+            stacklevel=3,
+        )
+        return None
 
 
 _platform: Platform | None = None

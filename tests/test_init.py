@@ -19,7 +19,9 @@ def test_all_is_pinned() -> None:
         "InvocationRecord",
         "RemoteError",
         "WorkerLost",
+        "dashboard",
         "function",
+        "invocations",
         "platform",
     ]
     for name in jupyter_faas.__all__:

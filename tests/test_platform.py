@@ -220,3 +220,29 @@ def test_plain_dask_work_on_the_platforms_client_keeps_workers_alive(platform: P
         task = platform.client.submit(time.sleep, 3, pure=False)
         assert task.result(timeout=60) is None
         assert platform.workers >= 1
+
+
+@function(timeout="60s")
+def report_pid_then_nap(path: str, seconds: float) -> str:
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return "finished"
+
+
+def test_a_kernel_interrupt_does_not_reach_invocations_or_workers(platform: Platform, tmp_path: Path) -> None:
+    # Jupyter interrupts a kernel by sending SIGINT to its process group; deliver it to each process directly.
+    import signal
+
+    square(1)
+    worker_pids = set(platform.client.run(os.getpid).values())
+    pid_file = tmp_path / "pid"
+    future = report_pid_then_nap.submit(str(pid_file), 1.5)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text(), timeout=30, message="the invocation to start")
+    os.kill(int(pid_file.read_text()), signal.SIGINT)
+    for pid in worker_pids:
+        os.kill(pid, signal.SIGINT)
+    assert future.result(timeout=60) == "finished"
+    assert report_pid_then_nap.invocations[-1].status == "ok"
+    assert set(platform.client.run(os.getpid).values()) == worker_pids  # no worker died
+    assert square(3) == 9
