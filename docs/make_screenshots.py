@@ -8,6 +8,7 @@ card's and the dashboard's outputs. Chromium comes from the system (`apt-get ins
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -70,6 +71,7 @@ def _wait_for_server(url: str, deadline: float) -> None:
 
 
 def main() -> int:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     folder = Path(tempfile.mkdtemp(prefix="faas-shots-"))
@@ -77,7 +79,7 @@ def main() -> int:
     port = _free_port()
     lab = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={folder}"],
+         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={folder}", "--allow-root"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "JUPYTER_PLATFORM_DIRS": "1"},
     )  # fmt: skip
     try:
@@ -92,17 +94,25 @@ def main() -> int:
                 page = browser.new_page(viewport={"width": 1280, "height": 1400})
                 page.goto(f"{base}/lab/tree/tour.ipynb?token={TOKEN}")
                 page.wait_for_selector(".jp-Notebook", timeout=90_000)
+                # JupyterLab may ask which kernel to start; the default is this environment's python3.
+                with contextlib.suppress(PlaywrightTimeout):
+                    page.locator(".jp-Dialog .jp-mod-accept").click(timeout=5_000)
                 page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
                 page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
                 page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-                widget_mime = "application/vnd.jupyter.widget-view+json"
-                outputs = page.locator(f".jp-OutputArea-output[data-mime-type='{widget_mime}']")
+                outputs = page.locator(".jp-OutputArea-output > .faas-view")
                 deadline = time.monotonic() + 180
                 # Three widget outputs: the card after %%faas, the card again, and the dashboard.
                 while outputs.count() < 3 and time.monotonic() < deadline:
                     page.wait_for_timeout(500)
                 if outputs.count() < 3:
-                    raise RuntimeError(f"expected 3 widget outputs, found {outputs.count()}")
+                    page.screenshot(path=str(folder.parent / "faas-screenshot-failure.png"), full_page=True)
+                    raise RuntimeError(
+                        f"expected 3 widget outputs, found {outputs.count()}; the page is in "
+                        f"{folder.parent / 'faas-screenshot-failure.png'}"
+                    )
+                # JupyterLab's news toast is not part of the picture.
+                page.add_style_tag(content=".Toastify, .jp-toast-container { display: none !important; }")
                 # Let the updater bring the figures up to date before the picture.
                 page.wait_for_timeout(3000)
                 outputs.nth(1).screenshot(path=str(DOCS / "function-card.png"))
