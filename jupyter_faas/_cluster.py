@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import threading
 import time
 from typing import Any, Protocol
 
@@ -12,7 +13,11 @@ import dask.config
 from distributed import Adaptive, Client, LocalCluster, Nanny
 
 from jupyter_faas import _config
+from jupyter_faas._errors import FaasError
 from jupyter_faas._invoker import SandboxPlugin
+
+# How long shutting down waits for workers to take the platform's token back.
+_UNREGISTER_WAIT = 5.0
 
 
 class ScalingHooks(Protocol):
@@ -115,12 +120,18 @@ class ClusterHandle:
         except Exception:
             return None
 
+    def _unregister_plugin(self) -> None:
+        with contextlib.suppress(Exception):  # the client closing under it ends this call with an error
+            self.client.unregister_worker_plugin(self.plugin_name)
+
     def close(self) -> None:
         try:
             if self.mode == "address" and self.plugin_name:
-                # A shared cluster outlives this platform: take our token back off its workers.
-                with contextlib.suppress(Exception):
-                    self.client.unregister_worker_plugin(self.plugin_name)
+                # A shared cluster outlives this platform: take our token back off its workers. A broken
+                # worker may never answer, and shutting down must not wait on it for more than a moment.
+                unregister = threading.Thread(target=self._unregister_plugin, name="faas-unregister", daemon=True)
+                unregister.start()
+                unregister.join(_UNREGISTER_WAIT)
             self.client.close()
         finally:
             if self.cluster is not None and self.mode != "address":
@@ -196,6 +207,19 @@ def connect(token: str, hooks: ScalingHooks) -> ClusterHandle:
     else:
         handle = _embedded(maximum)
     plugin = SandboxPlugin(token)
-    handle.client.register_plugin(plugin, name=plugin.name)
+    try:
+        handle.client.register_plugin(plugin, name=plugin.name)
+    except Exception as e:
+        handle.close()
+        raise FaasError(
+            f"the cluster's workers cannot start jupyter-faas ({type(e).__name__}: {e}). "
+            f"Install it on every worker: pip install jupyter-faas=={_version()}"
+        ) from None
     handle.plugin_name = plugin.name
     return handle
+
+
+def _version() -> str:
+    from jupyter_faas import __version__
+
+    return __version__

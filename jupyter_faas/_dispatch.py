@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 # A worker that sends nothing for this long past an invocation's timeout is taken for lost:
 # its own watchdog would have answered by then.
 _SILENCE_GRACE = 30.0
+# A worker that has not started its sandboxes this long after joining never will (jupyter-faas is
+# missing or broken there); calls waiting with no usable worker then fail instead of hanging.
+SETUP_DEADLINE = 60.0
 # How often workers are looked for while jobs wait for a slot, and when nothing waits.
 _DISCOVER_WAITING = 0.01
 _DISCOVER_IDLE = 1.0
@@ -32,7 +36,7 @@ _DISCOVER_IDLE = 1.0
 class Outcome:
     """A worker's answer to one invocation attempt, or the news that no answer will come."""
 
-    status: str  # "ok", "error", "timeout", "memory" or "lost"
+    status: str  # "ok", "error", "timeout", "memory", "lost", or "setup" (no worker can run it)
     value: bytes = b""
     started: float | None = None
     finished: float | None = None
@@ -137,6 +141,8 @@ class DirectDispatcher:
         self._cluster = cluster
         self._token = token.encode()
         self._links: dict[str, _Link] = {}
+        # Since when calls have waited while workers were there but none could run them.
+        self._unusable_since: float | None = None
         self._pending: deque[Job] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -253,6 +259,34 @@ class DirectDispatcher:
         sock.settimeout(None)
         link.give_back(sock)
 
+    def _fail_if_no_worker_can_start(self, unready: list[str]) -> None:
+        """Calls that have waited SETUP_DEADLINE while workers were there but none started its sandboxes
+        end with a clear error. Workers that crash and come back under new addresses do not reset the clock."""
+        now = time.monotonic()
+        with self._lock:
+            if self._links or not self._pending:
+                self._unusable_since = None
+                return
+            if not unready and self._unusable_since is None:
+                return  # no worker yet: a cluster may take minutes to start one, and that is no failure
+            if self._unusable_since is None:
+                self._unusable_since = now
+            if now - self._unusable_since < SETUP_DEADLINE:
+                return
+            self._unusable_since = None
+            stuck = sorted(unready) or ["workers that have since left"]
+            waiting, self._pending = list(self._pending), deque()
+        from jupyter_faas import __version__
+
+        message = (
+            f"no worker started jupyter-faas's sandboxes within {SETUP_DEADLINE:.0f} s of joining "
+            f"({', '.join(stuck)}). Is jupyter-faas installed there? pip install jupyter-faas=={__version__}"
+        )
+        failed = Outcome("setup", error=("FaasError", message, "", None))
+        for job in waiting:
+            for index in job.indices:
+                job.deliver(index, failed)
+
     def _drop_link(self, link: _Link) -> None:
         link.close()
         with self._lock:
@@ -279,6 +313,7 @@ class DirectDispatcher:
             new = [address for address in slots if address not in self._links]
         for link in gone:
             self._drop_link(link)
+        self._fail_if_no_worker_can_start(new)
         if not new:
             return
         # One call to the scheduler; a worker whose plugin has not published yet is found on a later round.

@@ -180,6 +180,8 @@ def _rebuild_error(definition: FunctionDefinition, outcome: Outcome) -> BaseExce
         return present(error, definition.name, outcome.worker, "")
     if outcome.status == "lost":
         return present(WorkerLost(f"{definition.name}: {message}"), definition.name, outcome.worker, "")
+    if outcome.status == "setup":
+        return present(FaasError(f"{definition.name}: {message}"), definition.name, None, "")
     rebuilt: BaseException | None = None
     if exc_bytes is not None:
         try:
@@ -550,7 +552,7 @@ class Platform:
             duration_ms=None if started is None or finished is None else (finished - started) * 1000,
             latency_ms=latency_ms,
             worker=outcome.worker,
-            status="error" if status == "lost" else status,
+            status="error" if status in ("lost", "setup") else status,
             error=None if error is None else (outcome.error[0] if outcome.error else type(error).__name__),
             message=None if error is None else str(error)[:MESSAGE_LIMIT],
             attempts=invocation.attempts,

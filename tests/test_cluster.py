@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from jupyter_faas import function
+from jupyter_faas import FaasError, _platform, function
 from jupyter_faas._config import ConfigError
 from jupyter_faas._platform import Platform
 
@@ -137,3 +137,78 @@ def test_two_platforms_share_one_scheduler_without_locking_each_other_out(
     finally:
         second.shutdown()
     assert where(5)[0] == 25  # and still does after the second one left
+
+
+def _broken_install(folder: Path) -> dict[str, str]:
+    """An environment whose jupyter_faas cannot be imported, as on a worker image without it."""
+    package = folder / "shadow" / "jupyter_faas"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('jupyter_faas is not installed on this worker')\n")
+    return {**os.environ, "PYTHONPATH": str(folder / "shadow")}
+
+
+def _start(args: list[str], folder: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", *args], cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def _scheduler(folder: Path) -> tuple[subprocess.Popen, str]:
+    scheduler_file = folder / "scheduler.json"
+    scheduler = _start(
+        ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+         "--scheduler-file", str(scheduler_file)],
+        folder, {**os.environ, "PYTHONPATH": ""},
+    )  # fmt: skip
+    wait_for(lambda: scheduler_file.exists() and scheduler_file.stat().st_size > 0, 60, "the scheduler file")
+    return scheduler, json.loads(scheduler_file.read_text())["address"]
+
+
+def _worker(address: str, folder: Path, env: dict[str, str]) -> subprocess.Popen:
+    return _start(
+        ["distributed.cli.dask_worker", address, "--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1",
+         "--no-dashboard"],
+        folder, env,
+    )  # fmt: skip
+
+
+def test_workers_without_jupyter_faas_are_a_clear_error_at_connect(
+    own_platform: Callable[..., Platform], tmp_path: Path
+) -> None:
+    scheduler, address = _scheduler(tmp_path)
+    worker = _worker(address, tmp_path, _broken_install(tmp_path))
+    try:
+        from distributed import Client
+
+        with Client(address, timeout="30s") as probe:
+            probe.wait_for_workers(1, timeout=60)
+        with pytest.raises(FaasError, match=r"cannot start jupyter-faas .* pip install jupyter-faas=="):
+            own_platform({"faas.cluster.address": address})
+    finally:
+        worker.kill()
+        worker.wait(timeout=20)
+        _stop(scheduler)
+
+
+def test_a_call_waiting_for_workers_that_never_start_jupyter_faas_fails_clearly(
+    own_platform: Callable[..., Platform], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jupyter_faas import _dispatch
+
+    monkeypatch.setattr(_dispatch, "SETUP_DEADLINE", 2.0)
+    scheduler, address = _scheduler(tmp_path)
+    worker = None
+    try:
+        own_platform({"faas.cluster.address": address})  # no workers yet, so the plugin registers fine
+        future = where.submit(2)
+        worker = _worker(address, tmp_path, _broken_install(tmp_path))
+        with pytest.raises(FaasError, match=r"no worker started jupyter-faas's sandboxes .* pip install"):
+            future.result(timeout=120)
+        assert where.invocations[-1].status == "error"
+    finally:
+        # The platform first, while its scheduler is still there to say goodbye to.
+        _platform.current(start=False).shutdown()
+        if worker is not None:
+            worker.kill()
+            worker.wait(timeout=20)
+        _stop(scheduler)
