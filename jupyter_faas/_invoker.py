@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -41,6 +42,18 @@ OnAnswer = Callable[[int, Answer], None]
 # -I keeps the worker's current directory off the path: the sandbox must import this very jupyter_faas.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from jupyter_faas._runner import main; main()"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Calls of one function version that share one blob of arguments, and the limits each runs under."""
+
+    name: str
+    version: str
+    package: Any
+    blob: bytes
+    timeout: float
+    memory: int
 
 
 class SandboxGone(Exception):
@@ -113,25 +126,16 @@ class Sandbox:
             self.process.wait(timeout=10)
         self.conn.close()
 
-    def run(
-        self,
-        name: str,
-        version: str,
-        package: Any,
-        blob: bytes,
-        indices: list[int],
-        timeout: float,
-        memory: int,
-        on_answer: OnAnswer,
-    ) -> int:
-        """Run the calls at `indices`, answering each; returns how many were answered.
+    def run(self, batch: Batch, indices: list[int], on_answer: OnAnswer) -> int:
+        """Run the batch's calls at `indices`, answering each; returns how many were answered.
 
         Fewer than all means the sandbox was killed (timeout, memory) or died; the last one answered
         says why, and the rest have not started.
         """
         self._wait_ready()
-        fresh = version not in self.known
-        self._send(version, None if not fresh else package, blob, indices, memory)
+        name, timeout, memory = batch.name, batch.timeout, batch.memory
+        fresh = batch.version not in self.known
+        self._send(batch, indices, with_package=fresh)
         answered = 0
         deadline = time.monotonic() + timeout
         while answered < len(indices):
@@ -157,9 +161,9 @@ class Sandbox:
                 on_answer(index, _failure("error", "SandboxExit", message, time.time(), fresh, None))
                 return answered + 1
             if answer[0] == "missing":
-                self._send(version, package, blob, indices, memory)
+                self._send(batch, indices, with_package=True)
                 continue
-            self.known.add(version)
+            self.known.add(batch.version)
             fresh = False
             on_answer(index, answer)
             answered += 1
@@ -170,9 +174,11 @@ class Sandbox:
                 return answered
         return answered
 
-    def _send(self, version: str, package: Any, blob: bytes, indices: list[int], memory: int) -> None:
+    def _send(self, batch: Batch, indices: list[int], with_package: bool) -> None:
+        package = batch.package if with_package else None
+        request = ("run", batch.version, package, batch.blob, indices, batch.memory)
         try:
-            self.conn.send_bytes(pickle.dumps(("run", version, package, blob, indices, memory), protocol=5))
+            self.conn.send_bytes(pickle.dumps(request, protocol=5))
         except OSError:
             raise SandboxGone(self._died()) from None
 
@@ -226,18 +232,9 @@ class Invoker:
             self._all.discard(sandbox)
         sandbox.kill()
 
-    def invoke(
-        self,
-        name: str,
-        version: str,
-        package: Any,
-        blob: bytes,
-        indices: list[int],
-        timeout: float,
-        memory: int,
-        on_answer: OnAnswer,
-    ) -> None:
+    def invoke(self, batch: Batch, indices: list[int], on_answer: OnAnswer) -> None:
         """Run every call at `indices`, each with its own timeout; a killed sandbox is replaced mid-batch."""
+        name = batch.name
         remaining = list(indices)
         while remaining:
             try:
@@ -247,7 +244,7 @@ class Invoker:
                     on_answer(index, _failure("error", "SandboxExit", f"{name}: {gone}", time.time(), False, None))
                 return
             try:
-                answered = sandbox.run(name, version, package, blob, remaining, timeout, memory, on_answer)
+                answered = sandbox.run(batch, remaining, on_answer)
             except SandboxGone as gone:
                 sandbox.kill()
                 message = f"the process running {name} {gone}"
@@ -341,7 +338,7 @@ class InvokerServer:
                 pending.clear()
                 last_flush = now
 
-        self.invoker.invoke(name, version, package, blob, indices, timeout, memory, on_answer)
+        self.invoker.invoke(Batch(name, version, package, blob, timeout, memory), indices, on_answer)
         _wire.send(sock, ("done", pending))
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ import cloudpickle
 import pytest
 
 from jupyter_faas._definition import from_cell
-from jupyter_faas._invoker import Invoker
+from jupyter_faas._invoker import Batch, Invoker
 from jupyter_faas._limits import Limits
 
 LIMITS = Limits(timeout=10.0, memory=256 * 10**6, retries=0, concurrency=None)
@@ -34,10 +34,8 @@ def run_many(
     package = (definition.payload, definition.filename, definition.source, definition.reusable)
     blob = cloudpickle.dumps([(args, {}) for args in calls])
     answers: list[tuple] = []
-    invoker.invoke(
-        "f", definition.version, package, blob, list(range(len(calls))), timeout, memory,
-        lambda index, answer: answers.append((index, answer)),
-    )  # fmt: skip
+    batch = Batch("f", definition.version, package, blob, timeout, memory)
+    invoker.invoke(batch, list(range(len(calls))), lambda index, answer: answers.append((index, answer)))
     assert [index for index, _ in answers] == list(range(len(calls)))
     return [answer for _, answer in answers]
 
