@@ -204,7 +204,6 @@ def _finish(
     filename: str,
     source: str,
     limits: Limits,
-    register: bool = True,
 ) -> FunctionDefinition:
     fn_globals.update(captured)
     final = types.FunctionType(
@@ -215,8 +214,6 @@ def _finish(
     final.__doc__ = function.__doc__
     final.__qualname__ = name
     payload = _serialize(name, final, captured)
-    if register:
-        register_source(filename, source)
     return FunctionDefinition(
         name=name,
         version=hashlib.sha256(payload).hexdigest(),
@@ -253,7 +250,7 @@ def from_callable(function: Callable[..., Any], limits: Limits, name: str | None
     except (OSError, TypeError):
         source = ""
     fn_globals = {"__name__": function.__module__, "__builtins__": builtins}
-    return _finish(name, function, fn_globals, captured, filename, source, limits, register=False)
+    return _finish(name, function, fn_globals, captured, filename, source, limits)
 
 
 # -- from a cell -------------------------------------------------------------------------------------
@@ -370,6 +367,7 @@ def from_cell(
         code = compile(tree, filename, "exec", dont_inherit=True)
     except SyntaxError as e:
         raise DefinitionError(f"{bound_name}: {e.msg} (cell line {e.lineno})") from None
+    # Before exec, so errors in the cell's own top-level code show its lines too.
     register_source(filename, source)
     exec(code, fn_globals, cell_locals)
     function = dict.get(cell_locals, target)

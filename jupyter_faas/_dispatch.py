@@ -62,11 +62,20 @@ class Job:
     keep: Callable[[int], bool]
 
 
-def _end_as_lost(job: Job, message: str, worker: str | None = None) -> None:
-    """Every call of the job still unanswered ends as lost: the platform retries it or reports it."""
-    lost = Outcome("lost", error=("WorkerLost", message, "", None), worker=worker)
+def _end(job: Job, outcome: Outcome) -> None:
+    """Every call of the job still unanswered ends with this outcome."""
     for index in job.indices:
-        job.deliver(index, lost)
+        job.deliver(index, outcome)
+
+
+def _end_as_lost(job: Job, message: str, worker: str | None = None) -> None:
+    """Lost: the platform retries it or reports it."""
+    _end(job, Outcome("lost", error=("WorkerLost", message, "", None), worker=worker))
+
+
+def _request(job: Job, with_package: bool) -> tuple:
+    package = job.package if with_package else None
+    return ("run", job.name, job.version, package, job.blob, job.indices, job.timeout, job.memory)
 
 
 class _Link:
@@ -228,8 +237,7 @@ class DirectDispatcher:
             return
         try:
             sock = link.take()
-            package = None if job.version in link.known else job.package
-            _wire.send(sock, ("run", job.name, job.version, package, job.blob, job.indices, job.timeout, job.memory))
+            _wire.send(sock, _request(job, with_package=job.version not in link.known))
         except (OSError, _wire.ConnectionLost) as error:
             raise _NotSent from error
         # The worker answers in the order of job.indices, so what is unanswered is always a tail.
@@ -239,8 +247,7 @@ class DirectDispatcher:
             while True:
                 kind, *rest = _wire.receive(sock)
                 if kind == "missing":
-                    _wire.send(sock, ("run", job.name, job.version, job.package, job.blob, job.indices,
-                                      job.timeout, job.memory))  # fmt: skip
+                    _wire.send(sock, _request(job, with_package=True))
                     continue
                 link.known.add(job.version)
                 for index, answer in rest[0]:
@@ -284,8 +291,7 @@ class DirectDispatcher:
         )
         failed = Outcome("setup", error=("FaasError", message, "", None))
         for job in waiting:
-            for index in job.indices:
-                job.deliver(index, failed)
+            _end(job, failed)
 
     def _drop_link(self, link: _Link) -> None:
         link.close()
