@@ -66,3 +66,10 @@ def load_ipython_extension(ipython: Any) -> None:
     from jupyter_faas._magic import FaasMagics
 
     ipython.register_magics(FaasMagics)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """Jupyter server's entry point: the extension that owns the server's platform and endpoints."""
+    from jupyter_faas._extension import extension_points
+
+    return extension_points()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import threading
 import time
 from typing import Any, Protocol
@@ -15,6 +16,10 @@ from distributed import Adaptive, Client, LocalCluster, Nanny
 from jupyter_faas import _config
 from jupyter_faas._errors import FaasError
 from jupyter_faas._invoker import SandboxPlugin
+
+# Set by the server extension for the kernels its server starts: its scheduler, and its maximum.
+OWNER_SCHEDULER_ENV = "JUPYTER_FAAS_SCHEDULER"
+OWNER_MAXIMUM_ENV = "JUPYTER_FAAS_MAXIMUM"
 
 # How long shutting down waits for workers to take the platform's token back.
 _UNREGISTER_WAIT = 5.0
@@ -59,7 +64,8 @@ class ClusterHandle:
     """A connected client, and how the platform may scale the cluster behind it."""
 
     def __init__(self, mode: str, client: Client, cluster: Any | None, maximum: int) -> None:
-        self.mode = mode  # "embedded", "address" or "factory"
+        # "embedded", "address", "factory", or "server": the cluster of the Jupyter server that started us.
+        self.mode = mode
         self.client = client
         self.cluster = cluster
         self.maximum = maximum
@@ -68,7 +74,24 @@ class ClusterHandle:
     @property
     def scales_on_demand(self) -> bool:
         """Whether the platform asks for workers on submit (it does not on a cluster it only connects to)."""
-        return self.mode in ("embedded", "factory")
+        return self.mode in ("embedded", "factory", "server")
+
+    @property
+    def shares_owner_cluster(self) -> bool:
+        """Whether another platform (our Jupyter server's) scales this cluster, on what we tell it."""
+        return self.mode == "server"
+
+    def lease(self, busy: bool, wanted: int, wait: bool) -> dict[str, Any]:
+        """Tell the owning server's platform about our work (see jupyter_faas._shared)."""
+        owner = self.plugin_name or ""
+
+        async def send() -> Any:
+            return await self.client.scheduler.faas_lease(owner=owner, busy=busy, wanted=wanted)
+
+        if wait:
+            return self.client.sync(send)
+        self.client.loop.add_callback(send)
+        return {}
 
     @property
     def retires_when_idle(self) -> bool:
@@ -91,6 +114,8 @@ class ClusterHandle:
         """Ask for n workers now: directly on the embedded cluster, through an adaptive round on a factory's."""
         if self.mode == "embedded":
             self.cluster.scale(n)
+        elif self.mode == "server":
+            self.lease(True, n, wait=False)
         elif self.mode == "factory":
             adaptive = getattr(self.cluster, "_adaptive", None)
             if adaptive is not None:
@@ -126,7 +151,7 @@ class ClusterHandle:
 
     def close(self) -> None:
         try:
-            if self.mode == "address" and self.plugin_name:
+            if self.mode in ("address", "server") and self.plugin_name:
                 # A shared cluster outlives this platform: take our token back off its workers. A broken
                 # worker may never answer, and shutting down must not wait on it for more than a moment.
                 unregister = threading.Thread(target=self._unregister_plugin, name="faas-unregister", daemon=True)
@@ -134,7 +159,7 @@ class ClusterHandle:
                 unregister.join(_UNREGISTER_WAIT)
             self.client.close()
         finally:
-            if self.cluster is not None and self.mode != "address":
+            if self.cluster is not None and self.mode not in ("address", "server"):
                 self.cluster.close()
 
 
@@ -196,12 +221,22 @@ def connect(token: str, hooks: ScalingHooks) -> ClusterHandle:
     factory = _config.cluster_factory()
     if address and factory:
         raise _config.ConfigError("set only one of faas.cluster.address and faas.cluster.factory")
+    owner = os.environ.get(OWNER_SCHEDULER_ENV)
     if address:
         try:
             client = Client(address, set_as_default=False, timeout="10s")
         except OSError as e:
             raise _config.ConfigError(f"faas.cluster.address: cannot reach the scheduler at {address}: {e}") from None
         handle = ClusterHandle("address", client, None, maximum)
+    elif owner and not factory:
+        try:
+            client = Client(owner, set_as_default=False, timeout="10s")
+        except OSError as e:
+            raise FaasError(
+                f"cannot reach the cluster of the Jupyter server that started this kernel ({owner}): {e}. "
+                f"Restart the server, or unset {OWNER_SCHEDULER_ENV} to run an embedded cluster."
+            ) from None
+        handle = ClusterHandle("server", client, None, int(os.environ.get(OWNER_MAXIMUM_ENV) or maximum))
     elif factory:
         handle = _from_factory(factory, maximum, hooks)
     else:

@@ -156,6 +156,21 @@ def log_max_records() -> int:
     return _checked("faas.log.max-records", lambda v: parse_count(v, "faas.log.max-records", minimum=1))
 
 
+def http_max_body() -> int:
+    return _checked("faas.http.max-body", lambda v: parse_size(v, "faas.http.max-body", minimum=1))
+
+
+def http_queue_timeout() -> float:
+    return _checked("faas.http.queue-timeout", lambda v: parse_duration(v, "faas.http.queue-timeout"))
+
+
+def http_tracebacks() -> bool:
+    value = _get("faas.http.tracebacks")
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"faas.http.tracebacks: expected true or false, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Pricing:
     """USD prices: per GB-second of memory, per request, and per hour of the always-on server."""
@@ -212,6 +227,9 @@ _VALIDATORS = {
     "faas.state-dir": state_dir,
     "faas.log.enabled": log_enabled,
     "faas.log.max-records": log_max_records,
+    "faas.http.max-body": http_max_body,
+    "faas.http.queue-timeout": http_queue_timeout,
+    "faas.http.tracebacks": http_tracebacks,
     "faas.pricing.gb-second": pricing,
 }
 

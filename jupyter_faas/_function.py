@@ -107,6 +107,21 @@ class FaasFunction:
         self._check_arguments(args, kwargs)
         return self._definition.load()(*args, **kwargs)
 
+    def deploy(self) -> str:
+        """Deploy this version as an HTTP endpoint: POST {base_url}faas/functions/NAME. Returns its URL.
+
+        Deploying again switches the name to the new version; requests under way finish on the old one.
+        """
+        from jupyter_faas import _deploy
+
+        return _deploy.deploy(self._definition)
+
+    def undeploy(self) -> bool:
+        """Remove the endpoint; False if it was not deployed."""
+        from jupyter_faas import _deploy
+
+        return _deploy.undeploy(self.name)
+
     @property
     def invocations(self) -> list[InvocationRecord]:
         """Records of this function's invocations, newest last."""

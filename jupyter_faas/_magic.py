@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import inspect
+import json
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -12,6 +14,7 @@ from IPython.display import display
 
 from jupyter_faas import _config, _platform, _widgets
 from jupyter_faas._definition import DefinitionError, check_name, from_cell
+from jupyter_faas._errors import FaasError
 from jupyter_faas._function import FaasFunction
 from jupyter_faas._limits import LimitError, Limits
 
@@ -85,6 +88,11 @@ class FaasMagics(Magics):
     @argument("--memory", help="Memory limit, e.g. 256MB, 1GiB (default faas.defaults.memory).")
     @argument("--retries", help="Retries on an exception or a lost worker (default faas.defaults.retries).")
     @argument("--concurrency", help="Most invocations running at once (default: unlimited).")
+    @argument(
+        "--http",
+        action="store_true",
+        help="Also deploy it as an HTTP endpoint of this notebook's Jupyter server (or of `jupyter faas serve`).",
+    )
     @line_cell_magic
     def faas(self, line: str, cell: str | None = None) -> Any:
         """Turn the cell into a stateless function that runs on an elastic Dask cluster.
@@ -129,6 +137,12 @@ class FaasMagics(Magics):
             raise UsageError(str(e)) from None
         function = FaasFunction(definition)
         self.shell.user_ns[definition.name] = function
+        if args.http:
+            try:
+                url = function.deploy()
+            except FaasError as e:
+                raise UsageError(f"%%faas --http: {e}") from None
+            print(_deployed_message(definition.name, url, definition.signature))
         if _widgets.use_widgets():
             display(function.card)
             return None
@@ -174,3 +188,19 @@ class FaasMagics(Magics):
                 raise UsageError(str(e)) from None
             full_key = key if key.startswith("faas.") else f"faas.{key}"
             print(f"{full_key} = {value!r}")
+
+
+def _deployed_message(name: str, url: str, signature: inspect.Signature) -> str:
+    from jupyter_faas._endpoints import annotation_name
+
+    samples = {"int": 1, "float": 1.0, "str": "text", "bool": True, "list": [], "dict": {}}
+    example = {
+        p.name: samples.get(annotation_name(p.annotation) or "")
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty
+    }
+    return (
+        f"{name} is deployed at {url}\n"
+        f"  curl -X POST {url} -H 'Authorization: token YOUR_TOKEN' "
+        f"-H 'Content-Type: application/json' -d '{json.dumps(example)}'"
+    )

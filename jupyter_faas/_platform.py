@@ -11,7 +11,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -97,22 +97,62 @@ class _Gate:
         return None
 
 
+# A kernel renews its lease this often while it runs invocations on its server's cluster; a lease not
+# renewed for _LEASE_TTL is from a kernel that died, and no longer keeps workers up.
+_LEASE_RENEW = 0.5
+_LEASE_TTL = 10.0
+
+
+@dataclass(slots=True)
+class _Lease:
+    """What a kernel sharing this platform's cluster last said: whether it runs invocations, and how many."""
+
+    busy: bool
+    wanted: int
+    seen: float
+
+
+class NoCapacity(FaasError):
+    """An invocation found no free slot within its queue timeout, and was never sent."""
+
+
+class InvocationFuture(Future):
+    """The future of one invocation, carrying the invocation's id."""
+
+    id: str
+
+
 class _FutureSink:
     """One call's result goes to its concurrent.futures.Future."""
 
-    __slots__ = ("future",)
+    __slots__ = ("expired", "future", "lock", "sent")
 
     def __init__(self, future: Future) -> None:
         self.future = future
+        self.lock = threading.Lock()
+        self.sent = False
+        self.expired = False
 
     def start(self) -> bool:
-        return self.future.set_running_or_notify_cancel()
+        with self.lock:
+            return not self.expired and self.future.set_running_or_notify_cancel()
 
     def wanted(self) -> bool:
-        return True
+        with self.lock:
+            # Once sent, the queue timeout no longer applies: the function's own timeout does.
+            self.sent = not self.expired
+            return self.sent
 
     def drop(self) -> None:
         pass
+
+    def expire(self, error: BaseException) -> None:
+        """The queue timeout passed: end the future now, unless the invocation was already sent."""
+        with self.lock:
+            if self.sent or self.future.done():
+                return
+            self.expired = True
+            self.future.set_exception(error)
 
     def complete(self, slot: int, value: Any, error: BaseException | None) -> None:
         if error is None:
@@ -229,6 +269,15 @@ class Platform:
         self._id_prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
         self._closed = False
+        # Invocations with a queue timeout, not yet sent: id -> (deadline, sink, function name).
+        self._queued: dict[str, tuple[float, _FutureSink, str]] = {}
+        self._listeners: list[Callable[[InvocationRecord], None]] = []
+        self._leases: dict[str, _Lease] = {}
+        self._retirements = 0
+        # Kernel side: when this platform last told its server about its work, and what it said.
+        self._lease_sent = 0.0
+        self._lease_busy = False
+        self._owner_retirements: int | None = None
 
     # -- life cycle ----------------------------------------------------------------------------------
 
@@ -354,7 +403,7 @@ class Platform:
         if cluster is None or not cluster.retires_when_idle or cluster.worker_count() == 0:
             return None
         with self._lock:
-            if self._in_flight or self._held or self._retiring:
+            if self._in_flight or self._held or self._retiring or self._remote_wanted()[0]:
                 return None
             idle_for = time.monotonic() - self._last_activity
         return max(0.0, self.idle_timeout - idle_for)
@@ -395,14 +444,24 @@ class Platform:
             gate = self._gates[definition.name] = _Gate(definition.limits.concurrency)
         return gate
 
-    def invoke(self, definition: FunctionDefinition, blob: bytes) -> Future:
-        """One invocation of the single call packed in `blob`; the future ends with its result or error."""
+    def invoke(
+        self, definition: FunctionDefinition, blob: bytes, queue_timeout: float | None = None
+    ) -> InvocationFuture:
+        """One invocation of the single call packed in `blob`; the future ends with its result or error.
+
+        With `queue_timeout`, an invocation not sent to a worker within that many seconds (no free
+        slot, or no worker yet) ends with NoCapacity, and is never run.
+        """
         self.start()
-        future: Future = Future()
+        future = InvocationFuture()
+        future.id = f"{self._id_prefix}-{next(self._ids)}"
+        sink = _FutureSink(future)
         invocation = _Invocation(
-            f"{self._id_prefix}-{next(self._ids)}", definition, blob, 0, time.time(), time.perf_counter(),
-            _FutureSink(future), 0,
+            future.id, definition, blob, 0, time.time(), time.perf_counter(), sink, 0,
         )  # fmt: skip
+        if queue_timeout is not None:
+            with self._lock:
+                self._queued[future.id] = (time.monotonic() + queue_timeout, sink, definition.name)
         with self._lock:
             invocation.gate = self._gate(definition)
             admitted = invocation.gate.admit(invocation)
@@ -451,6 +510,9 @@ class Platform:
         invocations = [invocation for invocation in invocations if self._started(invocation)]
         if not invocations:
             return
+        cluster = self._cluster
+        if cluster is not None and cluster.shares_owner_cluster and self._in_flight == 0:
+            self._check_in(cluster)
         with self._lock:
             if self._retiring:
                 self._held.append(invocations)
@@ -509,7 +571,7 @@ class Platform:
         cluster = self._cluster
         if cluster is None or not cluster.scales_on_demand:
             return
-        wanted = min(self._in_flight, cluster.maximum)
+        wanted = min(self._in_flight + self._remote_wanted()[1], cluster.maximum)
         if wanted > self._requested_workers:
             self._requested_workers = wanted
             cluster.scale(wanted)
@@ -560,6 +622,9 @@ class Platform:
             memory_limit=definition.limits.memory,
         )
         self._store(definition.name).add(record)
+        for listener in self._listeners:
+            with contextlib.suppress(Exception):  # an observer's bug must not lose the caller's result
+                listener(record)
         log = self._log
         if log is not None:
             # LogError: closed by a shutdown racing this last record, which stays in memory.
@@ -592,12 +657,87 @@ class Platform:
             if cluster is None:
                 return
             try:
+                self._expire_queued()
                 self._note_workers(cluster.worker_count())
                 if cluster.retires_when_idle:
                     self._maybe_retire(cluster)
+                elif cluster.shares_owner_cluster:
+                    self._renew_lease(cluster)
             except Exception:  # the cluster is going away under us; the next tick or shutdown settles it
                 if self._stop.is_set():
                     return
+
+    def _expire_queued(self) -> None:
+        """End invocations still not sent at their queue deadline; forget those sent or done meanwhile."""
+        now = time.monotonic()
+        due = []
+        with self._lock:
+            # Entries leave at the next tick once sent, so this holds about one tick's worth of invocations.
+            for key, (deadline, sink, name) in list(self._queued.items()):
+                if sink.sent or sink.future.done():
+                    del self._queued[key]
+                elif deadline <= now:
+                    del self._queued[key]
+                    due.append((sink, name))
+        for sink, name in due:
+            sink.expire(NoCapacity(f"{name}: no free slot within the queue timeout; try again later"))
+
+    def add_listener(self, listener: Callable[[InvocationRecord], None]) -> None:
+        """Call `listener` with every finished invocation's record (from a platform thread)."""
+        self._listeners = [*self._listeners, listener]
+
+    def remove_listener(self, listener: Callable[[InvocationRecord], None]) -> None:
+        self._listeners = [known for known in self._listeners if known is not listener]
+
+    # -- kernels sharing this platform's cluster -----------------------------------------------------
+
+    def note_lease(self, owner: str, busy: bool, wanted: int) -> dict[str, Any]:
+        """A kernel using this platform's cluster reports its work; refused (ok False) while workers retire."""
+        with self._lock:
+            if self._retiring:
+                return {"ok": False, "retirements": self._retirements}
+            now = time.monotonic()
+            self._leases[owner] = _Lease(bool(busy), max(0, int(wanted)), now)
+            self._last_activity = now
+            self._scale_for_demand()
+            return {"ok": True, "retirements": self._retirements}
+
+    def _remote_wanted(self) -> tuple[bool, int]:
+        """(whether a live kernel is running invocations here, the workers those kernels want)."""
+        now = time.monotonic()
+        live = [lease for lease in self._leases.values() if lease.busy and now - lease.seen < _LEASE_TTL]
+        return bool(live), sum(lease.wanted for lease in live)
+
+    def _renew_lease(self, cluster: ClusterHandle) -> None:
+        """Kernel side: keep the server's keep-alive from retiring workers under this kernel's invocations."""
+        with self._lock:
+            busy = self._in_flight > 0
+            wanted = min(self._in_flight, self.maximum)
+            due = time.monotonic() - self._lease_sent >= _LEASE_RENEW
+            if not (busy and due) and not (self._lease_busy and not busy):
+                return
+            self._lease_sent, self._lease_busy = time.monotonic(), busy
+        cluster.lease(busy, wanted, wait=False)
+
+    def _check_in(self, cluster: ClusterHandle) -> None:
+        """Kernel side, on the way from idle to busy: wait out a scale-down the server has begun."""
+        if time.monotonic() - self._lease_sent < _LEASE_RENEW:
+            return
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = cluster.lease(True, 1, wait=True)
+            except Exception:  # no answer: the invocation itself will report what is wrong
+                return
+            if answer.get("retirements") != self._owner_retirements and self._dispatcher is not None:
+                # The server retired every worker since we last looked: our links point at closed workers.
+                self._dispatcher.forget_workers()
+                self._owner_retirements = answer.get("retirements")
+            if answer.get("ok") or time.monotonic() > deadline:
+                break
+            self._stop.wait(0.02)
+        with self._lock:
+            self._lease_sent, self._lease_busy = time.monotonic(), True
 
     def _keepalive_expired(self) -> bool:
         try:
@@ -609,14 +749,17 @@ class Platform:
     def demand(self) -> int:
         """Workers wanted now: the most asked for since the platform was last idle, until the keep-alive ends."""
         with self._lock:
-            if self._in_flight == 0 and not self._held and self._keepalive_expired():
+            if self._in_flight == 0 and not self._held and self._keepalive_expired() and not self._remote_wanted()[0]:
                 return 0
-            return max(self._requested_workers, min(self._in_flight, self.maximum))
+            _, remote = self._remote_wanted()
+            return max(self._requested_workers, min(self._in_flight + remote, self.maximum))
 
     def begin_retire(self) -> bool:
         """Start holding new invocations, if nothing is in flight and the keep-alive has passed."""
         with self._lock:
             if self._in_flight or self._held or self._retiring or not self._keepalive_expired():
+                return False
+            if self._remote_wanted()[0]:
                 return False
             # From here new invocations wait in _held, so none can land on a worker being retired.
             self._retiring = True
@@ -627,6 +770,7 @@ class Platform:
             self._dispatcher.forget_workers()
         with self._lock:
             self._retiring = False
+            self._retirements += 1
             self._requested_workers = 0
             held = list(self._held)
             self._held.clear()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from jupyter_faas._config import Pricing
@@ -45,6 +46,12 @@ class InvocationRecord:
         return 0.0 if self.duration_ms is None else gb_seconds(self.memory_limit, self.duration_ms)
 
 
+_FIELDS = tuple(field.name for field in fields(InvocationRecord))
+_as_row = operator.attrgetter(*_FIELDS)
+_LATENCY = _FIELDS.index("latency_ms")
+_PEAK = _FIELDS.index("peak_memory")
+
+
 def percentile(sorted_values: list[float], q: float) -> float | None:
     """Nearest-rank percentile of already sorted values."""
     if not sorted_values:
@@ -57,7 +64,9 @@ class RecordStore:
     """The records of one function: a bounded window in memory plus running totals."""
 
     def __init__(self, max_records: int) -> None:
-        self._records: deque[InvocationRecord] = deque(maxlen=max_records)
+        # Kept as plain tuples of atoms, which the garbage collector stops tracking: a window of 100,000
+        # record objects would make every full collection walk them all, a pause of tens of milliseconds.
+        self._records: deque[tuple[Any, ...]] = deque(maxlen=max_records)
         self._lock = threading.Lock()
         self._invocations = 0
         self._errors = 0
@@ -69,8 +78,9 @@ class RecordStore:
         self.revision = 0
 
     def add(self, record: InvocationRecord) -> None:
+        row = _as_row(record)
         with self._lock:
-            self._records.append(record)
+            self._records.append(row)
             self._invocations += 1
             self._cold_starts += record.cold_start
             if record.status != "ok":
@@ -83,7 +93,8 @@ class RecordStore:
 
     def records(self) -> list[InvocationRecord]:
         with self._lock:
-            return list(self._records)
+            rows = list(self._records)
+        return [InvocationRecord(*row) for row in rows]
 
     def totals(self) -> tuple[int, float, float]:
         """(invocations, GB-seconds, busy seconds) since the function was defined."""
@@ -93,8 +104,8 @@ class RecordStore:
     def stats(self, pricing: Pricing) -> dict[str, Any]:
         """Totals since definition; latency and memory percentiles over the records still kept."""
         with self._lock:
-            latencies = sorted(r.latency_ms for r in self._records)
-            peaks = sorted(r.peak_memory for r in self._records if r.peak_memory is not None)
+            latencies = sorted(row[_LATENCY] for row in self._records)
+            peaks = sorted(row[_PEAK] for row in self._records if row[_PEAK] is not None)
             last = self._last_error
             totals = {
                 "invocations": self._invocations,

@@ -13,6 +13,9 @@ from IPython.core.interactiveshell import InteractiveShell
 import jupyter_faas
 from jupyter_faas import _platform
 
+# A real Jupyter server for the server extension's tests: jp_serverapp, jp_fetch.
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, message: str = "condition") -> Any:
     """Poll until `condition()` is truthy, failing the test at the deadline."""

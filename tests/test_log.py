@@ -46,7 +46,12 @@ def count_rows(path: Path, where: str = "") -> int:
     if not path.exists():
         return 0
     with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
-        return conn.execute(f"SELECT count(*) FROM invocations {where}").fetchone()[0]
+        try:
+            return conn.execute(f"SELECT count(*) FROM invocations {where}").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return 0  # the writer has created the file, not yet its table
+            raise
 
 
 def integrity(path: Path) -> str:

@@ -246,3 +246,55 @@ def test_a_kernel_interrupt_does_not_reach_invocations_or_workers(platform: Plat
     assert report_pid_then_nap.invocations[-1].status == "ok"
     assert set(platform.client.run(os.getpid).values()) == worker_pids  # no worker died
     assert square(3) == 9
+
+
+@function(concurrency=1, timeout="60s")
+def hold(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_queue_timeout_ends_an_invocation_that_never_got_a_slot_and_it_never_runs(platform: Platform) -> None:
+    from jupyter_faas._platform import NoCapacity, pack_calls
+
+    definition = hold._definition
+    busy = platform.invoke(definition, pack_calls("hold", [((2.0,), {})]))
+    began = time.monotonic()
+    waiting = platform.invoke(definition, pack_calls("hold", [((0.0,), {})]), queue_timeout=0.3)
+    with pytest.raises(NoCapacity, match="no free slot within the queue timeout"):
+        waiting.result(timeout=30)
+    # Ended at its deadline (give or take the controller's tick), not when the slot freed.
+    assert time.monotonic() - began < 1.5
+    assert busy.result(timeout=30) == 2.0
+    # The expired one was dropped before it was sent: only the first invocation has a record.
+    ids = [record.id for record in platform.records("hold")]
+    assert busy.id in ids and waiting.id not in ids
+
+
+def test_a_queue_timeout_does_not_apply_once_the_invocation_was_sent(platform: Platform) -> None:
+    from jupyter_faas._platform import pack_calls
+
+    future = platform.invoke(nap._definition, pack_calls("nap", [((1.0,), {})]), queue_timeout=0.3)
+    began, ended = future.result(timeout=30)
+    assert ended - began >= 1.0
+
+
+def test_a_kernel_lease_keeps_the_keep_alive_from_retiring_and_is_refused_during_retirement(
+    own_platform: object,
+) -> None:
+    platform = own_platform({"faas.cluster.idle-timeout": "1s"})  # type: ignore[operator]
+    assert square(2) == 4
+    # A kernel sharing this cluster says it is busy: the keep-alive must not retire workers under it.
+    assert platform.note_lease("kernel-a", True, 1) == {"ok": True, "retirements": 0}
+    wait_for(platform._keepalive_expired, timeout=10, message="the keep-alive to pass")
+    assert platform.begin_retire() is False
+    assert platform.workers >= 1
+    # Idle again, the keep-alive runs out and the workers retire.
+    platform.note_lease("kernel-a", False, 0)
+    wait_for(lambda: platform.workers == 0, timeout=30, message="scale to zero")
+    assert platform.note_lease("kernel-a", False, 0)["retirements"] >= 1
+    # While a retirement is under way, a kernel is told to wait (ok False); afterwards it may go on.
+    wait_for(platform.begin_retire, timeout=10, message="a retirement to begin")
+    assert platform.note_lease("kernel-a", True, 1)["ok"] is False
+    platform.end_retire()
+    assert platform.note_lease("kernel-a", True, 1)["ok"] is True

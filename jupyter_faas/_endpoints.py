@@ -1,0 +1,402 @@
+"""The HTTP contract of deployed functions as plain Python: a request's parts in, a status and a body out."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import inspect
+import json
+import math
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jupyter_faas import _config
+from jupyter_faas._deadletters import DeadLetters
+from jupyter_faas._errors import FaasMemoryError, FaasTimeout, RemoteError, RemoteTraceback, WorkerLost
+from jupyter_faas._metrics import Metrics
+from jupyter_faas._openapi import document
+from jupyter_faas._platform import NoCapacity, Platform, pack_calls
+from jupyter_faas._registry import Deployment, Registry, RegistryError
+
+# Asynchronous invocations whose outcome can still be asked for; the oldest finished ones go first.
+MAX_ASYNC_KEPT = 10_000
+
+# JSON types a plain annotation asks for; other annotations are not checked at the door.
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "list": (list,),
+    "dict": (dict,),
+}
+
+
+class HttpError(Exception):
+    """An answer other than success: its status, a short type name and a message for the caller."""
+
+    def __init__(self, status: int, kind: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"type": self.kind, "message": self.message, **self.extra}}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful answer: JSON-able data, or bytes sent as application/octet-stream."""
+
+    status: int
+    body: Any
+
+
+@dataclass
+class _Call:
+    deployment: Deployment
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    content_type: str
+    raw: bytes
+
+
+@dataclass
+class _Pending:
+    name: str
+    future: Future
+    call: _Call
+    outcome: dict[str, Any] | None = None
+
+
+def annotation_name(annotation: Any) -> str | None:
+    """ "int" for int or 'int'; None for annotations that are not a plain builtin type."""
+    if isinstance(annotation, str):
+        return annotation if annotation in (*_JSON_TYPES, "bytes") else None
+    if isinstance(annotation, type) and annotation.__name__ in (*_JSON_TYPES, "bytes"):
+        return annotation.__name__
+    return None
+
+
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    # No Content-Type at all is read as JSON too: that is what a bare `curl -d` sends to most APIs.
+    return media in ("", "application/json") or media.endswith("+json")
+
+
+def _check_types(call: _Call) -> None:
+    signature = call.deployment.definition.signature
+    bound = signature.bind(*call.args, **call.kwargs)
+    for name, value in bound.arguments.items():
+        parameter = signature.parameters[name]
+        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        expected = annotation_name(parameter.annotation)
+        if expected is None:
+            continue
+        if expected == "bytes":
+            ok = isinstance(value, bytes)
+        else:
+            ok = isinstance(value, _JSON_TYPES[expected]) and not (expected != "bool" and isinstance(value, bool))
+        if not ok:
+            raise HttpError(
+                422,
+                "ArgumentError",
+                f"{call.deployment.name}(): parameter {name!r} expects {expected}, got {type(value).__name__}",
+                parameter=name,
+            )
+
+
+def _missing_parameter(message: str) -> str | None:
+    """The parameter a signature error names ("missing a required argument: 'x'"), if it names one."""
+    if "'" in message:
+        return message.split("'")[1]
+    return None
+
+
+class Endpoints:
+    """Deployed functions answering requests on one platform: sync, async, dead letters, documents.
+
+    The HTTP handlers of the server extension and of `jupyter faas serve` parse and authorize,
+    then call this; nothing here knows about Tornado.
+    """
+
+    def __init__(
+        self, platform: Platform, registry: Registry, state_dir: Path | None, base_url: str = "/", url: str = ""
+    ) -> None:
+        self.platform = platform
+        self.registry = registry
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        # The full URL clients reach us at, for the URLs we list; the base path alone if unknown.
+        self.url = url or self.base_url
+        self.dead_letters = DeadLetters(None if state_dir is None else state_dir / "dead-letters.jsonl")
+        self.metrics = Metrics(platform, registry)
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._lock = threading.Lock()
+        platform.add_listener(self.metrics.observe)
+
+    def close(self) -> None:
+        self.platform.remove_listener(self.metrics.observe)
+
+    def max_body(self) -> int:
+        return _config.http_max_body()
+
+    def url_for(self, name: str) -> str:
+        return f"{self.url}faas/functions/{name}"
+
+    # -- invoking ------------------------------------------------------------------------------------
+
+    def _deployment(self, name: str) -> Deployment:
+        try:
+            deployment = self.registry.get(name)
+        except RegistryError as e:
+            raise HttpError(500, "RegistryError", str(e)) from None
+        if deployment is None:
+            raise HttpError(404, "NotFound", f"no function named {name!r} is deployed")
+        return deployment
+
+    def prepare(self, name: str, content_type: str, body: bytes) -> _Call:
+        """Read a request into a call of the deployed function, or raise the HttpError that answers it."""
+        deployment = self._deployment(name)
+        limit = _config.http_max_body()
+        if len(body) > limit:
+            raise HttpError(413, "PayloadTooLarge", f"the request body is {len(body)} bytes; the limit is {limit}")
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = {}
+        if is_json(content_type):
+            if body.strip():
+                try:
+                    data = json.loads(body)
+                except (ValueError, RecursionError) as e:
+                    raise HttpError(400, "InvalidJSON", f"the request body is not valid JSON: {e}") from None
+                if isinstance(data, dict):
+                    kwargs = data
+                elif isinstance(data, list):
+                    args = tuple(data)
+                else:
+                    raise HttpError(
+                        422,
+                        "ArgumentError",
+                        f"{name}(): send a JSON object of keyword arguments or an array of positional ones, "
+                        f"not a JSON {type(data).__name__}",
+                    )
+        else:
+            args = (body,)
+        call = _Call(deployment, args, kwargs, content_type, body)
+        try:
+            try:
+                _check_types(call)
+            except TypeError as e:
+                raise HttpError(422, "ArgumentError", f"{name}(): {e}", parameter=_missing_parameter(str(e))) from None
+        except HttpError as e:
+            if not is_json(content_type):
+                e.message += (
+                    f" (with Content-Type {content_type.split(';')[0]!r} the body is passed as bytes to the first "
+                    "parameter; send Content-Type: application/json to pass JSON arguments)"
+                )
+            raise
+        return call
+
+    def _submit(self, call: _Call, queue_timeout: float | None) -> Future:
+        definition = call.deployment.definition
+        try:
+            blob = pack_calls(definition.name, [(call.args, call.kwargs)])
+        except TypeError as e:
+            raise HttpError(422, "ArgumentError", str(e)) from None
+        return self.platform.invoke(definition, blob, queue_timeout=queue_timeout)
+
+    async def invoke(self, name: str, content_type: str, body: bytes) -> Reply:
+        """Run the function and wait: 200 with its result, or an HttpError from the table in README."""
+        call = self.prepare(name, content_type, body)
+        future = self._submit(call, _config.http_queue_timeout())
+        try:
+            value = await asyncio.wrap_future(future)
+        except Exception as error:
+            raise self._error_for(name, error) from None
+        return Reply(200, self._encode(name, value))
+
+    def invoke_async(self, name: str, content_type: str, body: bytes) -> Reply:
+        """Queue the invocation and answer 202 with its id at once; it waits for capacity as long as it takes."""
+        call = self.prepare(name, content_type, body)
+        future = self._submit(call, None)
+        pending = _Pending(name, future, call)
+        with self._lock:
+            self._pending[future.id] = pending  # type: ignore[attr-defined]
+            self._trim()
+        future.add_done_callback(lambda _: self._settle(future.id, pending))  # type: ignore[attr-defined]
+        return Reply(202, {"id": future.id, "status": "queued"})  # type: ignore[attr-defined]
+
+    def _trim(self) -> None:
+        excess = len(self._pending) - MAX_ASYNC_KEPT
+        for key in [key for key, kept in self._pending.items() if kept.outcome is not None][: max(0, excess)]:
+            del self._pending[key]
+
+    def _settle(self, invocation_id: str, pending: _Pending) -> None:
+        """Runs when an asynchronous invocation ends; one that failed after its retries is a dead letter."""
+        try:
+            value = pending.future.result()
+        except Exception as error:
+            http = self._error_for(pending.name, error)
+            pending.outcome = {"status": _status_of(error), "error": http.body()["error"]}
+            self.dead_letters.add(
+                invocation_id,
+                pending.call.deployment.name,
+                pending.call.deployment.version,
+                pending.call.content_type,
+                pending.call.raw,
+                pending.outcome["error"],
+            )
+            return
+        try:
+            pending.outcome = {"status": "ok", "result": _as_json(self._encode(pending.name, value))}
+        except HttpError as e:
+            pending.outcome = {"status": "error", "error": e.body()["error"]}
+
+    def invocation(self, invocation_id: str) -> dict[str, Any]:
+        with self._lock:
+            pending = self._pending.get(invocation_id)
+        if pending is None:
+            raise HttpError(404, "NotFound", f"no asynchronous invocation {invocation_id!r} is known here")
+        if pending.outcome is not None:
+            return {"id": invocation_id, "function": pending.name, **pending.outcome}
+        status = "running" if pending.future.running() else "queued"
+        return {"id": invocation_id, "function": pending.name, "status": status}
+
+    def replay(self, letter_id: str) -> Reply:
+        letter = self.dead_letters.get(letter_id)
+        if letter is None:
+            raise HttpError(404, "NotFound", f"no dead letter {letter_id!r}")
+        reply = self.invoke_async(letter["function"], letter["content_type"], base64.b64decode(letter["body"]))
+        self.dead_letters.remove(letter_id)
+        return reply
+
+    def discard(self, letter_id: str) -> None:
+        if not self.dead_letters.remove(letter_id):
+            raise HttpError(404, "NotFound", f"no dead letter {letter_id!r}")
+
+    def _encode(self, name: str, value: Any) -> Any:
+        if isinstance(value, bytes | bytearray | memoryview):
+            return bytes(value)
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise HttpError(
+                500,
+                "ResultNotJSON",
+                f"{name} returned a {type(value).__name__} that JSON cannot carry ({e}); "
+                "return a dict, list, str, number, bool, None or bytes",
+            ) from None
+        return value
+
+    def _error_for(self, name: str, error: BaseException) -> HttpError:
+        if isinstance(error, HttpError):
+            return error
+        if isinstance(error, NoCapacity):
+            return HttpError(503, "NoCapacity", str(error))
+        if isinstance(error, FaasTimeout):
+            return HttpError(504, "Timeout", str(error))
+        if isinstance(error, FaasMemoryError):
+            return HttpError(500, "MemoryError", str(error))
+        if isinstance(error, WorkerLost):
+            return HttpError(500, "WorkerLost", str(error))
+        kind = error.type_name if isinstance(error, RemoteError) else type(error).__name__
+        message = error.message if isinstance(error, RemoteError) else str(error)
+        extra: dict[str, Any] = {}
+        cause = error.__cause__
+        if isinstance(cause, RemoteTraceback) and _config.http_tracebacks():
+            extra["traceback"] = cause.text
+        return HttpError(500, kind, f"{name} raised {kind}: {message}" if message else f"{name} raised {kind}", **extra)
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def describe(self, deployment: Deployment) -> dict[str, Any]:
+        definition = deployment.definition
+        limits = definition.limits
+        return {
+            "name": deployment.name,
+            "version": deployment.version,
+            "deployed_at": deployment.deployed_at,
+            "signature": definition.describe_signature(),
+            "parameters": [
+                {
+                    "name": parameter.name,
+                    "kind": parameter.kind.name.lower(),
+                    "annotation": None
+                    if parameter.annotation is inspect.Parameter.empty
+                    else _text(parameter.annotation),
+                    "required": parameter.default is inspect.Parameter.empty
+                    and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD),
+                }
+                for parameter in definition.signature.parameters.values()
+            ],
+            "limits": {
+                "timeout_s": limits.timeout,
+                "memory_bytes": limits.memory,
+                "retries": limits.retries,
+                "concurrency": limits.concurrency,
+            },
+            "url": self.url_for(deployment.name),
+            "stats": _finite(self.platform.stats(deployment.name)),
+        }
+
+    def functions(self) -> list[dict[str, Any]]:
+        try:
+            return [self.describe(deployment) for deployment in self.registry.deployments()]
+        except RegistryError as e:
+            raise HttpError(500, "RegistryError", str(e)) from None
+
+    def function(self, name: str) -> dict[str, Any]:
+        return self.describe(self._deployment(name))
+
+    def undeploy(self, name: str) -> None:
+        try:
+            removed = self.registry.undeploy(name)
+        except RegistryError as e:
+            raise HttpError(500, "RegistryError", str(e)) from None
+        if not removed:
+            raise HttpError(404, "NotFound", f"no function named {name!r} is deployed")
+
+    def platform_state(self) -> dict[str, Any]:
+        platform = self.platform
+        return {
+            "workers": platform.workers,
+            "maximum": platform.maximum,
+            "idle_timeout_s": platform.idle_timeout,
+            "seconds_to_scale_to_zero": platform.seconds_to_scale_to_zero(),
+            "scale_events": [{"time": when, "workers": count} for when, count in platform.scale_events],
+            "dashboard_link": platform.dashboard_link or "",
+        }
+
+    def openapi(self) -> dict[str, Any]:
+        from jupyter_faas import __version__
+
+        return document(self.registry.deployments(), self.base_url, __version__)
+
+
+def _status_of(error: BaseException) -> str:
+    if isinstance(error, FaasTimeout):
+        return "timeout"
+    if isinstance(error, FaasMemoryError):
+        return "memory"
+    return "error"
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode()}
+    return value
+
+
+def _text(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", repr(annotation))
+
+
+def _finite(stats: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN or infinity."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in stats.items()}

@@ -1,0 +1,84 @@
+"""The Jupyter server extension: it owns the server's platform, its registry and its endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from jupyter_server.auth.decorator import allow_unauthenticated
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.application import ExtensionApp
+from tornado import web
+
+from jupyter_faas import _config, _deploy, _platform
+from jupyter_faas._endpoints import Endpoints
+from jupyter_faas._handlers import routes
+from jupyter_faas._registry import Registry
+from jupyter_faas._shared import Sharing
+
+
+class _JupyterBase(APIHandler):
+    """The server's own authentication and authorization, on the resource "faas"."""
+
+    auth_resource = "faas"
+
+    def faas_guard(self, public: bool = False) -> None:
+        user = self.current_user
+        if not user:
+            raise web.HTTPError(403, "log in, or send Authorization: token YOUR_TOKEN")
+        action = "read" if self.request.method in ("GET", "HEAD") else "write"
+        if not self.authorizer.is_authorized(self, user, action, self.auth_resource):
+            raise web.HTTPError(403, f"not allowed to {action} faas")
+
+
+class FaasExtension(ExtensionApp):
+    """Serverless functions for this Jupyter server: `%%faas NAME --http` in any of its kernels deploys one."""
+
+    name = "jupyter_faas"
+    description = "Serverless functions on an elastic Dask cluster, as HTTP endpoints of this server."
+    load_other_extensions = True
+
+    def initialize_settings(self) -> None:
+        platform = _platform.current(start=False)
+        failure: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                platform.start()
+            except BaseException as e:
+                failure.append(e)
+
+        # Dask's synchronous API must not run on the thread of the server's event loop.
+        starter = threading.Thread(target=start, name="faas-start")
+        starter.start()
+        starter.join()
+        if failure:
+            raise failure[0]
+        state_dir = _config.state_dir()
+        registry = Registry(state_dir / "registry")
+        self._platform = platform
+        url = self.serverapp.connection_url
+        self._endpoints = Endpoints(platform, registry, state_dir / "server", self.serverapp.base_url, url)
+        self._sharing = Sharing(platform, state_dir / "registry", url, state_dir)
+        _deploy.serve_here(registry, url)
+        self.settings["faas_endpoints"] = self._endpoints
+        self.log.info(
+            "jupyter-faas: %d function(s) deployed, cluster at %s (up to %d workers)",
+            len(registry.deployments()), platform.scheduler_address, platform.maximum,
+        )  # fmt: skip
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(routes(_JupyterBase, "", mark_public=allow_unauthenticated))
+
+    async def stop_extension(self) -> None:
+        sharing = getattr(self, "_sharing", None)
+        if sharing is not None:
+            sharing.close()
+            self._endpoints.close()
+            _deploy.serve_here(None)
+            await asyncio.to_thread(self._platform.shutdown)
+
+
+def extension_points() -> list[dict[str, Any]]:
+    return [{"module": "jupyter_faas._extension", "app": FaasExtension}]

@@ -1,0 +1,199 @@
+"""Tornado handlers of the endpoints and the REST API: they parse, authorize and delegate to Endpoints."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from typing import Any
+
+from tornado import web
+
+from jupyter_faas._endpoints import Endpoints, HttpError, Reply
+from jupyter_faas._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
+_NAME = r"(?P<name>[^/]+)"
+_ID = r"(?P<ident>[^/]+)"
+
+
+class _Faas(web.RequestHandler):
+    """What every handler shares; the app's own base class supplies its authentication, as
+    `faas_guard(public=False)`, which raises unless the request may go on.
+    """
+
+    faas_guard: Any
+
+    @property
+    def endpoints(self) -> Endpoints:
+        return self.settings["faas_endpoints"]
+
+    def send_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+    def send_reply(self, reply: Reply) -> None:
+        if isinstance(reply.body, bytes):
+            self.set_status(reply.status)
+            self.set_header("Content-Type", "application/octet-stream")
+            self.finish(reply.body)
+        else:
+            self.send_json(reply.body, reply.status)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(error, HttpError):
+            self.set_status(error.status)
+            if error.status == 401:
+                self.set_header("WWW-Authenticate", 'Bearer realm="jupyter-faas"')
+            body = error.body()
+        else:
+            reason = http.client.responses.get(status_code, "Error")
+            message = getattr(error, "log_message", None) or reason
+            if not isinstance(error, web.HTTPError) and error is not None:
+                # Our own bug: say so plainly; the details go to the server's log, never to the caller.
+                message = "the gateway failed while handling this request; see the server log"
+            body = {"error": {"type": reason.replace(" ", ""), "message": message}}
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, HttpError):
+            return  # an answer, not a failure of the server
+        super().log_exception(typ, value, tb)
+
+
+class _Invoke(_Faas):
+    """POST {base}faas/functions/NAME: runs the function; ?async=true queues it instead."""
+
+    streams_body = True
+
+    async def prepare(self) -> None:
+        awaitable = super().prepare()
+        if awaitable is not None:
+            await awaitable
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._limit = self.endpoints.max_body()
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self._limit:
+            raise HttpError(413, "PayloadTooLarge", f"the request body is {declared} bytes; the limit is {self._limit}")
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        # Past the limit nothing more is kept; post() answers 413 once the body has been read.
+        if self._size <= self._limit:
+            self._chunks.append(chunk)
+
+    async def post(self, name: str) -> None:
+        self.faas_guard(public=True)
+        if self._size > self._limit:
+            raise HttpError(413, "PayloadTooLarge", f"the request body is over the limit of {self._limit} bytes")
+        body = b"".join(self._chunks)
+        content_type = self.request.headers.get("Content-Type", "")
+        if self.get_query_argument("async", "false").lower() in ("true", "1", "yes"):
+            self.send_reply(self.endpoints.invoke_async(name, content_type, body))
+        else:
+            self.send_reply(await self.endpoints.invoke(name, content_type, body))
+
+
+class _Functions(_Faas):
+    def get(self) -> None:
+        self.faas_guard()
+        self.send_json({"functions": self.endpoints.functions()})
+
+
+class _Function(_Faas):
+    def get(self, name: str) -> None:
+        self.faas_guard()
+        self.send_json(self.endpoints.function(name))
+
+    def delete(self, name: str) -> None:
+        self.faas_guard()
+        self.endpoints.undeploy(name)
+        self.set_status(204)
+        self.finish()
+
+
+class _Platform(_Faas):
+    def get(self) -> None:
+        self.faas_guard()
+        self.send_json(self.endpoints.platform_state())
+
+
+class _Health(_Faas):
+    unauthenticated = ("get",)
+
+    def get(self) -> None:
+        self.send_json({"status": "ok"})
+
+
+class _Invocation(_Faas):
+    def get(self, ident: str) -> None:
+        self.faas_guard()
+        self.send_json(self.endpoints.invocation(ident))
+
+
+class _DeadLetters(_Faas):
+    def get(self) -> None:
+        self.faas_guard()
+        self.send_json({"dead_letters": self.endpoints.dead_letters.list()})
+
+
+class _DeadLetter(_Faas):
+    def delete(self, ident: str) -> None:
+        self.faas_guard()
+        self.endpoints.discard(ident)
+        self.set_status(204)
+        self.finish()
+
+
+class _Replay(_Faas):
+    def post(self, ident: str) -> None:
+        self.faas_guard()
+        self.send_reply(self.endpoints.replay(ident))
+
+
+class _OpenAPI(_Faas):
+    def get(self) -> None:
+        self.faas_guard()
+        self.send_json(self.endpoints.openapi())
+
+
+class _Metrics(_Faas):
+    def get(self) -> None:
+        self.faas_guard()
+        self.set_header("Content-Type", METRICS_CONTENT_TYPE)
+        self.finish(self.endpoints.metrics.text())
+
+
+_ROUTES: list[tuple[str, type[_Faas]]] = [
+    (rf"faas/functions/{_NAME}", _Invoke),
+    (r"faas/api/functions", _Functions),
+    (rf"faas/api/functions/{_NAME}", _Function),
+    (r"faas/api/platform", _Platform),
+    (r"faas/api/health", _Health),
+    (rf"faas/api/invocations/{_ID}", _Invocation),
+    (r"faas/api/dead-letters", _DeadLetters),
+    (rf"faas/api/dead-letters/{_ID}", _DeadLetter),
+    (rf"faas/api/dead-letters/{_ID}/replay", _Replay),
+    (r"faas/api/openapi\.json", _OpenAPI),
+    (r"faas/metrics", _Metrics),
+]
+
+
+def routes(base: type[web.RequestHandler], prefix: str, mark_public: Any = None) -> list[tuple[str, type]]:
+    """The handlers, each joined with the app's base class (its authentication) under `prefix`.
+
+    `mark_public` decorates the methods that need no authentication, for apps that check in `prepare`.
+    """
+    made = []
+    for pattern, handler in _ROUTES:
+        namespace: dict[str, Any] = {}
+        for method in getattr(handler, "unauthenticated", ()):
+            if mark_public is not None:
+                namespace[method] = mark_public(getattr(handler, method))
+        combined = type(f"Faas{handler.__name__.lstrip('_')}Handler", (handler, base), namespace)
+        if getattr(handler, "streams_body", False):
+            combined = web.stream_request_body(combined)
+        made.append((prefix + pattern, combined))
+    return made
