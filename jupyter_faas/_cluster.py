@@ -86,7 +86,7 @@ class ClusterHandle:
         owner = self.plugin_name or ""
 
         async def send() -> Any:
-            return await self.client.scheduler.faas_lease(owner=owner, busy=busy, wanted=wanted)
+            return await self.client.scheduler.faas_lease(owner=owner, busy=busy, wanted=wanted, client=self.client.id)
 
         if wait:
             return self.client.sync(send)

@@ -378,6 +378,11 @@ class Platform:
         store = self._stores.get(name)
         return store.records() if store else []
 
+    def latencies(self, name: str) -> list[float]:
+        """The latency (ms) of each of `name`'s records still kept, oldest first."""
+        store = self._stores.get(name)
+        return store.latencies() if store else []
+
     def stats(self, name: str) -> dict[str, Any]:
         return self._store(name).stats(_config.pricing())
 

@@ -96,6 +96,11 @@ class RecordStore:
             rows = list(self._records)
         return [InvocationRecord(*row) for row in rows]
 
+    def latencies(self) -> list[float]:
+        """End-to-end latency (ms) of each record kept, oldest first."""
+        with self._lock:
+            return [row[_LATENCY] for row in self._records]
+
     def totals(self) -> tuple[int, float, float]:
         """(invocations, GB-seconds, busy seconds) since the function was defined."""
         with self._lock:

@@ -167,7 +167,7 @@ class _Reading:
 
     def latencies(self, name: str) -> list[float]:
         if name not in self._latencies:
-            self._latencies[name] = [record.latency_ms for record in self.platform.records(name)]
+            self._latencies[name] = self.platform.latencies(name)
         return self._latencies[name]
 
 

@@ -223,6 +223,33 @@ async def test_the_server_never_retires_workers_under_a_kernels_invocations(
         assert (await kernel.run("print([nap(0) for _ in range(3)])")).strip() == "[0, 0, 0]"
 
 
+@pytest.fixture
+def fast_pruning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jupyter_faas import _shared
+
+    monkeypatch.setattr(_shared, "PRUNE_INTERVAL", 0.2)
+    monkeypatch.setattr(_shared, "PRUNE_GRACE", 0.5)
+
+
+async def test_a_killed_kernels_sandboxes_are_taken_back(
+    fast_pruning: None, jp_serverapp: Any, state_dir: Path
+) -> None:
+    import asyncio
+
+    scheduler = _platform.current(start=False)._cluster.cluster.scheduler  # type: ignore[union-attr]
+    async with started_kernel(jp_serverapp) as kernel:
+        await kernel.run("%%faas one\n1")
+        owner = await kernel.run("import jupyter_faas\nprint(one(), jupyter_faas.platform()._cluster.plugin_name)")
+        plugin = owner.split()[1]
+        assert plugin in scheduler.worker_plugins
+        # SIGKILL: no atexit, so the kernel cannot unregister its plugin itself.
+        kernel.client.execute("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+        deadline = time.monotonic() + 30
+        while plugin in scheduler.worker_plugins:
+            assert time.monotonic() < deadline, "the dead kernel's plugin was never unregistered"
+            await asyncio.sleep(0.1)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -57,6 +57,7 @@ class Served:
     url: str
     process: subprocess.Popen
     output: list[str]
+    reader: threading.Thread
 
     def post(self, name: str, **kwargs: Any) -> httpx.Response:
         return httpx.post(f"{self.url}faas/functions/{name}", timeout=60, **kwargs)
@@ -83,7 +84,8 @@ def start_serve(notebook: Path, state: Path, *extra: str, env: dict[str, str] | 
     )
     lines: queue.Queue = queue.Queue()
     kept: list[str] = []
-    threading.Thread(target=_read_lines, args=(process.stdout, lines, kept), daemon=True).start()
+    reader = threading.Thread(target=_read_lines, args=(process.stdout, lines, kept), daemon=True)
+    reader.start()
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
@@ -94,7 +96,7 @@ def start_serve(notebook: Path, state: Path, *extra: str, env: dict[str, str] | 
             continue
         found = re.search(r"function\(s\) of .* at (http://\S+/)", line)
         if found:
-            return Served(found.group(1), process, kept)
+            return Served(found.group(1), process, kept, reader)
     stop(process)
     pytest.fail("jupyter faas serve did not start:\n" + "".join(kept))
 
@@ -246,20 +248,18 @@ def test_500_for_a_result_json_cannot_carry(served: Served) -> None:
 
 
 def test_503_when_no_slot_frees_within_the_queue_timeout(served: Served) -> None:
-    async def two_at_once() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=60) as client:
-            url = f"{served.url}faas/functions/hold"
-            first = asyncio.ensure_future(client.post(url, json={"seconds": 4}, headers=AUTH))
-            await asyncio.sleep(0.3)  # ordering only: the first takes the one slot of concurrency 1
-            second = await client.post(url, json={"seconds": 0}, headers=AUTH)
-            return [await first, second]
-
+    # An asynchronous invocation takes the one slot of concurrency 1 before its 202 is sent.
+    taken = served.post("hold", params={"async": "true"}, json={"seconds": 4}, headers=AUTH)
+    assert taken.status_code == 202
     began = time.monotonic()
-    first, second = asyncio.run(two_at_once())
-    assert first.status_code == 200
-    assert second.status_code == 503
-    assert error_of(second)["type"] == "NoCapacity"
-    assert time.monotonic() - began < 10
+    response = served.post("hold", json={"seconds": 0}, headers=AUTH)
+    assert response.status_code == 503
+    assert error_of(response)["type"] == "NoCapacity"
+    # It waited for the queue timeout (1.5 s here), and was answered while the slot was still taken.
+    assert time.monotonic() - began >= 1.4
+    pending = served.get(f"faas/api/invocations/{taken.json()['id']}", headers=AUTH).json()
+    assert pending["status"] in ("queued", "running")
+    assert wait_for_outcome(served, taken.json()["id"])["status"] == "ok"
 
 
 def test_504_when_the_function_times_out(served: Served) -> None:
@@ -441,7 +441,10 @@ def test_public_endpoints_and_a_burst_from_zero_workers_all_get_200(tmp_path: Pa
     env = {"DASK_FAAS__CLUSTER__IDLE_TIMEOUT": "1s"}
     server = start_serve(notebook, tmp_path / "state", "--public", env=env)
     try:
-        assert any("WARNING: --public" in line for line in server.output)
+        deadline = time.monotonic() + 30
+        while not any("WARNING: --public" in line for line in server.output):
+            assert time.monotonic() < deadline, "".join(server.output)
+            time.sleep(0.05)
         # Public: the function answers without a token; the API still asks for one.
         assert server.post("square", json={"x": 4}).json() == 16
         assert server.get("faas/api/functions").status_code == 401
@@ -466,6 +469,7 @@ def test_public_endpoints_and_a_burst_from_zero_workers_all_get_200(tmp_path: Pa
         assert workers() >= 1
     finally:
         stop(server.process)
+    server.reader.join(timeout=30)  # the last lines, read to the end of the pipe
     assert server.process.returncode == 0
     assert "stopping" in "".join(server.output)
 
