@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,6 +18,17 @@ from jupyter_faas import _platform
 
 # A real Jupyter server for the server extension's tests: jp_serverapp, jp_fetch.
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM a process started with start_new_session, and its children; SIGKILL what is left after 30 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, message: str = "condition") -> Any:

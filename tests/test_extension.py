@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 import dask
 import httpx
 import pytest
+from conftest import stop_process_group
 from tornado.httpclient import HTTPClientError
 
 from jupyter_faas import _platform
@@ -294,12 +294,7 @@ async def test_after_a_restart_deployed_endpoints_answer_without_running_any_not
             ).json()["functions"]
             assert [f["name"] for f in listed] == ["cube"]
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=10)
+            stop_process_group(server)
 
 
 async def test_deploy_outside_a_server_is_a_clear_error(state_dir: Path) -> None:

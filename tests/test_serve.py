@@ -7,7 +7,6 @@ import json
 import os
 import queue
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from typing import Any
 import httpx
 import nbformat
 import pytest
+from conftest import stop_process_group
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -97,18 +97,8 @@ def start_serve(notebook: Path, state: Path, *extra: str, env: dict[str, str] | 
         found = re.search(r"function\(s\) of .* at (http://\S+/)", line)
         if found:
             return Served(found.group(1), process, kept, reader)
-    stop(process)
+    stop_process_group(process)
     pytest.fail("jupyter faas serve did not start:\n" + "".join(kept))
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +112,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         assert server.post("square", json={"x": 2}, headers=AUTH).json() == 4
         yield server
     finally:
-        stop(server.process)
+        stop_process_group(server.process)
 
 
 def error_of(response: httpx.Response) -> dict[str, Any]:
@@ -468,7 +458,7 @@ def test_public_endpoints_and_a_burst_from_zero_workers_all_get_200(tmp_path: Pa
         assert [r.json() for r in responses] == [i * i for i in range(50)]
         assert workers() >= 1
     finally:
-        stop(server.process)
+        stop_process_group(server.process)
     server.reader.join(timeout=30)  # the last lines, read to the end of the pipe
     assert server.process.returncode == 0
     assert "stopping" in "".join(server.output)
