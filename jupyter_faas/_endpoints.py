@@ -24,6 +24,8 @@ from jupyter_faas._registry import Deployment, Registry, RegistryError
 
 # Asynchronous invocations whose outcome can still be asked for; the oldest finished ones go first.
 MAX_ASYNC_KEPT = 10_000
+# Most records one request for a function's invocations returns.
+MAX_LISTED = 1000
 
 # JSON types a plain annotation asks for; other annotations are not checked at the door.
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -343,7 +345,14 @@ class Endpoints:
             },
             "url": self.url_for(deployment.name),
             "stats": _finite(self.platform.stats(deployment.name)),
+            "last_invoked": next((r.submitted for r in self.platform.recent(deployment.name, 1)), None),
         }
+
+    def invocations_of(self, name: str, limit: int) -> list[dict[str, Any]]:
+        """The deployed function's newest invocation records on this platform, newest first."""
+        self._deployment(name)
+        records = self.platform.recent(name, max(0, min(limit, MAX_LISTED)))
+        return [_finite(record.to_dict()) for record in reversed(records)]
 
     def functions(self) -> list[dict[str, Any]]:
         try:

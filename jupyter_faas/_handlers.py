@@ -114,6 +114,16 @@ class _Function(_Faas):
         self.finish()
 
 
+class _FunctionInvocations(_Faas):
+    def get(self, name: str) -> None:
+        self.faas_guard()
+        try:
+            limit = int(self.get_query_argument("limit", "20"))
+        except ValueError:
+            raise HttpError(400, "BadRequest", "limit must be a whole number") from None
+        self.send_json({"invocations": self.endpoints.invocations_of(name, limit)})
+
+
 class _Platform(_Faas):
     def get(self) -> None:
         self.faas_guard()
@@ -170,6 +180,7 @@ _ROUTES: list[tuple[str, type[_Faas]]] = [
     (rf"faas/functions/{_NAME}", _Invoke),
     (r"faas/api/functions", _Functions),
     (rf"faas/api/functions/{_NAME}", _Function),
+    (rf"faas/api/functions/{_NAME}/invocations", _FunctionInvocations),
     (r"faas/api/platform", _Platform),
     (r"faas/api/health", _Health),
     (rf"faas/api/invocations/{_ID}", _Invocation),

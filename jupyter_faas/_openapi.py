@@ -148,6 +148,13 @@ def document(deployments: Sequence[Deployment], base_url: str, version: str) -> 
         "get": _get("One deployed function.", any_object),
         "delete": {"summary": "Undeploy a function.", "responses": {"204": {"description": "Undeployed."}}},
     }
+    paths[f"{api}/functions/{{name}}/invocations"] = {
+        "parameters": [
+            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "default": 20}},
+        ],
+        "get": _get("A function's newest invocation records, newest first.", any_object),
+    }
     paths[f"{api}/platform"] = {"get": _get("Workers, maximum, keep-alive and scale events.", any_object)}
     paths[f"{api}/invocations/{{id}}"] = {
         "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],

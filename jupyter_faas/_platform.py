@@ -378,6 +378,11 @@ class Platform:
         store = self._stores.get(name)
         return store.records() if store else []
 
+    def recent(self, name: str, count: int) -> list[InvocationRecord]:
+        """`name`'s newest `count` records, oldest first."""
+        store = self._stores.get(name)
+        return store.last(count) if store else []
+
     def latencies(self, name: str) -> list[float]:
         """The latency (ms) of each of `name`'s records still kept, oldest first."""
         store = self._stores.get(name)

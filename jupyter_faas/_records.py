@@ -96,6 +96,13 @@ class RecordStore:
             rows = list(self._records)
         return [InvocationRecord(*row) for row in rows]
 
+    def last(self, count: int) -> list[InvocationRecord]:
+        """The newest `count` records kept, oldest first."""
+        with self._lock:
+            size = len(self._records)
+            rows = [self._records[i] for i in range(max(0, size - count), size)]
+        return [InvocationRecord(*row) for row in rows]
+
     def latencies(self) -> list[float]:
         """End-to-end latency (ms) of each record kept, oldest first."""
         with self._lock:

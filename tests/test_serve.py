@@ -472,3 +472,17 @@ def test_json_reply_bodies_are_single_json_documents(served: Served) -> None:
         served.get("faas/api/platform", headers=AUTH),
     ):
         json.loads(response.text)
+
+
+def test_a_functions_recent_invocations_newest_first(served: Served) -> None:
+    for x in (21, 22, 23):
+        served.post("square", json={"x": x}, headers=AUTH)
+    listed = served.get("faas/api/functions/square/invocations", params={"limit": 2}, headers=AUTH).json()
+    records = listed["invocations"]
+    assert len(records) == 2
+    assert records[0]["submitted"] >= records[1]["submitted"]
+    assert {"id", "status", "latency_ms", "cold_start", "worker"} <= set(records[0])
+    assert served.get("faas/api/functions/square", headers=AUTH).json()["last_invoked"] == records[0]["submitted"]
+    bad = served.get("faas/api/functions/square/invocations", params={"limit": "x"}, headers=AUTH)
+    assert bad.status_code == 400
+    assert served.get("faas/api/functions/nope/invocations", headers=AUTH).status_code == 404

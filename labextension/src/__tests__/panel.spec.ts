@@ -1,0 +1,115 @@
+import { FaasClient } from '../client';
+import { chartPoints, formatAgo, formatCost, formatMs, ServerlessPanel } from '../panel';
+import { fakeServer, ISeen, NOW, standardRoutes } from './fakes';
+
+function text(panel: ServerlessPanel, selector: string): string[] {
+  return Array.from(panel.node.querySelectorAll(selector)).map(node => (node.textContent ?? '').trim());
+}
+
+function makePanel(routes = standardRoutes(), seen: ISeen[] = [], confirm = async () => true) {
+  return new ServerlessPanel(new FaasClient(fakeServer(routes, seen)), { now: () => NOW, confirm });
+}
+
+describe('ServerlessPanel', () => {
+  it('draws the platform strip and a row per function', async () => {
+    const panel = makePanel();
+    await panel.refresh();
+    expect(text(panel, '.jp-faas-Workers')).toEqual(['1 / 2 workers']);
+    expect(text(panel, '.jp-faas-Countdown')).toEqual(['scales to zero in 42 s']);
+    expect(panel.node.querySelector('.jp-faas-Dashboard')?.getAttribute('href')).toBe('http://127.0.0.1:8787/status');
+    expect(panel.node.querySelector('.jp-faas-Chart polyline')?.getAttribute('points')).toBeTruthy();
+    const row = panel.node.querySelector('.jp-faas-Row[data-name="square"]')!;
+    expect(row).not.toBeNull();
+    expect(text(panel, '.jp-faas-FunctionName')).toEqual(['square']);
+    expect(text(panel, '.jp-faas-Version')).toEqual(['688996ef']);
+    expect(text(panel, '.jp-faas-Invocations')).toEqual(['3']);
+    expect(text(panel, '.jp-faas-Errors')).toEqual(['1']);
+    expect(text(panel, '.jp-faas-Cost')).toEqual(['$0.0000006']);
+    expect(text(panel, '.jp-faas-Last')).toEqual(['2 s ago']);
+    expect(text(panel, '.jp-faas-Endpoint code')).toEqual(['http://localhost:8888/faas/functions/square']);
+    expect(text(panel, '.jp-faas-Details')).toEqual(['']);
+    expect(text(panel, '.jp-faas-Status')).toEqual(['']);
+  });
+
+  it('shows the selected function: signature, limits, curl, invocations and its own dead letters', async () => {
+    const seen: ISeen[] = [];
+    const panel = makePanel(standardRoutes(), seen);
+    await panel.refresh();
+    panel.selected = 'square';
+    await panel.refresh();
+    expect(text(panel, '.jp-faas-Details h3')).toEqual(['square(x: int)']);
+    expect(text(panel, '.jp-faas-Limits')[0]).toContain('timeout 60 s · memory 256 MB · retries 0');
+    expect(text(panel, '.jp-faas-Curl')[0]).toContain("curl -X POST http://localhost:8888/faas/functions/square");
+    expect(text(panel, '.jp-faas-Curl')[0]).toContain('{"x":null}');
+    expect(text(panel, '.jp-faas-Invocation')).toEqual(['error · 1.50 ms · ValueError: bad x', 'ok · 2274 ms · cold']);
+    expect(text(panel, '.jp-faas-DeadLetters li')).toEqual(['a-3: ValueError: bad x · input {"x":-1}']);
+    expect(panel.node.querySelector('.jp-faas-Row.jp-mod-selected')).not.toBeNull();
+    expect(seen.some(s => s.url.endsWith('/faas/api/functions/square/invocations?limit=20'))).toBe(true);
+  });
+
+  it('tells of each selection, and starts from the one kept before a reload', async () => {
+    const selections: (string | null)[] = [];
+    const panel = new ServerlessPanel(new FaasClient(fakeServer(standardRoutes())), {
+      now: () => NOW,
+      onSelect: name => selections.push(name),
+      initialSelection: Promise.resolve('square')
+    });
+    await Promise.resolve();
+    expect(panel.selected).toBe('square');
+    await panel.refresh();
+    expect(text(panel, '.jp-faas-Details h3')).toEqual(['square(x: int)']);
+    panel.selected = null;
+    expect(selections).toEqual(['square', null]);
+  });
+
+  it('undeploys only after confirmation', async () => {
+    const seen: ISeen[] = [];
+    let answer = false;
+    const panel = makePanel(standardRoutes(), seen, async () => answer);
+    await panel.refresh();
+    expect(await panel.undeploy('square')).toBe(false);
+    expect(seen.filter(s => s.method === 'DELETE')).toHaveLength(0);
+    answer = true;
+    expect(await panel.undeploy('square')).toBe(true);
+    expect(seen.filter(s => s.method === 'DELETE').map(s => s.url)).toEqual([
+      'http://localhost:8888/faas/api/functions/square'
+    ]);
+  });
+
+  it('says so plainly, with no table, when the server extension is missing', async () => {
+    const panel = makePanel({});
+    await expect(panel.refresh()).rejects.toThrow('not enabled');
+    expect(text(panel, '.jp-faas-Status')[0]).toContain('The jupyter-faas server extension is not enabled');
+    expect(panel.node.querySelectorAll('.jp-faas-Row')).toHaveLength(0);
+    expect(panel.hasClass('jp-faas-mod-unavailable')).toBe(true);
+  });
+
+  it('invites a first deployment when nothing is deployed', async () => {
+    const routes = { ...standardRoutes(), 'GET /faas/api/functions': { functions: [] } };
+    const panel = makePanel(routes);
+    await panel.refresh();
+    expect(text(panel, '.jp-faas-Status')[0]).toContain('%%faas NAME --http');
+  });
+});
+
+describe('formatting', () => {
+  it('formats latency, cost and time ago', () => {
+    expect(formatMs(null)).toBe('–');
+    expect(formatMs(0.613)).toBe('0.61 ms');
+    expect(formatMs(2274.4)).toBe('2274 ms');
+    expect(formatCost(0)).toBe('$0');
+    expect(formatCost(6.1e-7)).toBe('$0.0000006');
+    expect(formatCost(0.00123)).toBe('$0.0012');
+    expect(formatCost(1.5)).toBe('$1.50');
+    expect(formatAgo(null, NOW)).toBe('never');
+    expect(formatAgo(NOW - 90, NOW)).toBe('2 min ago');
+  });
+
+  it('draws the worker count as steps, clipped to the span', () => {
+    const events = [
+      { time: NOW - 1000, workers: 2 },
+      { time: NOW - 50, workers: 0 }
+    ];
+    expect(chartPoints(events, 2, NOW, 100, 10, 100)).toBe('0,1.0 50.0,1.0 50.0,9.0 100,9.0');
+  });
+});
