@@ -26,6 +26,7 @@ __all__ = [
     "function",
     "invocations",
     "platform",
+    "triggers",
 ]
 
 # Public names load on first access, so a worker's sandbox process can import the package cheaply.
@@ -41,6 +42,13 @@ _LAZY = {
     "invocations": "jupyter_faas._history",
     "dashboard": "jupyter_faas._widgets",
 }
+
+
+def triggers() -> list[dict[str, Any]]:
+    """The schedules and file triggers set on the platform that owns this one (the server's, or serve's)."""
+    from jupyter_faas import _deploy
+
+    return _deploy.triggers()
 
 
 def __getattr__(name: str) -> Any:

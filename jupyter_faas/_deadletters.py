@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ class DeadLetters:
         self.path = path
         self._lock = threading.Lock()
         self._letters: dict[str, dict[str, Any]] = {}
+        # The file as last read: a server and its kernels all append to it, so it is read again on change.
+        self._read_as: tuple[int, int] | None = None
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,14 +37,38 @@ class DeadLetters:
                 return
             self._load(path)
 
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """Across processes: one rewrites the file while none appends to it."""
+        assert self.path is not None
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _reload_if_changed(self) -> None:
+        if self.path is None:
+            return
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return
+        if (stat.st_mtime_ns, stat.st_size) != self._read_as:
+            self._letters = {}
+            self._load(self.path)
+
     def _load(self, path: Path) -> None:
         try:
+            stat = path.stat()
             lines = path.read_text().splitlines()
         except FileNotFoundError:
             return
         except OSError as e:
             warnings.warn(f"jupyter_faas: cannot read the dead letters in {path}: {e}", stacklevel=3)
             return
+        self._read_as = (stat.st_mtime_ns, stat.st_size)
         damaged = 0
         for line in lines:
             try:
@@ -65,32 +93,48 @@ class DeadLetters:
             "error": error,
         }
         with self._lock:
-            self._letters[letter_id] = letter
-            if len(self._letters) > MAX_DEAD_LETTERS:
-                del self._letters[next(iter(self._letters))]
-                self._rewrite()
-            elif self.path is not None:
-                try:
-                    with self.path.open("a") as file:
-                        file.write(json.dumps(letter) + "\n")
-                except OSError as e:
-                    warnings.warn(f"jupyter_faas: dead letter {letter_id} kept in memory only: {e}", stacklevel=2)
+            if self.path is None:
+                self._letters[letter_id] = letter
+                if len(self._letters) > MAX_DEAD_LETTERS:
+                    del self._letters[next(iter(self._letters))]
+                return letter
+            try:
+                with self._file_lock():
+                    self._reload_if_changed()
+                    self._letters[letter_id] = letter
+                    if len(self._letters) > MAX_DEAD_LETTERS:
+                        del self._letters[next(iter(self._letters))]
+                        self._rewrite()
+                    else:
+                        with self.path.open("a") as file:
+                            file.write(json.dumps(letter) + "\n")
+                        stat = self.path.stat()
+                        self._read_as = (stat.st_mtime_ns, stat.st_size)
+            except OSError as e:
+                self._letters[letter_id] = letter
+                warnings.warn(f"jupyter_faas: dead letter {letter_id} kept in memory only: {e}", stacklevel=2)
         return letter
 
     def get(self, letter_id: str) -> dict[str, Any] | None:
         with self._lock:
+            self._reload_if_changed()
             return self._letters.get(letter_id)
 
     def remove(self, letter_id: str) -> bool:
         with self._lock:
-            if self._letters.pop(letter_id, None) is None:
-                return False
-            self._rewrite()
+            if self.path is None:
+                return self._letters.pop(letter_id, None) is not None
+            with self._file_lock():
+                self._reload_if_changed()
+                if self._letters.pop(letter_id, None) is None:
+                    return False
+                self._rewrite()
             return True
 
     def list(self) -> list[dict[str, Any]]:
         """Every letter, oldest first, with its JSON input decoded where it is JSON."""
         with self._lock:
+            self._reload_if_changed()
             letters = list(self._letters.values())
         return [{**letter, "input": _readable(letter)} for letter in letters]
 
@@ -103,6 +147,8 @@ class DeadLetters:
             with os.fdopen(handle, "w") as file:
                 file.write(text)
             os.replace(temporary, self.path)
+            stat = self.path.stat()
+            self._read_as = (stat.st_mtime_ns, stat.st_size)
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)

@@ -6,11 +6,13 @@ import asyncio
 import base64
 import inspect
 import json
+import logging
 import math
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,9 @@ from jupyter_faas._metrics import Metrics
 from jupyter_faas._openapi import document
 from jupyter_faas._platform import NoCapacity, Platform, pack_calls
 from jupyter_faas._registry import Deployment, Registry, RegistryError
+from jupyter_faas._triggers import TriggerRunner, TriggerSpec, TriggerStore
+
+log = logging.getLogger("jupyter_faas.endpoints")
 
 # Asynchronous invocations whose outcome can still be asked for; the oldest finished ones go first.
 MAX_ASYNC_KEPT = 10_000
@@ -36,6 +41,10 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "list": (list,),
     "dict": (dict,),
 }
+
+
+def dead_letters_path(state_dir: Path) -> Path:
+    return state_dir / "dead-letters.jsonl"
 
 
 class HttpError(Exception):
@@ -137,14 +146,70 @@ class Endpoints:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         # The full URL clients reach us at, for the URLs we list; the base path alone if unknown.
         self.url = url or self.base_url
-        self.dead_letters = DeadLetters(None if state_dir is None else state_dir / "dead-letters.jsonl")
+        self.dead_letters = DeadLetters(None if state_dir is None else dead_letters_path(state_dir))
         self.metrics = Metrics(platform, registry)
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._lock = threading.Lock()
+        self.triggers: TriggerRunner | None = None
+        self._missing: set[tuple[str, str]] = set()
         platform.add_listener(self.metrics.observe)
 
     def close(self) -> None:
+        if self.triggers is not None:
+            self.triggers.close()
         self.platform.remove_listener(self.metrics.observe)
+
+    # -- triggers: schedules and file drops, fired from this process ---------------------------------
+
+    def start_triggers(self, store: TriggerStore) -> TriggerRunner:
+        self.triggers = TriggerRunner(store, self._launch_trigger, self._trigger_failed, self._takes_bytes)
+        return self.triggers.start()
+
+    def _launch_trigger(self, name: str, args: tuple[Any, ...], kind: str, on_done: Any) -> bool:
+        try:
+            deployment = self.registry.get(name)
+        except RegistryError as e:
+            log.warning("jupyter-faas: %s trigger of %s cannot run: %s", kind, name, e)
+            return False
+        if deployment is None:
+            if (name, kind) not in self._missing:
+                self._missing.add((name, kind))
+                log.warning("jupyter-faas: the %s trigger of %s waits: %s is not deployed", kind, name, name)
+            return False
+        self._missing.discard((name, kind))
+        definition = deployment.definition
+        if kind == "schedule" and not definition.signature.parameters:
+            args = ()  # a function without parameters is called with none
+        try:
+            blob = pack_calls(name, [(args, {})])
+        except TypeError as e:
+            log.warning("jupyter-faas: %s trigger of %s: %s", kind, name, e)
+            return False
+        future = self.platform.invoke(definition, blob, trigger=kind)
+        future.add_done_callback(on_done)
+        return True
+
+    def _trigger_failed(self, spec: TriggerSpec, args: tuple[Any, ...], future: Future) -> None:
+        error = future.exception()
+        assert error is not None
+        readable = [a.isoformat() if isinstance(a, datetime) else a for a in args]
+        body = json.dumps(readable, default=str).encode()
+        deployment = self.registry.get(spec.function)
+        version = deployment.version if deployment else ""
+        self.dead_letters.add(
+            future.id,  # type: ignore[attr-defined]
+            spec.function, version, "application/json", body, self._error_for(spec.function, error).body()["error"],
+        )  # fmt: skip
+
+    def _takes_bytes(self, name: str) -> bool:
+        deployment = self.registry.get(name)
+        if deployment is None:
+            return False
+        parameters = list(deployment.definition.signature.parameters.values())
+        return bool(parameters) and annotation_name(parameters[0].annotation) == "bytes"
+
+    def trigger_list(self) -> list[dict[str, Any]]:
+        return [] if self.triggers is None else self.triggers.list()
 
     def max_body(self) -> int:
         return _config.http_max_body()
@@ -211,7 +276,7 @@ class Endpoints:
             blob = pack_calls(definition.name, [(call.args, call.kwargs)])
         except TypeError as e:
             raise HttpError(422, "ArgumentError", str(e)) from None
-        return self.platform.invoke(definition, blob, queue_timeout=queue_timeout)
+        return self.platform.invoke(definition, blob, queue_timeout=queue_timeout, trigger="http")
 
     async def invoke(self, name: str, content_type: str, body: bytes) -> Reply:
         """Run the function and wait: 200 with its result, or an HttpError from the table in README."""

@@ -16,6 +16,7 @@ from jupyter_faas._endpoints import Endpoints
 from jupyter_faas._handlers import routes
 from jupyter_faas._registry import Registry
 from jupyter_faas._shared import Sharing
+from jupyter_faas._triggers import TriggerStore
 
 
 class _JupyterBase(APIHandler):
@@ -59,9 +60,11 @@ class FaasExtension(ExtensionApp):
         registry = Registry(state_dir / "registry")
         self._platform = platform
         url = self.serverapp.connection_url
-        self._endpoints = Endpoints(platform, registry, state_dir / "server", self.serverapp.base_url, url)
+        self._endpoints = Endpoints(platform, registry, state_dir, self.serverapp.base_url, url)
+        triggers = TriggerStore(state_dir / "triggers")
+        self._endpoints.start_triggers(triggers)
         self._sharing = Sharing(platform, state_dir / "registry", url, state_dir)
-        _deploy.serve_here(registry, url)
+        _deploy.serve_here(registry, url, triggers)
         self.settings["faas_endpoints"] = self._endpoints
         self.log.info(
             "jupyter-faas: %d function(s) deployed, cluster at %s (up to %d workers)",

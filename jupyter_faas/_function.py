@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from jupyter_faas import _platform
 from jupyter_faas._definition import FunctionDefinition, from_callable
+from jupyter_faas._errors import RemoteError
 from jupyter_faas._limits import Limits
 from jupyter_faas._records import InvocationRecord
 
@@ -122,6 +124,55 @@ class FaasFunction:
 
         return _deploy.undeploy(self.name)
 
+    def schedule(self, every: Any = None, cron: str | None = None) -> dict[str, Any]:
+        """Invoke on a schedule: `every="30s"` or `cron="*/5 * * * *"`, from the server that owns the platform.
+
+        A function without parameters is called with none; otherwise with the scheduled time (a UTC
+        datetime). Ticks missed while the server was down are skipped, not replayed. This deploys the
+        current version, which the schedule fires.
+        """
+        from jupyter_faas import _deploy, _triggers
+
+        spec = _triggers.schedule_spec(self.name, every=every, cron=cron)
+        _deploy.add_trigger(self._definition, spec)
+        return spec.to_dict()
+
+    def unschedule(self) -> bool:
+        """Stop the schedule; False if there was none."""
+        from jupyter_faas import _deploy
+
+        return _deploy.remove_trigger(self.name, "schedule")
+
+    def on_file(self, directory: Any, pattern: str = "*") -> dict[str, Any]:
+        """Invoke once for every file in `directory` matching `pattern`: those there now, and each new one.
+
+        The function gets the file's path, or its bytes when its first parameter is annotated `bytes`.
+        A file is marked done once its invocation succeeds; a failure goes to the dead letters.
+        """
+        from jupyter_faas import _deploy, _triggers
+
+        spec = _triggers.file_spec(self.name, directory, pattern)
+        _deploy.add_trigger(self._definition, spec)
+        return spec.to_dict()
+
+    def off_file(self) -> bool:
+        """Stop the file trigger; False if there was none. What was handled stays recorded."""
+        from jupyter_faas import _deploy
+
+        return _deploy.remove_trigger(self.name, "file")
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> str:
+        """Fire and forget: start one invocation and return its id at once.
+
+        Retries follow the function's setting; an invocation that still fails is written to the
+        dead-letter list, which `GET {base_url}faas/api/dead-letters` shows.
+        """
+        self._check_arguments(args, kwargs)
+        blob = _platform.pack_calls(self.name, [(args, kwargs)])
+        future = _platform.current().invoke(self._definition, blob, trigger="queue")
+        future.add_done_callback(lambda done: _dead_letter_if_failed(self._definition, args, kwargs, done))
+        return future.id
+
     @property
     def invocations(self) -> list[InvocationRecord]:
         """Records of this function's invocations, newest last."""
@@ -153,6 +204,25 @@ class FaasFunction:
             f"<faas function {self._definition.describe_signature()} "
             f"version {self._definition.short_version}: {self.limits.describe()}>"
         )
+
+
+def _dead_letter_if_failed(
+    definition: FunctionDefinition, args: tuple[Any, ...], kwargs: dict[str, Any], future: Future
+) -> None:
+    error = future.exception()
+    if error is None:
+        return
+    from jupyter_faas import _config
+    from jupyter_faas._deadletters import DeadLetters
+    from jupyter_faas._endpoints import dead_letters_path
+
+    # In the JSON form an HTTP replay can send: positional arguments as an array, keywords as an object.
+    body = json.dumps(list(args) if not kwargs else {**kwargs}, default=repr).encode()
+    kind = error.type_name if isinstance(error, RemoteError) else type(error).__name__
+    DeadLetters(dead_letters_path(_config.state_dir())).add(
+        future.id,  # type: ignore[attr-defined]
+        definition.name, definition.version, "application/json", body, {"type": kind, "message": str(error)},
+    )  # fmt: skip
 
 
 @overload

@@ -163,6 +163,12 @@ class _Replay(_Faas):
         self.send_reply(self.endpoints.replay(ident))
 
 
+class _Triggers(_Faas):
+    def get(self) -> None:
+        self.faas_guard()
+        self.send_json({"triggers": self.endpoints.trigger_list()})
+
+
 class _OpenAPI(_Faas):
     def get(self) -> None:
         self.faas_guard()
@@ -187,6 +193,7 @@ _ROUTES: list[tuple[str, type[_Faas]]] = [
     (r"faas/api/dead-letters", _DeadLetters),
     (rf"faas/api/dead-letters/{_ID}", _DeadLetter),
     (rf"faas/api/dead-letters/{_ID}/replay", _Replay),
+    (r"faas/api/triggers", _Triggers),
     (r"faas/api/openapi\.json", _OpenAPI),
     (r"faas/metrics", _Metrics),
 ]

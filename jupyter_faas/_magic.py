@@ -93,6 +93,10 @@ class FaasMagics(Magics):
         action="store_true",
         help="Also deploy it as an HTTP endpoint of this notebook's Jupyter server (or of `jupyter faas serve`).",
     )
+    @argument("--every", help="Invoke it on a schedule, e.g. 30s or '5 minutes'.")
+    @argument("--cron", help="Invoke it on a cron schedule, e.g. '*/5 * * * *'.")
+    @argument("--on-file", dest="on_file", help="Invoke it once for each file dropped in this folder.")
+    @argument("--pattern", help="With --on-file: only the files matching this glob, e.g. '*.png'.")
     @line_cell_magic
     def faas(self, line: str, cell: str | None = None) -> Any:
         """Turn the cell into a stateless function that runs on an elastic Dask cluster.
@@ -143,6 +147,17 @@ class FaasMagics(Magics):
             except FaasError as e:
                 raise UsageError(f"%%faas --http: {e}") from None
             print(_deployed_message(definition.name, url, definition.signature))
+        if args.pattern is not None and args.on_file is None:
+            raise UsageError("%%faas --pattern goes with --on-file FOLDER")
+        try:
+            if args.every is not None or args.cron is not None:
+                spec = function.schedule(every=_unquote(args.every), cron=_unquote(args.cron))
+                print(f"{definition.name} runs {spec['description']}")
+            if args.on_file is not None:
+                spec = function.on_file(_unquote(args.on_file), _unquote(args.pattern) or "*")
+                print(f"{definition.name} runs for {spec['description']}")
+        except FaasError as e:
+            raise UsageError(f"%%faas: {e}") from None
         if _widgets.use_widgets():
             display(function.card)
             return None

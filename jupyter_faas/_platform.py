@@ -72,6 +72,7 @@ class _Invocation:
     attempts: int = 0
     begun: bool = False
     gate: _Gate | None = None
+    trigger: str = "call"
 
 
 @dataclass(eq=False)
@@ -455,19 +456,20 @@ class Platform:
         return gate
 
     def invoke(
-        self, definition: FunctionDefinition, blob: bytes, queue_timeout: float | None = None
+        self, definition: FunctionDefinition, blob: bytes, queue_timeout: float | None = None, trigger: str = "call"
     ) -> InvocationFuture:
         """One invocation of the single call packed in `blob`; the future ends with its result or error.
 
         With `queue_timeout`, an invocation not sent to a worker within that many seconds (no free
-        slot, or no worker yet) ends with NoCapacity, and is never run.
+        slot, or no worker yet) ends with NoCapacity, and is never run. `trigger` names what made it
+        run, in its record.
         """
         self.start()
         future = InvocationFuture()
         future.id = f"{self._id_prefix}-{next(self._ids)}"
         sink = _FutureSink(future)
         invocation = _Invocation(
-            future.id, definition, blob, 0, time.time(), time.perf_counter(), sink, 0,
+            future.id, definition, blob, 0, time.time(), time.perf_counter(), sink, 0, trigger=trigger,
         )  # fmt: skip
         if queue_timeout is not None:
             with self._lock:
@@ -630,6 +632,7 @@ class Platform:
             attempts=invocation.attempts,
             peak_memory=outcome.peak_memory,
             memory_limit=definition.limits.memory,
+            trigger=invocation.trigger,
         )
         self._store(definition.name).add(record)
         for listener in self._listeners:

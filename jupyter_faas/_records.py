@@ -36,6 +36,8 @@ class InvocationRecord:
     attempts: int
     peak_memory: int | None
     memory_limit: int
+    # What made it run: "call" (from Python), "http", "schedule", "file" or "queue".
+    trigger: str = "call"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

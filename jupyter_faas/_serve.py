@@ -22,6 +22,7 @@ from jupyter_faas import _config, _deploy, _platform
 from jupyter_faas._endpoints import Endpoints, HttpError
 from jupyter_faas._handlers import routes
 from jupyter_faas._registry import Registry
+from jupyter_faas._triggers import TriggerError, TriggerStore
 
 TOKEN_ENV = "JUPYTER_FAAS_TOKEN"
 SKIP_TAG = "faas-skip"
@@ -120,7 +121,14 @@ class ServeApp(JupyterApp):
         host = f"[{self.ip}]" if ":" in self.ip else self.ip
         url = f"http://{host}:{port}/"
         registry = Registry(None)
-        _deploy.serve_here(registry, url)
+        state = _config.state_dir() / "serve" / f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+        try:
+            triggers = TriggerStore(state / "triggers")
+        except TriggerError as e:
+            self.exit_with(f"jupyter faas serve: {e}", 2)
+        # The notebook is the source of truth: its run sets the triggers again. What files were handled stays.
+        triggers.clear()
+        _deploy.serve_here(registry, url, triggers)
         os.chdir(path.parent)  # as a kernel does: relative paths in the notebook mean its own folder
         try:
             namespace = run_notebook(path)
@@ -133,9 +141,8 @@ class ServeApp(JupyterApp):
                 registry.deploy(value._definition)
         token = self.token or secrets.token_urlsafe(24)
         platform = _platform.current()
-        state = _config.state_dir() / "serve" / f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
-        state.mkdir(parents=True, exist_ok=True)
         endpoints = Endpoints(platform, registry, state, url=url)
+        endpoints.start_triggers(triggers)
         self._announce(path, url, token, registry)
         # What start-up built (the notebook's namespace, parsers, grammars) lives as long as we do: moved out
         # of the collector's sight, full collections stop walking hundreds of thousands of objects mid-request.

@@ -16,10 +16,12 @@ from jupyter_faas._platform import Platform
 # Where a kernel deploys (the server's registry folder) and the server's URL, for the endpoint it prints.
 REGISTRY_ENV = "JUPYTER_FAAS_REGISTRY"
 URL_ENV = "JUPYTER_FAAS_URL"
+# Where a kernel sets triggers: the server's trigger folder.
+TRIGGERS_ENV = "JUPYTER_FAAS_TRIGGERS"
 # How often to look for kernels that died without unregistering, and how long their client must be gone.
 PRUNE_INTERVAL = 30.0
 PRUNE_GRACE = 60.0
-_ENV_KEYS = (OWNER_SCHEDULER_ENV, OWNER_MAXIMUM_ENV, REGISTRY_ENV, URL_ENV, "DASK_FAAS__STATE_DIR")
+_ENV_KEYS = (OWNER_SCHEDULER_ENV, OWNER_MAXIMUM_ENV, REGISTRY_ENV, URL_ENV, TRIGGERS_ENV, "DASK_FAAS__STATE_DIR")
 
 
 class Sharing:
@@ -38,7 +40,12 @@ class Sharing:
         self._stop = threading.Event()
         cluster = platform.start()._cluster
         assert cluster is not None
-        environment = {REGISTRY_ENV: str(registry_dir), URL_ENV: url, "DASK_FAAS__STATE_DIR": str(state_dir)}
+        environment = {
+            REGISTRY_ENV: str(registry_dir),
+            URL_ENV: url,
+            TRIGGERS_ENV: str(state_dir / "triggers"),
+            "DASK_FAAS__STATE_DIR": str(state_dir),
+        }
         self._scheduler = None
         if cluster.mode == "embedded":
             # An external cluster's address is in the config the kernels read anyway; ours is shared here.

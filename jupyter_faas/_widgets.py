@@ -182,9 +182,12 @@ def _header(fn: FaasFunction) -> dict[str, str]:
 
 
 def _function_summary(header: dict[str, str], reading: _Reading) -> dict[str, Any]:
+    from jupyter_faas import _deploy
+
     name = header["name"]
     counts, low, high = latency_histogram(reading.latencies(name))
-    return {**header, **reading.stats(name), "histogram": counts, "latency_range": (low, high)}
+    triggers = _deploy.function_triggers(name)
+    return {**header, **reading.stats(name), "histogram": counts, "latency_range": (low, high), "triggers": triggers}
 
 
 def function_summary(fn: FaasFunction) -> dict[str, Any]:
@@ -210,6 +213,7 @@ def _card_text(s: dict[str, Any]) -> str:
             latency,
             f"  GB-seconds {_fixed(s['gb_seconds'])} · cost {_usd(s['cost_usd'])} · peak memory {_memory(s)}",
             f"  last error {error}" if error else "  no errors",
+            *([f"  runs {' · '.join(s['triggers'])}"] if s.get("triggers") else []),
         ]
     )
 
@@ -372,16 +376,21 @@ class FunctionCard(_LiveView):
         return self._header_facts["name"]
 
     def _key(self, reading: _Reading) -> Hashable:
-        return (reading.platform, reading.platform.revision(self.name))
+        from jupyter_faas import _deploy
+
+        return (reading.platform, reading.platform.revision(self.name), _deploy.triggers_stamp())
 
     def _read(self, reading: _Reading) -> dict[str, Any]:
         return _function_summary(self._header_facts, reading)
 
     def _render(self, summary: dict[str, Any]) -> list[tuple[ipywidgets.HTML, str]]:
         s = summary
+        runs = " · ".join(s.get("triggers", []))
         header = (
             f'<div style="{_FONT}"><b style="font-size:14px">{_e(s["signature"])}</b> '
-            f'<span style="color:{_MUTED}">version {_e(s["version"])} · {_e(s["limits"])}</span></div>'
+            f'<span style="color:{_MUTED}">version {_e(s["version"])} · {_e(s["limits"])}</span>'
+            + (f'<br><span style="color:{_MUTED}">runs {_e(runs)}</span>' if runs else "")
+            + "</div>"
         )
         return [
             (self.header, header),

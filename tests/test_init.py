@@ -23,6 +23,7 @@ def test_all_is_pinned() -> None:
         "function",
         "invocations",
         "platform",
+        "triggers",
     ]
     for name in jupyter_faas.__all__:
         assert getattr(jupyter_faas, name) is not None

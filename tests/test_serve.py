@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import nbformat
 import pytest
-from conftest import stop_process_group
+from conftest import stop_process_group, wait_for
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -381,6 +381,50 @@ def test_metrics_are_prometheus_text_with_counts_errors_latency_and_workers(serv
 
 
 # -- starting up, public mode and scale from zero ------------------------------------------------------
+
+
+def invocations_of(server: Served, name: str) -> list[dict[str, Any]]:
+    response = server.get(f"faas/api/functions/{name}/invocations", params={"limit": 1000}, headers=AUTH)
+    return response.json()["invocations"] if response.status_code == 200 else []
+
+
+def triggers_of(server: Served) -> dict[str, dict[str, Any]]:
+    return {t["id"]: t for t in server.get("faas/api/triggers", headers=AUTH).json()["triggers"]}
+
+
+def test_schedules_and_file_drops_fire_in_serve_and_survive_a_restart(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "early.txt").write_text("early")
+    cells = [
+        "%%faas ticker --every 1s\n'tick'",
+        f"%%faas shout path --on-file {inbox} --pattern '*.txt'\nopen(path).read().upper()",
+    ]
+    notebook = write_notebook(tmp_path / "events.ipynb", cells)
+    server = start_serve(notebook, tmp_path / "state")
+    try:
+        wait_for(lambda: len(triggers_of(server)) == 2, 10, "the triggers")
+        listed = triggers_of(server)
+        assert listed["ticker.schedule"]["every"] == 1.0
+        assert listed["shout.file"]["pattern"] == "*.txt"
+        wait_for(lambda: len(invocations_of(server, "ticker")) >= 2, 30, "two ticks")
+        assert {i["trigger"] for i in invocations_of(server, "ticker")} == {"schedule"}
+        (inbox / "new.txt").write_text("new")
+        (inbox / "skip.csv").write_text("no")
+        wait_for(lambda: len(invocations_of(server, "shout")) == 2, 30, "both text files")
+        assert {i["trigger"] for i in invocations_of(server, "shout")} == {"file"}
+    finally:
+        stop_process_group(server.process)
+    # Down: a file lands. Up again: it is handled, and early.txt and new.txt are not handled again.
+    (inbox / "while-down.txt").write_text("down")
+    again = start_serve(notebook, tmp_path / "state")
+    try:
+        wait_for(lambda: len(invocations_of(again, "shout")) >= 1, 30, "the file dropped while down")
+        wait_for(lambda: len(invocations_of(again, "ticker")) >= 1, 30, "the schedule, again")
+        wait_for(lambda: triggers_of(again)["shout.file"]["files_done"] == 3, 30, "three files done in all")
+        assert len(invocations_of(again, "shout")) == 1
+    finally:
+        stop_process_group(again.process)
 
 
 def test_a_failing_cell_exits_non_zero_naming_the_cell_and_the_error(tmp_path: Path) -> None:

@@ -63,6 +63,23 @@ export interface IInvocation {
   attempts: number;
   error: string | null;
   message: string | null;
+  trigger: string | null;
+}
+
+export interface ITrigger {
+  id: string;
+  kind: 'schedule' | 'file';
+  function: string;
+  description: string;
+  every: number | null;
+  cron: string | null;
+  directory: string | null;
+  pattern: string;
+  next_due?: number | null;
+  fired?: number;
+  failed?: number;
+  files_done?: number;
+  files_failed?: number;
 }
 
 export interface IDeadLetter {
@@ -113,6 +130,10 @@ export class FaasClient {
 
   async deadLetters(): Promise<IDeadLetter[]> {
     return (await this.request<{ dead_letters: IDeadLetter[] }>('api/dead-letters')).dead_letters;
+  }
+
+  async triggers(): Promise<ITrigger[]> {
+    return (await this.request<{ triggers: ITrigger[] }>('api/triggers')).triggers;
   }
 
   async undeploy(name: string): Promise<void> {

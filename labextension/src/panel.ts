@@ -12,7 +12,8 @@ import {
   IFunction,
   IInvocation,
   IPlatform,
-  IScaleEvent
+  IScaleEvent,
+  ITrigger
 } from './client';
 
 /** How far back the worker chart reaches, in seconds. */
@@ -173,16 +174,17 @@ export class ServerlessPanel extends Widget {
   /** Fetch everything the panel shows and draw it; rejects (so polling backs off) when the API fails. */
   async refresh(): Promise<void> {
     try {
-      const [functions, platform, letters] = await Promise.all([
+      const [functions, platform, letters, triggers] = await Promise.all([
         this.client.functions(),
         this.client.platform(),
-        this.client.deadLetters()
+        this.client.deadLetters(),
+        this.client.triggers()
       ]);
       if (this._selected && !functions.some(f => f.name === this._selected)) {
         this._selected = null;
       }
       const invocations = this._selected ? await this.client.invocations(this._selected) : [];
-      this._render(functions, platform, letters, invocations);
+      this._render(functions, platform, letters, invocations, triggers);
     } catch (error) {
       this._renderError(error);
       throw error;
@@ -211,7 +213,13 @@ export class ServerlessPanel extends Widget {
     this._status.textContent = message;
   }
 
-  private _render(functions: IFunction[], platform: IPlatform, letters: IDeadLetter[], invocations: IInvocation[]) {
+  private _render(
+    functions: IFunction[],
+    platform: IPlatform,
+    letters: IDeadLetter[],
+    invocations: IInvocation[],
+    triggers: ITrigger[]
+  ) {
     this.removeClass('jp-faas-mod-unavailable');
     this._status.textContent =
       functions.length === 0
@@ -219,7 +227,7 @@ export class ServerlessPanel extends Widget {
         : '';
     this._renderStrip(platform);
     this._renderTable(functions);
-    this._renderDetails(functions.find(f => f.name === this._selected), letters, invocations);
+    this._renderDetails(functions.find(f => f.name === this._selected), letters, invocations, triggers);
   }
 
   private _renderStrip(platform: IPlatform): void {
@@ -319,7 +327,12 @@ export class ServerlessPanel extends Widget {
     this._table.replaceChildren(head, ...bodies);
   }
 
-  private _renderDetails(fn: IFunction | undefined, letters: IDeadLetter[], invocations: IInvocation[]): void {
+  private _renderDetails(
+    fn: IFunction | undefined,
+    letters: IDeadLetter[],
+    invocations: IInvocation[],
+    triggers: ITrigger[]
+  ): void {
     if (!fn) {
       this._details.replaceChildren();
       return;
@@ -348,6 +361,17 @@ export class ServerlessPanel extends Widget {
           `  -H 'Content-Type: application/json' -d '${JSON.stringify(example)}'`
       )
     );
+    const own = triggers.filter(trigger => trigger.function === fn.name);
+    if (own.length > 0) {
+      parts.push(element('h4', undefined, 'Triggers'));
+      const list = element('ul', 'jp-faas-Triggers');
+      for (const trigger of own) {
+        const files =
+          trigger.kind === 'file' ? ` · ${trigger.files_done ?? 0} files done, ${trigger.files_failed ?? 0} failed` : '';
+        list.appendChild(element('li', undefined, `${trigger.kind}: ${trigger.description}${files}`));
+      }
+      parts.push(list);
+    }
     parts.push(element('h4', undefined, 'Recent invocations'));
     if (invocations.length === 0) {
       parts.push(element('p', 'jp-faas-Empty', 'None yet.'));
@@ -360,17 +384,17 @@ export class ServerlessPanel extends Widget {
           element(
             'li',
             `jp-faas-Invocation jp-faas-mod-${invocation.status}`,
-            `${invocation.status} · ${formatMs(invocation.latency_ms)}${cold}${error}`
+            `${invocation.status} · ${invocation.trigger ?? 'call'} · ${formatMs(invocation.latency_ms)}${cold}${error}`
           )
         );
       }
       parts.push(list);
     }
-    const own = letters.filter(letter => letter.function === fn.name);
-    parts.push(element('h4', undefined, `Dead letters (${own.length})`));
-    if (own.length > 0) {
+    const ownLetters = letters.filter(letter => letter.function === fn.name);
+    parts.push(element('h4', undefined, `Dead letters (${ownLetters.length})`));
+    if (ownLetters.length > 0) {
       const list = element('ul', 'jp-faas-DeadLetters');
-      for (const letter of own) {
+      for (const letter of ownLetters) {
         list.appendChild(
           element('li', undefined, `${letter.id}: ${letter.error.type}: ${letter.error.message} · input ${JSON.stringify(letter.input)}`)
         );

@@ -1,5 +1,5 @@
 import { FaasApiError, FaasClient, FaasUnavailableError } from '../client';
-import { fakeServer, ISeen, invocations, letters, platform, square, standardRoutes } from './fakes';
+import { fakeServer, ISeen, invocations, letters, platform, square, standardRoutes, triggers } from './fakes';
 
 describe('FaasClient', () => {
   it('reads functions, the platform, invocations and dead letters', async () => {
@@ -9,11 +9,13 @@ describe('FaasClient', () => {
     expect(await client.platform()).toEqual(platform);
     expect(await client.invocations('square')).toEqual(invocations);
     expect(await client.deadLetters()).toEqual(letters);
+    expect(await client.triggers()).toEqual(triggers);
     expect(seen.map(s => s.url)).toEqual([
       'http://localhost:8888/faas/api/functions',
       'http://localhost:8888/faas/api/platform',
       'http://localhost:8888/faas/api/functions/square/invocations?limit=20',
-      'http://localhost:8888/faas/api/dead-letters'
+      'http://localhost:8888/faas/api/dead-letters',
+      'http://localhost:8888/faas/api/triggers'
     ]);
   });
 

@@ -1,7 +1,7 @@
 // Canned answers of the server extension, served by a fake fetch given to ServerConnection.makeSettings.
 import { ServerConnection } from '@jupyterlab/services';
 
-import { IDeadLetter, IFunction, IInvocation, IPlatform } from '../client';
+import { IDeadLetter, IFunction, IInvocation, IPlatform, ITrigger } from '../client';
 
 export const NOW = 1_800_000_000;
 
@@ -48,7 +48,8 @@ export const invocations: IInvocation[] = [
     worker: 'tcp://127.0.0.1:1',
     attempts: 1,
     error: 'ValueError',
-    message: 'bad x'
+    message: 'bad x',
+    trigger: 'http'
   },
   {
     id: 'a-1',
@@ -59,7 +60,33 @@ export const invocations: IInvocation[] = [
     worker: 'tcp://127.0.0.1:1',
     attempts: 1,
     error: null,
-    message: null
+    message: null,
+    trigger: 'file'
+  }
+];
+
+export const triggers: ITrigger[] = [
+  {
+    id: 'square.file',
+    kind: 'file',
+    function: 'square',
+    description: "files matching '*.txt' in /data/in",
+    every: null,
+    cron: null,
+    directory: '/data/in',
+    pattern: '*.txt',
+    files_done: 4,
+    files_failed: 1
+  },
+  {
+    id: 'other.schedule',
+    kind: 'schedule',
+    function: 'other',
+    description: 'every 30 s',
+    every: 30,
+    cron: null,
+    directory: null,
+    pattern: '*'
   }
 ];
 
@@ -121,6 +148,7 @@ export function standardRoutes(): Record<string, unknown> {
     'GET /faas/api/functions': { functions: [square] },
     'GET /faas/api/platform': platform,
     'GET /faas/api/dead-letters': { dead_letters: letters },
+    'GET /faas/api/triggers': { triggers },
     'GET /faas/api/functions/square/invocations?limit=20': { invocations },
     'DELETE /faas/api/functions/square': ''
   };

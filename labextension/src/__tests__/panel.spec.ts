@@ -41,7 +41,13 @@ describe('ServerlessPanel', () => {
     expect(text(panel, '.jp-faas-Limits')[0]).toContain('timeout 60 s · memory 256 MB · retries 0');
     expect(text(panel, '.jp-faas-Curl')[0]).toContain("curl -X POST http://localhost:8888/faas/functions/square");
     expect(text(panel, '.jp-faas-Curl')[0]).toContain('{"x":null}');
-    expect(text(panel, '.jp-faas-Invocation')).toEqual(['error · 1.50 ms · ValueError: bad x', 'ok · 2274 ms · cold']);
+    expect(text(panel, '.jp-faas-Invocation')).toEqual([
+      'error · http · 1.50 ms · ValueError: bad x',
+      'ok · file · 2274 ms · cold'
+    ]);
+    expect(text(panel, '.jp-faas-Triggers li')).toEqual([
+      "file: files matching '*.txt' in /data/in · 4 files done, 1 failed"
+    ]);
     expect(text(panel, '.jp-faas-DeadLetters li')).toEqual(['a-3: ValueError: bad x · input {"x":-1}']);
     expect(panel.node.querySelector('.jp-faas-Row.jp-mod-selected')).not.toBeNull();
     expect(seen.some(s => s.url.endsWith('/faas/api/functions/square/invocations?limit=20'))).toBe(true);
