@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -98,14 +99,18 @@ class ClusterHandle:
         """Whether the platform itself retires every worker when the keep-alive expires."""
         return self.mode == "embedded"
 
-    def worker_slots(self) -> dict[str, int]:
-        """Each connected worker's address, with the number of threads (slots) it runs."""
+    def worker_info(self) -> dict[str, tuple[int, str | None]]:
+        """Each connected worker's address, with the threads (slots) it runs and its zone, if it has one."""
         if self.mode == "embedded" and self.cluster is not None:
             # SpecCluster keeps this current from the scheduler, without a round trip.
             workers = self.cluster.scheduler_info.get("workers", {})
         else:
             workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
-        return {address: int(info.get("nthreads", 1)) for address, info in dict(workers).items()}
+        return {address: (int(info.get("nthreads", 1)), zone_of(info)) for address, info in dict(workers).items()}
+
+    def worker_slots(self) -> dict[str, int]:
+        """Each connected worker's address, with the number of threads (slots) it runs."""
+        return {address: slots for address, (slots, _) in self.worker_info().items()}
 
     def worker_count(self) -> int:
         return len(self.worker_slots())
@@ -163,6 +168,27 @@ class ClusterHandle:
                 self.cluster.close()
 
 
+def zone_of(info: dict[str, Any]) -> str | None:
+    """A worker's zone: a resource named zone-X (`dask worker --resources zone-X=1`), or its name's prefix
+    before a slash (`dask worker --name X/0`); None for a worker without one."""
+    for resource in info.get("resources") or {}:
+        if resource.startswith(("zone-", "zone_")) and len(resource) > 5:
+            return resource[5:]
+    name = str(info.get("name", ""))
+    return name.split("/", 1)[0] if "/" in name else None
+
+
+class _ZonedLocalCluster(LocalCluster):
+    """The embedded cluster, its workers named zone-0/N, zone-1/N, ... in turn: zones simulated on one machine."""
+
+    def __init__(self, *args: Any, zones: int, **kwargs: Any) -> None:
+        self._zones = zones
+        super().__init__(*args, **kwargs)
+
+    def _new_worker_name(self, worker_number: int) -> str:
+        return f"zone-{worker_number % self._zones}/{worker_number}"
+
+
 def _nanny_starting_with(method: str) -> type[Nanny]:
     """A Nanny that starts its worker process by `method`, leaving the process-wide setting alone."""
 
@@ -176,7 +202,9 @@ def _nanny_starting_with(method: str) -> type[Nanny]:
 
 
 def _embedded(maximum: int) -> ClusterHandle:
-    cluster = LocalCluster(
+    zones = _config.simulated_zones()
+    cluster_class: Any = LocalCluster if zones == 1 else functools.partial(_ZonedLocalCluster, zones=zones)
+    cluster = cluster_class(
         worker_class=_nanny_starting_with(_config.start_method()),
         n_workers=0,
         threads_per_worker=_config.slots_per_worker(),

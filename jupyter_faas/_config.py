@@ -80,6 +80,10 @@ def worker_memory() -> int:
     )
 
 
+def simulated_zones() -> int:
+    return _checked("faas.cluster.zones", lambda v: parse_count(v, "faas.cluster.zones", minimum=1))
+
+
 def start_method() -> str:
     value = _get("faas.cluster.start-method")
     if value in ("spawn", "forkserver", "fork"):
@@ -220,6 +224,7 @@ _VALIDATORS = {
     "faas.cluster.slots-per-worker": slots_per_worker,
     "faas.cluster.worker-memory": worker_memory,
     "faas.cluster.start-method": start_method,
+    "faas.cluster.zones": simulated_zones,
     "faas.cluster.dashboard-address": dashboard_address,
     "faas.cluster.address": cluster_address,
     "faas.cluster.factory": cluster_factory,

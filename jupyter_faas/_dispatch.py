@@ -60,6 +60,8 @@ class Job:
     memory: int
     deliver: Callable[[int, Outcome], None]
     keep: Callable[[int], bool]
+    # Spread this function's jobs over this many zones (None or 1: no spreading).
+    zones: int | None = None
 
 
 def _end(job: Job, outcome: Outcome) -> None:
@@ -89,6 +91,7 @@ class _Link:
         self.alive = True
         self.known: set[str] = set()
         self.worker_started: float | None = None
+        self.zone: str | None = None
         self._token = token
         self._idle: list[socket.socket] = []
         self._in_use: set[socket.socket] = set()
@@ -153,6 +156,7 @@ class DirectDispatcher:
         # Since when calls have waited while workers were there but none could run them.
         self._unusable_since: float | None = None
         self._pending: deque[Job] = deque()
+        self._zone_turns: dict[str, int] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
@@ -204,10 +208,21 @@ class DirectDispatcher:
             free = [link for link in self._links.values() if link.alive and link.busy < link.slots]
             if not free:
                 return
-            link = max(free, key=lambda candidate: candidate.slots - candidate.busy)
             job = self._pending.popleft()
+            if job.zones and job.zones > 1:
+                free = self._in_next_zone(job.name, free)
+            link = max(free, key=lambda candidate: candidate.slots - candidate.busy)
             link.busy += 1
             self._pool.submit(self._run, link, job)
+
+    def _in_next_zone(self, name: str, free: list[_Link]) -> list[_Link]:
+        """The free links of the zone whose turn it is for this function: its jobs go round the zones."""
+        zones = sorted({link.zone or "" for link in free})
+        turn = self._zone_turns.get(name, 0)
+        self._zone_turns[name] = turn + 1
+        # Among the zones that have a free slot now: a full zone's turn passes, it never makes a job wait.
+        chosen = zones[turn % len(zones)]
+        return [link for link in free if (link.zone or "") == chosen]
 
     def _run(self, link: _Link, job: Job) -> None:
         try:
@@ -313,7 +328,8 @@ class DirectDispatcher:
                 self._refresh()
 
     def _refresh(self) -> None:
-        slots = self._cluster.worker_slots()
+        info = self._cluster.worker_info()
+        slots = {address: count for address, (count, _) in info.items()}
         with self._lock:
             gone = [link for address, link in self._links.items() if address not in slots]
             new = [address for address in slots if address not in self._links]
@@ -328,5 +344,7 @@ class DirectDispatcher:
             for address in new:
                 endpoint = endpoints.get(address)
                 if endpoint is not None and address not in self._links:
-                    self._links[address] = _Link(address, (endpoint[0], int(endpoint[1])), slots[address], self._token)
+                    link = _Link(address, (endpoint[0], int(endpoint[1])), slots[address], self._token)
+                    link.zone = info[address][1]
+                    self._links[address] = link
             self._assign()

@@ -237,6 +237,7 @@ def function(
     memory: Any = None,
     retries: Any = None,
     concurrency: Any = None,
+    zones: Any = None,
 ) -> Callable[[Callable[..., Any]], FaasFunction]: ...
 
 
@@ -249,12 +250,13 @@ def function(
     memory: Any = None,
     retries: Any = None,
     concurrency: Any = None,
+    zones: Any = None,
 ) -> FaasFunction | Callable[[Callable[..., Any]], FaasFunction]:
     """Make a def a serverless function: `@function` or `@function(timeout="5s", memory="128MB")`.
 
     Free names are captured by value now, as `%%faas` does for a cell.
     """
-    limits = Limits.resolve(timeout=timeout, memory=memory, retries=retries, concurrency=concurrency)
+    limits = Limits.resolve(timeout=timeout, memory=memory, retries=retries, concurrency=concurrency, zones=zones)
 
     def wrap(target: Callable[..., Any]) -> FaasFunction:
         return FaasFunction(from_callable(target, limits, name))

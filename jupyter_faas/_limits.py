@@ -79,6 +79,8 @@ class Limits:
     memory: int
     retries: int
     concurrency: int | None
+    # Spread invocations over this many zones of workers, and keep a worker in each while warm.
+    zones: int | None = None
 
     @classmethod
     def resolve(
@@ -88,6 +90,7 @@ class Limits:
         memory: Any = None,
         retries: Any = None,
         concurrency: Any = None,
+        zones: Any = None,
         option_prefix: str = "",
     ) -> Limits:
         """Limits from user values, falling back to `faas.defaults.*` for those left as None."""
@@ -104,11 +107,13 @@ class Limits:
                 if concurrency is None
                 else parse_count(concurrency, f"{p}concurrency", minimum=1, allow_none=True)
             ),
+            zones=None if zones is None else parse_count(zones, f"{p}zones", minimum=1, allow_none=True),
         )
 
     def describe(self) -> str:
         concurrency = "unlimited" if self.concurrency is None else str(self.concurrency)
+        zones = f", zones {self.zones}" if self.zones and self.zones > 1 else ""
         return (
             f"timeout {self.timeout:g}s, memory {format_size(self.memory)}, "
-            f"retries {self.retries}, concurrency {concurrency}"
+            f"retries {self.retries}, concurrency {concurrency}{zones}"
         )

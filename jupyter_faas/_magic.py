@@ -88,6 +88,7 @@ class FaasMagics(Magics):
     @argument("--memory", help="Memory limit, e.g. 256MB, 1GiB (default faas.defaults.memory).")
     @argument("--retries", help="Retries on an exception or a lost worker (default faas.defaults.retries).")
     @argument("--concurrency", help="Most invocations running at once (default: unlimited).")
+    @argument("--zones", help="Spread invocations over this many zones of workers, and keep one warm in each.")
     @argument(
         "--http",
         action="store_true",
@@ -127,6 +128,7 @@ class FaasMagics(Magics):
                 memory=_unquote(args.memory),
                 retries=_unquote(args.retries),
                 concurrency=_unquote(args.concurrency),
+                zones=_unquote(args.zones),
                 option_prefix="--",
             )
             definition = from_cell(

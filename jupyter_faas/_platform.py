@@ -275,6 +275,7 @@ class Platform:
         self._listeners: list[Callable[[InvocationRecord], None]] = []
         self._leases: dict[str, _Lease] = {}
         self._retirements = 0
+        self._zone_floor = 1
         # Kernel side: when this platform last told its server about its work, and what it said.
         self._lease_sent = 0.0
         self._lease_busy = False
@@ -531,6 +532,8 @@ class Platform:
                 return
             self._in_flight += len(invocations)
             self._last_activity = time.monotonic()
+            # A warm zoned function keeps a worker in each of its zones, until the keep-alive retires them all.
+            self._zone_floor = max(self._zone_floor, invocations[0].definition.limits.zones or 1)
             self._scale_for_demand()
             dispatcher = self._dispatcher
         for invocation in invocations:
@@ -554,6 +557,7 @@ class Platform:
                 memory=definition.limits.memory,
                 deliver=lambda index, outcome: self._on_outcome(by_index[index], outcome),
                 keep=lambda index: self._still_wanted(by_index[index]),
+                zones=definition.limits.zones,
             )
         )
 
@@ -583,7 +587,7 @@ class Platform:
         cluster = self._cluster
         if cluster is None or not cluster.scales_on_demand:
             return
-        wanted = min(self._in_flight + self._remote_wanted()[1], cluster.maximum)
+        wanted = min(max(self._in_flight + self._remote_wanted()[1], self._zone_floor), cluster.maximum)
         if wanted > self._requested_workers:
             self._requested_workers = wanted
             cluster.scale(wanted)
@@ -765,7 +769,7 @@ class Platform:
             if self._in_flight == 0 and not self._held and self._keepalive_expired() and not self._remote_wanted()[0]:
                 return 0
             _, remote = self._remote_wanted()
-            return max(self._requested_workers, min(self._in_flight + remote, self.maximum))
+            return max(self._requested_workers, min(max(self._in_flight + remote, self._zone_floor), self.maximum))
 
     def begin_retire(self) -> bool:
         """Start holding new invocations, if nothing is in flight and the keep-alive has passed."""
@@ -785,6 +789,7 @@ class Platform:
             self._retiring = False
             self._retirements += 1
             self._requested_workers = 0
+            self._zone_floor = 1
             held = list(self._held)
             self._held.clear()
         for invocations in held:

@@ -212,3 +212,12 @@ def test_a_call_waiting_for_workers_that_never_start_jupyter_faas_fails_clearly(
             worker.kill()
             worker.wait(timeout=20)
         _stop(scheduler)
+
+
+def test_a_workers_zone_comes_from_a_resource_or_its_name() -> None:
+    from jupyter_faas._cluster import zone_of
+
+    assert zone_of({"name": "x", "resources": {"zone-eu1": 1}}) == "eu1"
+    assert zone_of({"name": "b/3", "resources": {}}) == "b"
+    assert zone_of({"name": 3}) is None
+    assert zone_of({"name": "worker-1", "resources": {"GPU": 1}}) is None

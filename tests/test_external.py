@@ -239,3 +239,69 @@ def test_workers_on_separate_hosts_with_their_own_addresses(
             platform.shutdown()
         for process in reversed(processes):
             stop_process_group(process)
+
+
+# -- zones: high availability in small ------------------------------------------------------------------
+
+
+@function(zones=2, retries=2, timeout="30s")
+def zoned(x: int) -> int:
+    import time
+
+    time.sleep(0.02)
+    return x + 1
+
+
+def zone_of(cluster_info: dict[str, dict], worker: str) -> str:
+    return str(cluster_info[worker]["name"]).split("/", 1)[0]
+
+
+def test_a_zoned_function_spreads_over_zones_and_survives_losing_one(
+    own_platform: Callable[..., Platform], tmp_path: Path
+) -> None:
+    scheduler, address = start_scheduler(tmp_path, "127.0.0.1")
+    workers = []
+    platform = None
+    try:
+        for zone in ("a", "b"):
+            command = [DASK, "worker", address, "--nthreads", "2", "--host", "127.0.0.1", "--no-dashboard",
+                       "--name", f"{zone}/0"]  # fmt: skip
+            workers.append(spawn(command, tmp_path))
+        cluster = ExternalCluster(address, scheduler, workers)
+        wait_for(lambda: len(cluster.worker_addresses()) == 2, 60, "a worker in each zone")
+        with Client(address, timeout="10s") as client:
+            info = client.scheduler_info(n_workers=-1)["workers"]
+        platform = own_platform({"faas.cluster.address": address})
+        # Spread: calls one at a time still land in both zones, turn by turn.
+        assert [zoned(x) for x in range(10)] == list(range(1, 11))
+        zones = [zone_of(info, r.worker) for r in zoned.invocations[-10:]]
+        assert set(zones) == {"a", "b"}
+        assert max(zones.count("a"), zones.count("b")) <= 6
+        # Lose every worker of zone a mid-load: the function keeps answering, and nothing is lost.
+        results = platform.map(zoned._definition, [((x,), {}) for x in range(300)])
+        wait_for(lambda: results.done >= 40, 60, "the load to be under way")
+        os.killpg(workers[0].pid, signal.SIGKILL)
+        assert results.wait(timeout=120)
+        assert results.errors == [None] * 300
+        assert results.values == [x + 1 for x in range(300)]
+        assert zoned(41) == 42
+        assert zone_of(info, zoned.invocations[-1].worker) == "b"
+    finally:
+        if platform is not None:
+            platform.shutdown()
+        for process in [*workers, scheduler]:
+            stop_process_group(process)
+
+
+def test_the_embedded_cluster_can_simulate_zones(own_platform: Callable[..., Platform]) -> None:
+    platform = own_platform({"faas.cluster.zones": 2, "faas.cluster.maximum": 2, "faas.cluster.idle-timeout": "30s"})
+    assert zoned(1) == 2
+    # While a zoned function is warm, the platform keeps a worker in each zone.
+    wait_for(lambda: platform.workers == 2, 30, "a worker per zone")
+    # Calls never wait for a zone: until the second worker's sandboxes are up, they all go to the first.
+    wait_for(lambda: platform._dispatcher.capacity() == 4, 30, "both workers' sandboxes")  # type: ignore[union-attr]
+    assert [zoned(x) for x in range(6)] == list(range(1, 7))
+    names = {str(info["name"]).split("/", 1)[0] for info in platform.client.scheduler_info()["workers"].values()}
+    assert names == {"zone-0", "zone-1"}
+    used = {r.worker for r in zoned.invocations[-6:]}
+    assert len(used) == 2

@@ -161,3 +161,11 @@ def test_any_magic_line_defines_or_is_one_usage_error(line: str) -> None:
     shell.run_line_magic("load_ext", "jupyter_faas")
     result = shell.run_cell(f"%%faas {line}\n1")
     assert result.success or isinstance(result.error_in_exec, UsageError), repr(result.error_in_exec)
+
+
+def test_zones_on_the_magic_line(shell: InteractiveShell) -> None:
+    run_ok(shell, "%%faas spread x --zones 2\nx")
+    assert shell.user_ns["spread"].limits.zones == 2
+    assert "zones 2" in shell.user_ns["spread"].limits.describe()
+    with pytest.raises(UsageError, match="--zones"):
+        shell.run_cell_magic("faas", "spread x --zones 0", "x")
