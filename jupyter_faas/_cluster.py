@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import dask.config
 from distributed import Adaptive, Client, LocalCluster, Nanny
 
-from jupyter_faas import _config
+from jupyter_faas import _config, _versions
 from jupyter_faas._errors import FaasError
 from jupyter_faas._invoker import SandboxPlugin
 
@@ -269,6 +269,13 @@ def connect(token: str, hooks: ScalingHooks) -> ClusterHandle:
         handle = _from_factory(factory, maximum, hooks)
     else:
         handle = _embedded(maximum)
+    if handle.mode != "embedded":
+        # Before anything is pickled across: a mismatch would otherwise surface as an opaque traceback.
+        try:
+            _versions.check(handle.client)
+        except BaseException:
+            handle.close()
+            raise
     plugin = SandboxPlugin(token)
     try:
         handle.client.register_plugin(plugin, name=plugin.name)

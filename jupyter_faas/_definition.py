@@ -5,13 +5,18 @@ from __future__ import annotations
 import ast
 import builtins
 import dis
+import functools
 import hashlib
 import inspect
 import keyword
 import linecache
+import os
+import site
+import sys
+import sysconfig
 import types
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +48,8 @@ class FunctionDefinition:
     limits: Limits
     reusable: bool
     captured: tuple[str, ...]
+    # Packages it declares it needs (pip requirement strings).
+    requirements: tuple[str, ...] = ()
 
     @property
     def short_version(self) -> str:
@@ -178,7 +185,54 @@ def _reusable(function: types.FunctionType, captured: Mapping[str, Any]) -> bool
     return all(_is_immutable(v) for v in [*captured.values(), *defaults, *cells])
 
 
+# Never shipped by value, even when not installed as packages: the worker has its own (or needs none).
+_NEVER_SHIPPED = frozenset(
+    {"jupyter_faas", "IPython", "ipykernel", "ipywidgets", "jupyter_client", "jupyter_core", "jupyter_server",
+     "jupyterlab", "notebook", "traitlets", "__main__", CELL_MODULE}
+)  # fmt: skip
+
+
+@functools.cache
+def _installed_roots() -> tuple[str, ...]:
+    """Where installed code lives: the standard library and every site-packages folder."""
+    roots = {path for key in ("stdlib", "platstdlib", "purelib", "platlib") if (path := sysconfig.get_path(key))}
+    roots.update(site.getsitepackages())
+    roots.add(site.getusersitepackages())
+    return tuple(os.path.realpath(root) + os.sep for root in roots)
+
+
+def local_modules(values: Iterable[Any]) -> list[types.ModuleType]:
+    """The modules behind `values` that are not installed packages: a helpers.py beside the notebook, or a
+    package folder in the working directory. Each comes as its top-level module."""
+    found: dict[str, types.ModuleType] = {}
+    for value in values:
+        module_name = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+        if not isinstance(module_name, str):
+            module_name = type(value).__module__
+        top = sys.modules.get(module_name.split(".")[0])
+        path = getattr(top, "__file__", None)
+        if top is None or not path or top.__name__ in _NEVER_SHIPPED or top.__name__ in found:
+            continue
+        if not os.path.realpath(path).startswith(_installed_roots()):
+            found[top.__name__] = top
+    return list(found.values())
+
+
 def _serialize(name: str, function: types.FunctionType, captured: Mapping[str, Any]) -> bytes:
+    # Local modules travel by value, so a worker without the file can run the function.
+    shipped = [
+        m for m in local_modules(captured.values()) if m.__name__ not in cloudpickle.list_registry_pickle_by_value()
+    ]
+    for module in shipped:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return _dumps(name, function, captured)
+    finally:
+        for module in shipped:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _dumps(name: str, function: types.FunctionType, captured: Mapping[str, Any]) -> bytes:
     try:
         return cloudpickle.dumps(function, protocol=5)
     except Exception as whole_error:

@@ -238,6 +238,7 @@ def function(
     retries: Any = None,
     concurrency: Any = None,
     zones: Any = None,
+    requirements: Iterable[str] = (),
 ) -> Callable[[Callable[..., Any]], FaasFunction]: ...
 
 
@@ -251,6 +252,7 @@ def function(
     retries: Any = None,
     concurrency: Any = None,
     zones: Any = None,
+    requirements: Iterable[str] = (),
 ) -> FaasFunction | Callable[[Callable[..., Any]], FaasFunction]:
     """Make a def a serverless function: `@function` or `@function(timeout="5s", memory="128MB")`.
 
@@ -259,6 +261,11 @@ def function(
     limits = Limits.resolve(timeout=timeout, memory=memory, retries=retries, concurrency=concurrency, zones=zones)
 
     def wrap(target: Callable[..., Any]) -> FaasFunction:
-        return FaasFunction(from_callable(target, limits, name))
+        definition = from_callable(target, limits, name)
+        if requirements:
+            from jupyter_faas._requirements import with_requirements
+
+            definition = with_requirements(definition, requirements)
+        return FaasFunction(definition)
 
     return wrap if fn is None else wrap(fn)

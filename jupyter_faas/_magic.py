@@ -17,6 +17,7 @@ from jupyter_faas._definition import DefinitionError, check_name, from_cell
 from jupyter_faas._errors import FaasError
 from jupyter_faas._function import FaasFunction
 from jupyter_faas._limits import LimitError, Limits
+from jupyter_faas._requirements import with_requirements
 
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _LINE_COMMANDS = ("config", "status", "shutdown")
@@ -90,6 +91,12 @@ class FaasMagics(Magics):
     @argument("--concurrency", help="Most invocations running at once (default: unlimited).")
     @argument("--zones", help="Spread invocations over this many zones of workers, and keep one warm in each.")
     @argument(
+        "--requirements",
+        nargs="+",
+        metavar="REQ",
+        help='Packages the function needs, e.g. "pillow>=10" numpy: checked here, installed on other clusters.',
+    )
+    @argument(
         "--http",
         action="store_true",
         help="Also deploy it as an HTTP endpoint of this notebook's Jupyter server (or of `jupyter faas serve`).",
@@ -139,6 +146,8 @@ class FaasMagics(Magics):
                 params=args.params,
                 magic_line=line.strip(),
             )
+            if args.requirements:
+                definition = with_requirements(definition, [_unquote(r) or "" for r in args.requirements])
         except (LimitError, DefinitionError) as e:
             raise UsageError(str(e)) from None
         function = FaasFunction(definition)

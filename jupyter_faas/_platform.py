@@ -276,6 +276,8 @@ class Platform:
         self._leases: dict[str, _Lease] = {}
         self._retirements = 0
         self._zone_floor = 1
+        # Requirement sets already installed on this platform's cluster (their PipInstall plugin names).
+        self._installed: set[str] = set()
         # Kernel side: when this platform last told its server about its work, and what it said.
         self._lease_sent = 0.0
         self._lease_busy = False
@@ -466,6 +468,7 @@ class Platform:
         run, in its record.
         """
         self.start()
+        self._ensure_requirements(definition)
         future = InvocationFuture()
         future.id = f"{self._id_prefix}-{next(self._ids)}"
         sink = _FutureSink(future)
@@ -485,6 +488,7 @@ class Platform:
     def map(self, definition: FunctionDefinition, calls: Sequence[tuple[tuple, dict]]) -> MapResults:
         """Invocations of many calls, sent in batches; results arrive in a MapResults in input order."""
         self.start()
+        self._ensure_requirements(definition)
         results = MapResults(len(calls))
         if not calls:
             return results
@@ -518,6 +522,29 @@ class Platform:
         for batch in admitted:
             self._launch(batch)
         return results
+
+    def _ensure_requirements(self, definition: FunctionDefinition) -> None:
+        """On a cluster with its own environment, install what the function declares, once, before it runs."""
+        requirements = definition.requirements
+        cluster = self._cluster
+        if not requirements or cluster is None or cluster.mode not in ("address", "factory"):
+            return
+        from jupyter_faas._requirements import plugin_name
+
+        name = plugin_name(requirements)
+        with self._lock:
+            if name in self._installed:
+                return
+        from distributed.diagnostics.plugin import PipInstall
+
+        try:
+            cluster.client.register_plugin(PipInstall(list(requirements), restart_workers=False), name=name)
+        except Exception as e:
+            raise FaasError(
+                f"{definition.name}: installing {', '.join(requirements)} on the workers failed: {e}"
+            ) from None
+        with self._lock:
+            self._installed.add(name)
 
     def _launch(self, invocations: list[_Invocation]) -> None:
         invocations = [invocation for invocation in invocations if self._started(invocation)]

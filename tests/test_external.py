@@ -305,3 +305,72 @@ def test_the_embedded_cluster_can_simulate_zones(own_platform: Callable[..., Pla
     assert names == {"zone-0", "zone-1"}
     used = {r.worker for r in zoned.invocations[-6:]}
     assert len(used) == 2
+
+
+# -- local modules travel with the function -------------------------------------------------------------
+
+
+def test_a_local_helpers_module_travels_to_a_worker_that_does_not_have_it(
+    own_platform: Callable[..., Platform], external: ExternalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    from jupyter_faas._definition import from_cell
+    from jupyter_faas._limits import Limits
+
+    folder = tmp_path / "notebook_folder"
+    folder.mkdir()
+    (folder / "faas_test_helpers.py").write_text("def double(x):\n    return 2 * x\n\nFACTOR = 3\n")
+    monkeypatch.syspath_prepend(str(folder))
+    helpers = importlib.import_module("faas_test_helpers")
+    try:
+        own_platform({"faas.cluster.address": external.address})
+        # The external workers run in another folder, with PYTHONPATH cleared: faas_test_helpers is not there.
+        fn = FaasFunction(
+            from_cell("helpers.double(x) * helpers.FACTOR", {"helpers": helpers}, Limits.resolve(), "triple", ["x"])
+        )
+        assert fn(7) == 42
+        assert fn.invocations[-1].worker in external.worker_addresses()
+    finally:
+        sys.modules.pop("faas_test_helpers", None)
+
+
+def test_installed_packages_and_jupyter_are_never_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import cloudpickle
+    import IPython
+
+    import jupyter_faas
+    from jupyter_faas._definition import local_modules
+
+    (tmp_path / "faas_local_pkg").mkdir()
+    (tmp_path / "faas_local_pkg" / "__init__.py").write_text("")
+    (tmp_path / "faas_local_pkg" / "tools.py").write_text("def f():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tools = importlib.import_module("faas_local_pkg.tools")
+    try:
+        shipped = local_modules([tools.f, cloudpickle, IPython, jupyter_faas, json, os.path.join])
+        assert [module.__name__ for module in shipped] == ["faas_local_pkg"]
+    finally:
+        for name in ("faas_local_pkg.tools", "faas_local_pkg"):
+            sys.modules.pop(name, None)
+
+
+def test_requirements_are_installed_on_an_external_cluster_before_the_first_call(
+    own_platform: Callable[..., Platform], external: ExternalCluster
+) -> None:
+    own_platform({"faas.cluster.address": external.address})
+
+    @function(requirements=["six>=1"])
+    def uses_six(x: int) -> str:
+        import six
+
+        return six.text_type(x)
+
+    assert uses_six(5) == "5"
+    with Client(external.address, timeout="10s") as client:
+        plugins = client.run_on_scheduler(
+            lambda dask_scheduler: [*dask_scheduler.plugins, *dask_scheduler.worker_plugins]
+        )
+    assert any(name.startswith("jupyter-faas-pip-") for name in plugins)

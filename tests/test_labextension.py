@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,9 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 BIN = Path(sys.executable).parent
 
 
-def _run(command: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+def _run(command: list[str], cwd: Path, timeout: float, **extra: str) -> subprocess.CompletedProcess:
     # jlpm and jupyter come from this environment, whatever PATH the test runner was started with.
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "CI": "1"}
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "CI": "1", **extra}
     env["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"  # Playwright's own download is refused here; chromium is Debian's
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -72,7 +73,11 @@ def test_galata_ui_tests_pass_in_debian_chromium() -> None:
     ui_tests = LABEXTENSION / "ui-tests"
     install = _run([str(BIN / "jlpm"), "install"], ui_tests, timeout=600)
     assert install.returncode == 0, install.stdout[-4000:] + install.stderr[-4000:]
-    result = _run([str(BIN / "jlpm"), "playwright", "test"], ui_tests, timeout=780)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # A port of the run's own: a JupyterLab already on Galata's 8888 must not stop the tests.
+    result = _run([str(BIN / "jlpm"), "playwright", "test"], ui_tests, timeout=780, FAAS_UI_PORT=str(port))
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " 5 passed" in result.stdout
     assert (ui_tests / "screenshots" / "sidebar.png").is_file()

@@ -169,3 +169,14 @@ def test_zones_on_the_magic_line(shell: InteractiveShell) -> None:
     assert "zones 2" in shell.user_ns["spread"].limits.describe()
     with pytest.raises(UsageError, match="--zones"):
         shell.run_cell_magic("faas", "spread x --zones 0", "x")
+
+
+def test_a_missing_requirement_fails_the_definition_with_the_install_command(shell: InteractiveShell) -> None:
+    with pytest.raises(UsageError, match=r"needs no-such-faas-package>=1 \(not installed\).*pip install 'no-such-faas"):
+        shell.run_cell_magic("faas", "needy x --requirements 'no-such-faas-package>=1'", "x")
+    with pytest.raises(UsageError, match=r"cloudpickle>=999 \(\d+\.\d+\.\d+ is installed\)"):
+        shell.run_cell_magic("faas", "needy x --requirements cloudpickle>=999", "x")
+    with pytest.raises(UsageError, match="is not a pip requirement"):
+        shell.run_cell_magic("faas", "needy x --requirements 'pillow>>10'", "x")
+    run_ok(shell, "%%faas needy x --requirements cloudpickle>=1 dask\nx")
+    assert shell.user_ns["needy"]._definition.requirements == ("cloudpickle>=1", "dask")
