@@ -370,12 +370,13 @@ class TriggerRunner:
 
         def done(future: Future) -> None:
             failed = future.exception() is not None
+            if failed:
+                # Dead-lettered before it is marked: a file marked failed always has its letter.
+                state.failed += 1
+                self._failed(state.spec, (str(path),), future)
             invocation = getattr(future, "id", "")
             state.progress.mark(key, "failed" if failed else "done", invocation)  # type: ignore[union-attr]
             state.running.discard(key)
-            if failed:
-                state.failed += 1
-                self._failed(state.spec, (str(path),), future)
 
         if self._launch(state.spec.function, args, "file", done):
             state.fired += 1
