@@ -47,14 +47,6 @@ def undeploy(name: str) -> bool:
     return registry.undeploy(name)
 
 
-def endpoint_url(name: str) -> str | None:
-    try:
-        _, url, _ = _target()
-    except FaasError:
-        return None
-    return f"{url}faas/functions/{name}"
-
-
 def _store() -> TriggerStore:
     _, _, store = _target()
     if store is None:

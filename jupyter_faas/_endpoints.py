@@ -18,7 +18,8 @@ from typing import Any
 
 from jupyter_faas import _config
 from jupyter_faas._deadletters import DeadLetters
-from jupyter_faas._errors import FaasMemoryError, FaasTimeout, RemoteError, RemoteTraceback, WorkerLost
+from jupyter_faas._definition import FunctionDefinition
+from jupyter_faas._errors import FaasMemoryError, FaasTimeout, RemoteError, RemoteTraceback, WorkerLost, type_name
 from jupyter_faas._metrics import Metrics
 from jupyter_faas._openapi import document
 from jupyter_faas._platform import NoCapacity, Platform, pack_calls
@@ -93,6 +94,12 @@ def annotation_name(annotation: Any) -> str | None:
     if isinstance(annotation, type) and annotation.__name__ in (*_JSON_TYPES, "bytes"):
         return annotation.__name__
     return None
+
+
+def takes_bytes(definition: FunctionDefinition) -> bool:
+    """Whether the function's first parameter is annotated `bytes`: it gets a file's contents, or a raw body."""
+    parameters = list(definition.signature.parameters.values())
+    return bool(parameters) and annotation_name(parameters[0].annotation) == "bytes"
 
 
 def is_json(content_type: str) -> bool:
@@ -203,10 +210,7 @@ class Endpoints:
 
     def _takes_bytes(self, name: str) -> bool:
         deployment = self.registry.get(name)
-        if deployment is None:
-            return False
-        parameters = list(deployment.definition.signature.parameters.values())
-        return bool(parameters) and annotation_name(parameters[0].annotation) == "bytes"
+        return deployment is not None and takes_bytes(deployment.definition)
 
     def trigger_list(self) -> list[dict[str, Any]]:
         return [] if self.triggers is None else self.triggers.list()
@@ -372,7 +376,7 @@ class Endpoints:
             return HttpError(500, "MemoryError", str(error))
         if isinstance(error, WorkerLost):
             return HttpError(500, "WorkerLost", str(error))
-        kind = error.type_name if isinstance(error, RemoteError) else type(error).__name__
+        kind = type_name(error)
         message = error.message if isinstance(error, RemoteError) else str(error)
         extra: dict[str, Any] = {}
         cause = error.__cause__

@@ -30,6 +30,11 @@ class RemoteError(FaasError):
         self.message = message
 
 
+def type_name(error: BaseException) -> str:
+    """The name of the error's type as the function raised it, also when it could not be rebuilt here."""
+    return error.type_name if isinstance(error, RemoteError) else type(error).__name__
+
+
 class RemoteTraceback(Exception):
     """Carries the function's own traceback text, chained as the cause of the re-raised error."""
 

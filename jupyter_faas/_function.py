@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from jupyter_faas import _platform
 from jupyter_faas._definition import FunctionDefinition, from_callable
-from jupyter_faas._errors import RemoteError
+from jupyter_faas._errors import type_name
 from jupyter_faas._limits import Limits
 from jupyter_faas._records import InvocationRecord
 
@@ -218,7 +218,7 @@ def _dead_letter_if_failed(
 
     # In the JSON form an HTTP replay can send: positional arguments as an array, keywords as an object.
     body = json.dumps(list(args) if not kwargs else {**kwargs}, default=repr).encode()
-    kind = error.type_name if isinstance(error, RemoteError) else type(error).__name__
+    kind = type_name(error)
     DeadLetters(dead_letters_path(_config.state_dir())).add(
         future.id,  # type: ignore[attr-defined]
         definition.name, definition.version, "application/json", body, {"type": kind, "message": str(error)},

@@ -40,13 +40,6 @@ def _schema(annotation: Any) -> dict[str, Any]:
     return dict(_SCHEMAS.get(name or "", {}))
 
 
-def _takes_bytes(deployment: Deployment) -> bool:
-    from jupyter_faas._endpoints import annotation_name
-
-    parameters = list(deployment.definition.signature.parameters.values())
-    return bool(parameters) and annotation_name(parameters[0].annotation) == "bytes"
-
-
 def _request_schemas(deployment: Deployment) -> dict[str, Any]:
     """Keyword arguments as an object, positional ones as an array; bytes when the first parameter asks."""
     signature: inspect.Signature = deployment.definition.signature
@@ -74,7 +67,9 @@ def _request_schemas(deployment: Deployment) -> dict[str, Any]:
     if not any(p.kind == p.VAR_POSITIONAL for p in signature.parameters.values()):
         array["maxItems"] = len(positional)
     content: dict[str, Any] = {"application/json": {"schema": {"oneOf": [keywords, array]}}}
-    if _takes_bytes(deployment):
+    from jupyter_faas._endpoints import takes_bytes
+
+    if takes_bytes(deployment.definition):
         content["application/octet-stream"] = {
             "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
         }
