@@ -160,6 +160,10 @@ def log_max_records() -> int:
     return _checked("faas.log.max-records", lambda v: parse_count(v, "faas.log.max-records", minimum=1))
 
 
+def log_max_output() -> int:
+    return _checked("faas.log.max-output", lambda v: parse_size(v, "faas.log.max-output", minimum=0))
+
+
 def http_max_body() -> int:
     return _checked("faas.http.max-body", lambda v: parse_size(v, "faas.http.max-body", minimum=1))
 
@@ -232,6 +236,7 @@ _VALIDATORS = {
     "faas.state-dir": state_dir,
     "faas.log.enabled": log_enabled,
     "faas.log.max-records": log_max_records,
+    "faas.log.max-output": log_max_output,
     "faas.http.max-body": http_max_body,
     "faas.http.queue-timeout": http_queue_timeout,
     "faas.http.tracebacks": http_tracebacks,

@@ -293,6 +293,14 @@ def from_callable(function: Callable[..., Any], limits: Limits, name: str | None
     if name is None and function.__name__ == "<lambda>":
         raise DefinitionError("a lambda needs a name: function(name='double')(lambda x: 2 * x)")
     name = check_name(name or function.__name__)
+    for variable, cell in zip(function.__code__.co_freevars, function.__closure__ or (), strict=True):
+        try:
+            cell.cell_contents  # noqa: B018
+        except ValueError:
+            raise DefinitionError(
+                f"{name} uses {variable}, which has no value yet where {name} is defined: "
+                f"assign {variable} before the def, or pass it as an argument"
+            ) from None
     module_globals = function.__globals__
     captured = _capture(name, function, [module_globals], lambda f: f.__globals__ is module_globals)
     filename = function.__code__.co_filename

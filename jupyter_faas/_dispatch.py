@@ -45,6 +45,8 @@ class Outcome:
     error: tuple[str, str, str, bytes | None] | None = None
     worker: str | None = None
     worker_started: float | None = None
+    # (segments of output not streamed before, bytes dropped), or None when the worker sent none.
+    output: tuple[list[tuple[str, str]], int] | None = None
 
 
 @dataclass(slots=True)
@@ -62,6 +64,9 @@ class Job:
     keep: Callable[[int], bool]
     # Spread this function's jobs over this many zones (None or 1: no spreading).
     zones: int | None = None
+    # Bytes of output each invocation keeps; and where output of a running invocation goes.
+    max_output: int = 0
+    stream: Callable[[int, list[tuple[str, str]], int], None] | None = None
 
 
 def _end(job: Job, outcome: Outcome) -> None:
@@ -77,7 +82,7 @@ def _end_as_lost(job: Job, message: str, worker: str | None = None) -> None:
 
 def _request(job: Job, with_package: bool) -> tuple:
     package = job.package if with_package else None
-    return ("run", job.name, job.version, package, job.blob, job.indices, job.timeout, job.memory)
+    return ("run", job.name, job.version, package, job.blob, job.indices, job.timeout, job.memory, job.max_output)
 
 
 class _Link:
@@ -264,13 +269,17 @@ class DirectDispatcher:
                 if kind == "missing":
                     _wire.send(sock, _request(job, with_package=True))
                     continue
+                if kind == "output":
+                    if job.stream is not None:
+                        job.stream(*rest)
+                    continue
                 link.known.add(job.version)
                 for index, answer in rest[0]:
-                    status, value, started, finished, fresh, peak, error = answer
-                    job.deliver(
-                        index,
-                        Outcome(status, value, started, finished, fresh, peak, error, link.worker, link.worker_started),
+                    status, value, started, finished, fresh, peak, error, output = answer
+                    outcome = Outcome(
+                        status, value, started, finished, fresh, peak, error, link.worker, link.worker_started, output
                     )
+                    job.deliver(index, outcome)
                     answered += 1
                 if kind == "done":
                     break

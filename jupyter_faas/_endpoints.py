@@ -330,12 +330,20 @@ class Endpoints:
             pending.outcome = {"status": "error", "error": e.body()["error"]}
 
     def invocation(self, invocation_id: str) -> dict[str, Any]:
+        """An asynchronous invocation's state and outcome, or any finished invocation's record, with its output."""
         with self._lock:
             pending = self._pending.get(invocation_id)
+        record = self.platform.find_record(invocation_id)
         if pending is None:
-            raise HttpError(404, "NotFound", f"no asynchronous invocation {invocation_id!r} is known here")
+            if record is None:
+                raise HttpError(404, "NotFound", f"no invocation {invocation_id!r} is known here")
+            return _finite(record.to_dict())
         if pending.outcome is not None:
-            return {"id": invocation_id, "function": pending.name, **pending.outcome}
+            answer = {"id": invocation_id, "function": pending.name, **pending.outcome}
+            if record is not None:
+                answer["output"] = record.output
+                answer["record"] = _finite(record.to_dict())
+            return answer
         status = "running" if pending.future.running() else "queued"
         return {"id": invocation_id, "function": pending.name, "status": status}
 

@@ -67,8 +67,15 @@ class FaasFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        future = self.submit(*args, **kwargs)
+        from jupyter_faas._display import CallOutput
+
+        self._check_arguments(args, kwargs)
+        blob = _platform.pack_calls(self.name, [(args, kwargs)])
+        output = CallOutput(self.name)
+        future = _platform.current().invoke(self._definition, blob, on_output=output.collect)
         try:
+            # What the function prints appears here as it runs, as it would for a local call.
+            output.wait(future)
             return future.result()
         except BaseException as error:
             if not future.done():
@@ -96,6 +103,10 @@ class FaasFunction:
             # Invocations not yet started are dropped; those already running finish and are recorded.
             results.cancelled = True
             raise
+        if results.with_output:
+            from jupyter_faas._display import show_map_output
+
+            show_map_output(self.name, results.shown, results.with_output, results.output_lines)
         if return_exceptions:
             pairs = zip(results.values, results.errors, strict=True)
             return [value if error is None else error for value, error in pairs]
@@ -178,6 +189,21 @@ class FaasFunction:
         """Records of this function's invocations, newest last."""
         return _platform.current(start=False).records(self.name)
 
+    def logs(self, n: int = 20) -> str:
+        """What the newest `n` invocations that wrote anything printed or logged, oldest first, as text.
+
+        Output no longer kept in memory is read back from the durable log.
+        """
+        from jupyter_faas._display import logs_text
+
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{self.name}.logs(): n must be a positive whole number, got {n!r}")
+        platform = _platform.current(start=False)
+        records = [record for record in platform.records(self.name) if record.output != ""][-n:]
+        if any(record.output is None for record in records):
+            records = _with_logged_output(self.name, records)
+        return logs_text(self.name, records)
+
     def stats(self) -> dict[str, Any]:
         """Invocations, errors, cold starts and end-to-end latency percentiles (ms)."""
         return _platform.current(start=False).stats(self.name)
@@ -223,6 +249,22 @@ def _dead_letter_if_failed(
         future.id,  # type: ignore[attr-defined]
         definition.name, definition.version, "application/json", body, {"type": kind, "message": str(error)},
     )  # fmt: skip
+
+
+def _with_logged_output(name: str, records: list[InvocationRecord]) -> list[InvocationRecord]:
+    """The records, with output that memory no longer holds read back from the durable log where it can be."""
+    from jupyter_faas import _config
+    from jupyter_faas._log import LogError, read_invocations
+
+    try:
+        since = min(record.submitted for record in records)
+        logged = {r.id: r.output for r in read_invocations(_config.state_dir(), name, since=since)}
+    except (LogError, _config.ConfigError):
+        return records
+    for record in records:
+        if record.output is None:
+            record.output = logged.get(record.id)
+    return records
 
 
 @overload

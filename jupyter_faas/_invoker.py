@@ -34,9 +34,12 @@ _FLUSH_INTERVAL = 0.01
 # Function packages a worker keeps for its sandboxes; the oldest are dropped first.
 _PACKAGES_KEPT = 256
 
-# (status, value, started, finished, fresh, peak_memory, error) for one invocation.
+# (status, value, started, finished, fresh, peak_memory, error, output) for one invocation; output is
+# (segments not yet streamed, bytes dropped) or None.
 Answer = tuple
 OnAnswer = Callable[[int, Answer], None]
+# (index, segments, bytes dropped so far): output of a call still running.
+OnOutput = Callable[[int, list, int], None]
 
 
 # -I keeps the worker's current directory off the path: the sandbox must import this very jupyter_faas.
@@ -54,6 +57,7 @@ class Batch:
     blob: bytes
     timeout: float
     memory: int
+    max_output: int
 
 
 class SandboxGone(Exception):
@@ -72,7 +76,7 @@ def _exit_description(code: int | None) -> str:
 
 
 def _failure(status: str, type_name: str, message: str, started: float, fresh: bool, peak: int | None) -> Answer:
-    return (status, b"", started, time.time(), fresh, peak, (type_name, message, "", None))
+    return (status, b"", started, time.time(), fresh, peak, (type_name, message, "", None), None)
 
 
 class Sandbox:
@@ -126,7 +130,7 @@ class Sandbox:
             self.process.wait(timeout=10)
         self.conn.close()
 
-    def run(self, batch: Batch, indices: list[int], on_answer: OnAnswer) -> int:
+    def run(self, batch: Batch, indices: list[int], on_answer: OnAnswer, on_output: OnOutput) -> int:
         """Run the batch's calls at `indices`, answering each; returns how many were answered.
 
         Fewer than all means the sandbox was killed (timeout, memory) or died; the last one answered
@@ -160,6 +164,9 @@ class Sandbox:
                 message = f"the process running {name} {self._died()}"
                 on_answer(index, _failure("error", "SandboxExit", message, time.time(), fresh, None))
                 return answered + 1
+            if answer[0] == "output":
+                on_output(*answer[1:])
+                continue
             if answer[0] == "missing":
                 self._send(batch, indices, with_package=True)
                 continue
@@ -176,7 +183,7 @@ class Sandbox:
 
     def _send(self, batch: Batch, indices: list[int], with_package: bool) -> None:
         package = batch.package if with_package else None
-        request = ("run", batch.version, package, batch.blob, indices, batch.memory)
+        request = ("run", batch.version, package, batch.blob, indices, batch.memory, batch.max_output)
         try:
             self.conn.send_bytes(pickle.dumps(request, protocol=5))
         except OSError:
@@ -232,7 +239,7 @@ class Invoker:
             self._all.discard(sandbox)
         sandbox.kill()
 
-    def invoke(self, batch: Batch, indices: list[int], on_answer: OnAnswer) -> None:
+    def invoke(self, batch: Batch, indices: list[int], on_answer: OnAnswer, on_output: OnOutput) -> None:
         """Run every call at `indices`, each with its own timeout; a killed sandbox is replaced mid-batch."""
         name = batch.name
         remaining = list(indices)
@@ -244,7 +251,7 @@ class Invoker:
                     on_answer(index, _failure("error", "SandboxExit", f"{name}: {gone}", time.time(), False, None))
                 return
             try:
-                answered = sandbox.run(batch, remaining, on_answer)
+                answered = sandbox.run(batch, remaining, on_answer, on_output)
             except SandboxGone as gone:
                 sandbox.kill()
                 message = f"the process running {name} {gone}"
@@ -314,7 +321,7 @@ class InvokerServer:
             sock.close()
 
     def _handle(self, sock: socket.socket, request: tuple) -> None:
-        _, name, version, package, blob, indices, timeout, memory = request
+        _, name, version, package, blob, indices, timeout, memory, max_output = request
         with self._packages_lock:
             if package is not None:
                 self._packages[version] = package
@@ -338,7 +345,12 @@ class InvokerServer:
                 pending.clear()
                 last_flush = now
 
-        self.invoker.invoke(Batch(name, version, package, blob, timeout, memory), indices, on_answer)
+        def on_output(index: int, segments: list, dropped: int) -> None:
+            # At once: the caller of a running invocation is waiting to see it.
+            _wire.send(sock, ("output", index, segments, dropped))
+
+        batch = Batch(name, version, package, blob, timeout, memory, max_output)
+        self.invoker.invoke(batch, indices, on_answer, on_output)
         _wire.send(sock, ("done", pending))
 
     def close(self) -> None:

@@ -153,7 +153,7 @@ def document(deployments: Sequence[Deployment], base_url: str, version: str) -> 
     paths[f"{api}/platform"] = {"get": _get("Workers, maximum, keep-alive and scale events.", any_object)}
     paths[f"{api}/invocations/{{id}}"] = {
         "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "get": _get("An asynchronous invocation's status, and its result or error.", any_object),
+        "get": _get("An invocation's status, its result or error, and its output.", any_object),
     }
     paths[f"{api}/dead-letters"] = {"get": _get("Invocations that failed after their retries.", any_object)}
     paths[f"{api}/health"] = {"get": _get("Liveness; needs no token.", any_object, secured=False)}

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import cloudpickle
 
 from jupyter_faas import _config
+from jupyter_faas._capture import Segments, cut_marker
 from jupyter_faas._cluster import ClusterHandle, connect
 from jupyter_faas._cost import Comparison, compare
 from jupyter_faas._definition import FunctionDefinition
@@ -39,6 +40,8 @@ from jupyter_faas._records import MESSAGE_LIMIT, InvocationRecord, RecordStore
 _RETRIED = ("error", "lost")
 # Most calls of a map sent to one slot at once; a batch runs its calls in order, each with its own limits.
 _MAX_BATCH = 1000
+# Lines of output a map keeps to show under it; the rest stays in the records.
+MAP_OUTPUT_LINES = 20
 
 
 class _Sink(Protocol):
@@ -54,6 +57,14 @@ class _Sink(Protocol):
 
     def drop(self) -> None:
         """A dropped invocation will never complete."""
+        ...
+
+    def stream(self, slot: int, segments: Segments) -> None:
+        """Output of an invocation as it arrives, while it runs and then the rest of it (a worker thread)."""
+        ...
+
+    def output(self, slot: int, invocation_id: str, text: str) -> None:
+        """All of a finished invocation's output, when it had any, just before it completes."""
         ...
 
     def complete(self, slot: int, value: Any, error: BaseException | None) -> None: ...
@@ -73,6 +84,10 @@ class _Invocation:
     begun: bool = False
     gate: _Gate | None = None
     trigger: str = "call"
+    max_output: int = 0
+    # Output of the current attempt so far, and the bytes it dropped past max_output.
+    output: Segments | None = None
+    dropped: int = 0
 
 
 @dataclass(eq=False)
@@ -124,12 +139,13 @@ class InvocationFuture(Future):
 
 
 class _FutureSink:
-    """One call's result goes to its concurrent.futures.Future."""
+    """One call's result goes to its concurrent.futures.Future, and its output to `on_output`, if given."""
 
-    __slots__ = ("expired", "future", "lock", "sent")
+    __slots__ = ("expired", "future", "lock", "on_output", "sent")
 
-    def __init__(self, future: Future) -> None:
+    def __init__(self, future: Future, on_output: Callable[[Segments], None] | None = None) -> None:
         self.future = future
+        self.on_output = on_output
         self.lock = threading.Lock()
         self.sent = False
         self.expired = False
@@ -145,6 +161,13 @@ class _FutureSink:
             return self.sent
 
     def drop(self) -> None:
+        pass
+
+    def stream(self, slot: int, segments: Segments) -> None:
+        if self.on_output is not None:
+            self.on_output(segments)
+
+    def output(self, slot: int, invocation_id: str, text: str) -> None:
         pass
 
     def expire(self, error: BaseException) -> None:
@@ -173,6 +196,12 @@ class MapResults:
         # Progress, for a progress bar to read: results in so far, and how many of them are errors.
         self.done = 0
         self.failed = 0
+        # The first lines of output, to show under the map: (input position, invocation id, text).
+        self.shown: list[tuple[int, str, str]] = []
+        self.shown_lines = 0
+        # Invocations that wrote any output, and how many lines they wrote in all.
+        self.with_output = 0
+        self.output_lines = 0
         self._remaining = count
         self._done = threading.Condition()
 
@@ -180,6 +209,19 @@ class MapResults:
         return not self.cancelled
 
     wanted = start
+
+    def stream(self, slot: int, segments: Segments) -> None:
+        pass  # a map shows its output once it ends: thousands of invocations must not flood the cell
+
+    def output(self, slot: int, invocation_id: str, text: str) -> None:
+        lines = text.splitlines(keepends=True)
+        with self._done:
+            self.with_output += 1
+            self.output_lines += len(lines)
+            room = MAP_OUTPUT_LINES - self.shown_lines
+            if room > 0:
+                self.shown.append((slot, invocation_id, "".join(lines[:room])))
+                self.shown_lines += min(room, len(lines))
 
     def complete(self, slot: int, value: Any, error: BaseException | None) -> None:
         self.values[slot] = value
@@ -387,6 +429,16 @@ class Platform:
         store = self._stores.get(name)
         return store.last(count) if store else []
 
+    def find_record(self, invocation_id: str) -> InvocationRecord | None:
+        """The record of one invocation, of any function, while it is kept in memory."""
+        with self._lock:
+            stores = list(self._stores.values())
+        for store in stores:
+            record = store.find(invocation_id)
+            if record is not None:
+                return record
+        return None
+
     def latencies(self, name: str) -> list[float]:
         """The latency (ms) of each of `name`'s records still kept, oldest first."""
         store = self._stores.get(name)
@@ -459,21 +511,29 @@ class Platform:
         return gate
 
     def invoke(
-        self, definition: FunctionDefinition, blob: bytes, queue_timeout: float | None = None, trigger: str = "call"
+        self,
+        definition: FunctionDefinition,
+        blob: bytes,
+        queue_timeout: float | None = None,
+        trigger: str = "call",
+        on_output: Callable[[Segments], None] | None = None,
     ) -> InvocationFuture:
         """One invocation of the single call packed in `blob`; the future ends with its result or error.
 
         With `queue_timeout`, an invocation not sent to a worker within that many seconds (no free
         slot, or no worker yet) ends with NoCapacity, and is never run. `trigger` names what made it
-        run, in its record.
+        run, in its record. `on_output` gets its output, (stream, text) pieces, while it runs (from a
+        platform thread), and the rest before the future ends.
         """
+        max_output = _config.log_max_output()
         self.start()
         self._ensure_requirements(definition)
         future = InvocationFuture()
         future.id = f"{self._id_prefix}-{next(self._ids)}"
-        sink = _FutureSink(future)
+        sink = _FutureSink(future, on_output)
         invocation = _Invocation(
             future.id, definition, blob, 0, time.time(), time.perf_counter(), sink, 0, trigger=trigger,
+            max_output=max_output,
         )  # fmt: skip
         if queue_timeout is not None:
             with self._lock:
@@ -487,6 +547,7 @@ class Platform:
 
     def map(self, definition: FunctionDefinition, calls: Sequence[tuple[tuple, dict]]) -> MapResults:
         """Invocations of many calls, sent in batches; results arrive in a MapResults in input order."""
+        max_output = _config.log_max_output()
         self.start()
         self._ensure_requirements(definition)
         results = MapResults(len(calls))
@@ -504,7 +565,17 @@ class Platform:
             chunk = calls[first : first + size]
             blob = pack_calls(definition.name, chunk)
             batch = [
-                _Invocation(f"{prefix}-{next(ids)}", definition, blob, at, submitted, clock, results, first + at)
+                _Invocation(
+                    f"{prefix}-{next(ids)}",
+                    definition,
+                    blob,
+                    at,
+                    submitted,
+                    clock,
+                    results,
+                    first + at,
+                    max_output=max_output,
+                )
                 for at in range(len(chunk))
             ]
             batches.append(batch)
@@ -565,6 +636,7 @@ class Platform:
             dispatcher = self._dispatcher
         for invocation in invocations:
             invocation.attempts += 1
+            invocation.output, invocation.dropped = None, 0
         first = invocations[0]
         definition = first.definition
         by_index = {invocation.index: invocation for invocation in invocations}
@@ -585,8 +657,19 @@ class Platform:
                 deliver=lambda index, outcome: self._on_outcome(by_index[index], outcome),
                 keep=lambda index: self._still_wanted(by_index[index]),
                 zones=definition.limits.zones,
+                max_output=first.max_output,
+                stream=lambda index, segments, dropped: self._on_stream(by_index[index], segments, dropped),
             )
         )
+
+    def _on_stream(self, invocation: _Invocation, segments: Segments, dropped: int) -> None:
+        """Output of a running invocation: kept for its record, and passed on to whoever watches it."""
+        if invocation.output is None:
+            invocation.output = []
+        invocation.output.extend(segments)
+        invocation.dropped = dropped
+        with contextlib.suppress(Exception):  # a watcher's failure must not lose the invocation
+            invocation.sink.stream(invocation.slot, segments)
 
     def _started(self, invocation: _Invocation) -> bool:
         """Starts an invocation once (a held or retried one is already started); False if it was cancelled."""
@@ -645,6 +728,7 @@ class Platform:
         else:
             error = _rebuild_error(definition, outcome)
         started, finished = outcome.started, outcome.finished
+        output = self._final_output(invocation, outcome)
         record = InvocationRecord(
             id=invocation.id,
             function=definition.name,
@@ -664,6 +748,7 @@ class Platform:
             peak_memory=outcome.peak_memory,
             memory_limit=definition.limits.memory,
             trigger=invocation.trigger,
+            output=output,
         )
         self._store(definition.name).add(record)
         for listener in self._listeners:
@@ -675,7 +760,26 @@ class Platform:
             with contextlib.suppress(LogError):
                 log.append(record)
         self._release_gate(invocation)
+        if output:
+            with contextlib.suppress(Exception):
+                invocation.sink.output(invocation.slot, invocation.id, output)
         invocation.sink.complete(invocation.slot, result, error)
+
+    def _final_output(self, invocation: _Invocation, outcome: Outcome) -> str:
+        """The whole output of the attempt that ended, its tail passed on to the watcher first."""
+        tail: Segments = []
+        dropped = invocation.dropped
+        if outcome.output is not None:
+            tail, dropped = list(outcome.output[0]), outcome.output[1]
+        if dropped:
+            last = tail[-1][1] if tail else invocation.output[-1][1] if invocation.output else "\n"
+            marker = cut_marker(dropped, invocation.max_output)
+            tail.append(("stderr", marker if last.endswith("\n") else "\n" + marker))
+        if tail:
+            self._on_stream(invocation, tail, dropped)
+        segments = invocation.output
+        invocation.output = None
+        return "".join(text for _, text in segments) if segments else ""
 
     def _release_gate(self, invocation: _Invocation) -> None:
         gate = invocation.gate

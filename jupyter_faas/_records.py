@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -13,6 +13,9 @@ from jupyter_faas._cost import gb_seconds
 
 # Error messages are kept in records up to this length.
 MESSAGE_LIMIT = 500
+# Output (print, stdout, stderr, logging) of one function's newest invocations kept in memory; older
+# records keep theirs only in the durable log. 100,000 records of 64 KiB each would be 6 GiB.
+OUTPUT_KEPT_BYTES = 16 * 2**20
 
 
 @dataclass(slots=True)
@@ -38,6 +41,8 @@ class InvocationRecord:
     memory_limit: int
     # What made it run: "call" (from Python), "http", "schedule", "file" or "queue".
     trigger: str = "call"
+    # What it printed or logged, cut at faas.log.max-output; "" for nothing, None once no longer kept in memory.
+    output: str | None = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +57,8 @@ _FIELDS = tuple(field.name for field in fields(InvocationRecord))
 _as_row = operator.attrgetter(*_FIELDS)
 _LATENCY = _FIELDS.index("latency_ms")
 _PEAK = _FIELDS.index("peak_memory")
+_ID = _FIELDS.index("id")
+_OUTPUT = _FIELDS.index("output")
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -76,13 +83,23 @@ class RecordStore:
         self._gb_seconds = 0.0
         self._busy_ms = 0.0
         self._last_error: InvocationRecord | None = None
+        # Output of the newest records that have any, by id, up to OUTPUT_KEPT_BYTES; rows say only
+        # whether they had output, so the window itself stays small.
+        self._outputs: OrderedDict[str, str] = OrderedDict()
+        self._output_size = 0
         # Bumped by every record, so a watcher can tell cheaply whether anything changed.
         self.revision = 0
 
     def add(self, record: InvocationRecord) -> None:
         row = _as_row(record)
+        output = row[_OUTPUT]
+        row = (*row[:_OUTPUT], bool(output), *row[_OUTPUT + 1 :])
         with self._lock:
+            if len(self._records) == self._records.maxlen and self._records[0][_OUTPUT]:
+                self._forget_output(self._records[0][_ID])
             self._records.append(row)
+            if output:
+                self._keep_output(record.id, output)
             self._invocations += 1
             self._cold_starts += record.cold_start
             if record.status != "ok":
@@ -93,17 +110,43 @@ class RecordStore:
                 self._busy_ms += record.duration_ms
             self.revision += 1
 
+    def _keep_output(self, record_id: str, output: str) -> None:
+        self._outputs[record_id] = output
+        self._output_size += len(output)
+        while self._output_size > OUTPUT_KEPT_BYTES and len(self._outputs) > 1:
+            _, dropped = self._outputs.popitem(last=False)
+            self._output_size -= len(dropped)
+
+    def _forget_output(self, record_id: str) -> None:
+        dropped = self._outputs.pop(record_id, None)
+        if dropped is not None:
+            self._output_size -= len(dropped)
+
+    @staticmethod
+    def _record(row: tuple[Any, ...], outputs: dict[str, str]) -> InvocationRecord:
+        output = outputs.get(row[_ID]) if row[_OUTPUT] else ""
+        return InvocationRecord(*row[:_OUTPUT], output, *row[_OUTPUT + 1 :])
+
     def records(self) -> list[InvocationRecord]:
         with self._lock:
-            rows = list(self._records)
-        return [InvocationRecord(*row) for row in rows]
+            rows, outputs = list(self._records), dict(self._outputs)
+        return [self._record(row, outputs) for row in rows]
 
     def last(self, count: int) -> list[InvocationRecord]:
         """The newest `count` records kept, oldest first."""
         with self._lock:
             size = len(self._records)
             rows = [self._records[i] for i in range(max(0, size - count), size)]
-        return [InvocationRecord(*row) for row in rows]
+            outputs = {row[_ID]: self._outputs[row[_ID]] for row in rows if row[_ID] in self._outputs}
+        return [self._record(row, outputs) for row in rows]
+
+    def find(self, record_id: str) -> InvocationRecord | None:
+        """The record with this id, if still kept."""
+        with self._lock:
+            for row in reversed(self._records):
+                if row[_ID] == record_id:
+                    return self._record(row, self._outputs)
+        return None
 
     def latencies(self) -> list[float]:
         """End-to-end latency (ms) of each record kept, oldest first."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -17,10 +18,13 @@ from multiprocessing.connection import Connection
 
 import cloudpickle
 
+from jupyter_faas import _capture
 from jupyter_faas._code import with_filename
 
 # Functions kept loaded per sandbox; the oldest are dropped first.
 _CACHE_SIZE = 64
+# A running invocation's new output is sent this often, so a caller sees it while the call runs.
+_OUTPUT_INTERVAL = 0.1
 _HWM = re.compile(rb"VmHWM:\s+(\d+) kB")
 
 
@@ -138,6 +142,45 @@ def _watch_parent() -> None:
             os._exit(0)
 
 
+class _Channel:
+    """The socket to the worker, shared by the call loop and the output streamer, one message at a time."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        # (index, capture) of the invocation running now, whose output the streamer sends.
+        self.running: tuple[int, _capture.Captured] | None = None
+
+    def send(self, message: tuple) -> None:
+        with self.lock:
+            self.conn.send_bytes(pickle.dumps(message, protocol=5))
+
+    def answer(self, answer: tuple) -> None:
+        """The invocation's answer, carrying its output not yet streamed; nothing of it is streamed after."""
+        with self.lock:
+            running, self.running = self.running, None
+            output = None
+            if running is not None:
+                _capture.current.captured = None
+                captured = running[1]
+                output = (captured.take(), captured.dropped)
+            self.conn.send_bytes(pickle.dumps((*answer, output), protocol=5))
+
+    def stream(self) -> None:
+        while True:
+            time.sleep(_OUTPUT_INTERVAL)
+            with self.lock:
+                if self.running is None:
+                    continue
+                index, captured = self.running
+                segments = captured.take()
+                if segments:
+                    try:
+                        self.conn.send_bytes(pickle.dumps(("output", index, segments, captured.dropped), protocol=5))
+                    except OSError:
+                        return
+
+
 def _call(loaded: _Loaded, call: tuple[tuple, dict], memory_limit: int, fresh: bool, meter: _PeakMeter) -> tuple:
     """One invocation, answered as (status, value, started, finished, fresh, peak, error)."""
     started = time.time()
@@ -163,20 +206,26 @@ def _call(loaded: _Loaded, call: tuple[tuple, dict], memory_limit: int, fresh: b
 
 
 def serve(conn: Connection) -> None:
-    """Answer ("run", version, package, blob, indices, memory) with one message per index, in order."""
+    """Answer ("run", version, package, blob, indices, memory, max_output) with one message per index, in order.
+
+    While a call runs, its new output goes out as ("output", index, segments, dropped) messages.
+    """
     cache: OrderedDict[str, _Loaded] = OrderedDict()
     meter = _PeakMeter()
-    conn.send_bytes(pickle.dumps(("ready", os.getpid())))
+    channel = _Channel(conn)
+    _capture.install()
+    threading.Thread(target=channel.stream, name="faas-output", daemon=True).start()
+    channel.send(("ready", os.getpid()))
     while True:
         try:
-            _, version, package, blob, indices, memory_limit = pickle.loads(conn.recv_bytes())
+            _, version, package, blob, indices, memory_limit, max_output = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
         fresh = False
         loaded = cache.get(version)
         if loaded is None:
             if package is None:
-                conn.send_bytes(pickle.dumps(("missing",)))
+                channel.send(("missing",))
                 continue
             payload, filename, source, reusable = package
             _register_source(filename, source)
@@ -192,12 +241,16 @@ def serve(conn: Connection) -> None:
             now = time.time()
             error = _describe_error(e, 0)
             for _ in indices:
-                conn.send_bytes(pickle.dumps(("error", b"", now, now, fresh, None, error), protocol=5))
+                channel.answer(("error", b"", now, now, fresh, None, error))
             continue
         for index in indices:
+            captured = _capture.Captured(max_output)
+            with channel.lock:
+                channel.running = (index, captured)
+                _capture.current.captured = captured
             answer = _call(loaded, calls[index], memory_limit, fresh, meter)
             fresh = False
-            conn.send_bytes(pickle.dumps(answer, protocol=5))
+            channel.answer(answer)
 
 
 def main() -> None:
@@ -207,8 +260,10 @@ def main() -> None:
         # The worker's import path, after this package's own root: functions import what the worker can.
         sys.path[1:] = [entry for entry in json.loads(worker_path) if entry != sys.path[0]]
     threading.Thread(target=_watch_parent, name="faas-parent-watch", daemon=True).start()
-    # The protocol has its own socket, so a function's prints go to the worker's stdout harmlessly.
-    serve(Connection(fd))
+    # The protocol has its own socket; a function's prints are captured for its invocation.
+    # An OSError means the worker is gone (killed, or closed mid-answer): nobody is left to answer.
+    with contextlib.suppress(OSError):
+        serve(Connection(fd))
 
 
 if __name__ == "__main__":

@@ -187,7 +187,26 @@ def _function_summary(header: dict[str, str], reading: _Reading) -> dict[str, An
     name = header["name"]
     counts, low, high = latency_histogram(reading.latencies(name))
     triggers = _deploy.function_triggers(name)
-    return {**header, **reading.stats(name), "histogram": counts, "latency_range": (low, high), "triggers": triggers}
+    return {
+        **header,
+        **reading.stats(name),
+        "histogram": counts,
+        "latency_range": (low, high),
+        "triggers": triggers,
+        "last_output": _last_output(reading.platform.recent(name, 1)),
+    }
+
+
+# Lines of the newest invocation's output that the card shows.
+_OUTPUT_LINES = 8
+
+
+def _last_output(newest: list[Any]) -> dict[str, Any] | None:
+    """The tail of the newest invocation's output, if it wrote any."""
+    if not newest or not newest[-1].output:
+        return None
+    lines = newest[-1].output.splitlines()
+    return {"id": newest[-1].id, "lines": lines[-_OUTPUT_LINES:], "hidden": max(0, len(lines) - _OUTPUT_LINES)}
 
 
 def function_summary(fn: FaasFunction) -> dict[str, Any]:
@@ -214,7 +233,27 @@ def _card_text(s: dict[str, Any]) -> str:
             f"  GB-seconds {_fixed(s['gb_seconds'])} · cost {_usd(s['cost_usd'])} · peak memory {_memory(s)}",
             f"  last error {error}" if error else "  no errors",
             *([f"  runs {' · '.join(s['triggers'])}"] if s.get("triggers") else []),
+            *_output_text(s.get("last_output")),
         ]
+    )
+
+
+def _output_text(last: dict[str, Any] | None) -> list[str]:
+    if last is None:
+        return []
+    above = f", {last['hidden']:,} lines above" if last["hidden"] else ""
+    return [f"  last output ({last['id']}{above}):", *(f"    {line}" for line in last["lines"])]
+
+
+def _output_html(s: dict[str, Any]) -> str:
+    last = s.get("last_output")
+    if last is None:
+        return ""
+    above = f" · {last['hidden']:,} lines above: {s['name']}.logs()" if last["hidden"] else ""
+    text = _e("\n".join(last["lines"]))
+    return (
+        f'<div style="{_FONT};color:{_MUTED}">last output · {_e(last["id"])}{_e(above)}</div>'
+        f'<pre style="margin:2px 0;max-height:10em;overflow:auto;font-size:12px">{text}</pre>'
     )
 
 
@@ -368,7 +407,8 @@ class FunctionCard(_LiveView):
         self.figures = ipywidgets.HTML()
         self.histogram = ipywidgets.HTML()
         self.error = ipywidgets.HTML()
-        super().__init__([self.header, self.figures, self.histogram, self.error])
+        self.output = ipywidgets.HTML()
+        super().__init__([self.header, self.figures, self.histogram, self.error, self.output])
         self.layout = ipywidgets.Layout(border="1px solid #e0e0e0", padding="4px 10px", width="fit-content")
 
     @property
@@ -397,6 +437,7 @@ class FunctionCard(_LiveView):
             (self.figures, _card_figures_html(s)),
             (self.histogram, _histogram_svg(s)),
             (self.error, _error_html(s)),
+            (self.output, _output_html(s)),
         ]
 
     def _text(self, summary: dict[str, Any]) -> str:

@@ -222,3 +222,16 @@ def test_from_callable_checks_a_given_name() -> None:
     with pytest.raises(DefinitionError, match="names like __x__ belong to Python"):
         from_callable(f, LIMITS, name="__builtins__")
     assert from_callable(f, LIMITS, name="renamed").name == "renamed"
+
+
+def test_a_def_using_a_variable_assigned_after_it_is_a_clear_error() -> None:
+    def make() -> object:
+        def uses_later() -> str:
+            return later
+
+        return uses_later
+
+        later = "assigned too late"
+
+    with pytest.raises(DefinitionError, match="uses later, which has no value yet where uses_later is defined"):
+        from_callable(make(), Limits(timeout=1.0, memory=2**28, retries=0, concurrency=None))  # type: ignore[arg-type]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,15 +29,44 @@ def invoker() -> Iterator[Invoker]:
 
 
 def run_many(
-    invoker: Invoker, body: str, calls: list[tuple], timeout: float = 10.0, memory: int = 256 * 10**6
+    invoker: Invoker,
+    body: str,
+    calls: list[tuple],
+    timeout: float = 10.0,
+    memory: int = 256 * 10**6,
+    max_output: int = 65536,
+    streamed: list[tuple] | None = None,
 ) -> list[tuple]:
-    """Run a batch of calls through the invoker; returns the answers in the order they came."""
-    definition = from_cell(body, {"time": time, "os": os}, LIMITS, name="f", params=["x=None"])
+    """Run a batch of calls through the invoker; returns the answers in the order they came.
+
+    Answers are (status, value, started, finished, fresh, peak, error); output streamed while a call
+    ran goes to `streamed` as (index, segments, dropped), and the rest of it to the answer's eighth item.
+    """
+    return [answer[:7] for answer in run_full(invoker, body, calls, timeout, memory, max_output, streamed)]
+
+
+def run_full(
+    invoker: Invoker,
+    body: str,
+    calls: list[tuple],
+    timeout: float = 10.0,
+    memory: int = 256 * 10**6,
+    max_output: int = 65536,
+    streamed: list[tuple] | None = None,
+) -> list[tuple]:
+    namespace = {"time": time, "os": os, "sys": sys, "logging": logging}
+    definition = from_cell(body, namespace, LIMITS, name="f", params=["x=None"])
     package = (definition.payload, definition.filename, definition.source, definition.reusable)
     blob = cloudpickle.dumps([(args, {}) for args in calls])
     answers: list[tuple] = []
-    batch = Batch("f", definition.version, package, blob, timeout, memory)
-    invoker.invoke(batch, list(range(len(calls))), lambda index, answer: answers.append((index, answer)))
+    batch = Batch("f", definition.version, package, blob, timeout, memory, max_output)
+    sink = streamed if streamed is not None else []
+    invoker.invoke(
+        batch,
+        list(range(len(calls))),
+        lambda index, answer: answers.append((index, answer)),
+        lambda index, segments, dropped: sink.append((index, segments, dropped)),
+    )
     assert [index for index, _ in answers] == list(range(len(calls)))
     return [answer for _, answer in answers]
 
@@ -121,3 +152,92 @@ def test_a_crash_mid_batch_fails_only_that_call(invoker: Invoker) -> None:
     answers = run_many(invoker, "if x == 1:\n    os._exit(9)\nx", [(0,), (1,), (2,)])
     assert [a[0] for a in answers] == ["ok", "error", "ok"]
     assert answers[1][6][0] == "SandboxExit"
+
+
+def output_of(answer: tuple, streamed: list[tuple], index: int = 0) -> str:
+    """Everything a call wrote: what was streamed while it ran, then its answer's tail."""
+    parts = [text for i, segments, _ in streamed if i == index for _, text in segments]
+    tail = answer[7]
+    if tail is not None:
+        parts += [text for _, text in tail[0]]
+    return "".join(parts)
+
+
+def test_print_stderr_and_logging_are_captured_for_the_call(invoker: Invoker) -> None:
+    body = (
+        "print('to stdout', x)\n"
+        "sys.stderr.write('to stderr\\n')\n"
+        "sys.stdout.buffer.write(b'bytes\\n')\n"
+        "logging.getLogger('app').warning('a warning')\n"
+        "x"
+    )
+    streamed: list[tuple] = []
+    (answer,) = run_full(invoker, body, [(5,)], streamed=streamed)
+    assert answer[0] == "ok"
+    segments = [segment for _, segs, _ in streamed for segment in segs] + list(answer[7][0])
+    streams = {stream for stream, _ in segments}
+    assert streams == {"stdout", "stderr"}
+    text = output_of(answer, streamed)
+    assert text.startswith("to stdout 5\nto stderr\nbytes\n")
+    assert "a warning" in text
+    assert answer[7][1] == 0
+
+
+def test_output_is_cut_at_the_limit_and_counts_what_was_dropped(invoker: Invoker) -> None:
+    # 10,000 lines of 10 bytes, then 1 MB in one write of two-byte characters.
+    body = "for i in range(10000):\n    print(f'{i:09d}')\nsys.stdout.write('é' * 500000)\n'done'"
+    streamed: list[tuple] = []
+    (answer,) = run_full(invoker, body, [()], max_output=1001, streamed=streamed)
+    assert answer[0] == "ok"
+    text = output_of(answer, streamed)
+    assert text == "".join(f"{i:09d}\n" for i in range(100)) + "0"
+    assert answer[7][1] == 10000 * 10 + 500000 * 2 - 1001
+
+
+def test_output_is_never_cut_inside_a_character(invoker: Invoker) -> None:
+    (answer,) = run_full(invoker, "sys.stdout.write('é' * 10)", [()], max_output=5)
+    assert output_of(answer, []) == "éé"
+    assert answer[7][1] == 20 - 4
+
+
+def test_output_streams_while_the_call_runs(invoker: Invoker) -> None:
+    # The call waits until its first line has reached the caller: it can only finish if output streams.
+    marker = f"/tmp/faas-streamed-{os.getpid()}"
+    body = (
+        "print('first', flush=True)\n"
+        "deadline = time.monotonic() + 20\n"
+        f"while not os.path.exists({marker!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print('second')\n"
+        f"os.path.exists({marker!r})"
+    )
+    streamed: list[tuple] = []
+
+    class Watching(list):
+        def append(self, item: tuple) -> None:
+            super().append(item)
+            if any("first" in text for _, text in item[1]):
+                open(marker, "w").close()
+
+    streamed = Watching()
+    try:
+        (answer,) = run_full(invoker, body, [()], streamed=streamed)
+    finally:
+        if os.path.exists(marker):
+            os.unlink(marker)
+    assert answer[0] == "ok" and cloudpickle.loads(answer[1]) is True
+    assert output_of(answer, streamed) == "first\nsecond\n"
+
+
+def test_a_timed_out_call_keeps_what_it_streamed(invoker: Invoker) -> None:
+    streamed: list[tuple] = []
+    body = "print('before the hang', flush=True)\ntime.sleep(60)"
+    (answer,) = run_full(invoker, body, [()], timeout=1.5, streamed=streamed)
+    assert answer[0] == "timeout"
+    assert output_of(answer, streamed) == "before the hang\n"
+
+
+def test_calls_in_one_batch_keep_their_output_apart(invoker: Invoker) -> None:
+    streamed: list[tuple] = []
+    answers = run_full(invoker, "print('call', x)\nx", [(1,), (2,), (3,)], streamed=streamed)
+    assert [output_of(answer, streamed, i) for i, answer in enumerate(answers)] == [f"call {i}\n" for i in (1, 2, 3)]

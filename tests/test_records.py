@@ -50,3 +50,31 @@ def test_empty_stats() -> None:
         "p50_ms": None, "p95_ms": None, "p99_ms": None,
         "peak_memory_p50": None, "peak_memory_max": None, "last_error": None,
     }  # fmt: skip
+
+
+def with_output(n: int, output: str) -> InvocationRecord:
+    kept = record(n)
+    kept.output = output
+    return kept
+
+
+def test_output_is_kept_for_the_newest_records_within_a_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("jupyter_faas._records.OUTPUT_KEPT_BYTES", 25)
+    store = RecordStore(max_records=100)
+    for n in range(5):
+        store.add(with_output(n, f"out{n}-----\n"))  # 10 characters each
+    store.add(record(5))
+    outputs = [r.output for r in store.records()]
+    # The two newest outputs fit in 25; older ones are None (only in the durable log); no output is "".
+    assert outputs == [None, None, None, "out3-----\n", "out4-----\n", ""]
+    assert store.find("4").output == "out4-----\n" and store.find("0").output is None
+    assert [r.output for r in store.last(2)] == ["out4-----\n", ""]
+    assert store.find("missing") is None
+
+
+def test_output_leaves_memory_with_its_record() -> None:
+    store = RecordStore(max_records=2)
+    for n in range(4):
+        store.add(with_output(n, f"o{n}"))
+    assert [(r.id, r.output) for r in store.records()] == [("2", "o2"), ("3", "o3")]
+    assert list(store._outputs) == ["2", "3"]

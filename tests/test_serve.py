@@ -38,6 +38,7 @@ CELLS = [
     "%%faas shout text:str\ntext.upper().encode()",
     "%%faas hold seconds:float --concurrency 1\nimport time\ntime.sleep(seconds)\nseconds",
     "%%faas odd\n{1, 2}",
+    "%%faas chatty n:int\nimport sys\nprint('hello', n)\nprint('careful', file=sys.stderr)\nn",
     # Neither of these runs: one is tagged faas-skip, the other says so on its first line.
     "# faas: skip\nraise RuntimeError('this cell must not run')",
 ]
@@ -160,7 +161,8 @@ def test_a_bytes_result_is_sent_as_octet_stream(served: Served) -> None:
 def test_skipped_cells_did_not_run(served: Served) -> None:
     # Both skipped cells raise: had either run, serve would have exited instead of starting.
     listed = served.get("faas/api/functions", headers=AUTH).json()["functions"]
-    assert sorted(f["name"] for f in listed) == ["add", "boom", "hold", "odd", "shout", "size", "slow", "square"]
+    names = sorted(f["name"] for f in listed)
+    assert names == ["add", "boom", "chatty", "hold", "odd", "shout", "size", "slow", "square"]
 
 
 # -- every row of the error table ----------------------------------------------------------------------
@@ -279,7 +281,9 @@ def test_async_answers_202_with_an_id_then_the_result(served: Served) -> None:
     assert response.status_code == 202
     invocation_id = response.json()["id"]
     state = wait_for_outcome(served, invocation_id)
-    assert state == {"id": invocation_id, "function": "square", "status": "ok", "result": 144}
+    record = state.pop("record")
+    assert state == {"id": invocation_id, "function": "square", "status": "ok", "result": 144, "output": ""}
+    assert record["id"] == invocation_id and record["trigger"] == "http"
 
 
 def test_async_status_is_queued_or_running_while_pending(served: Served) -> None:
@@ -530,3 +534,17 @@ def test_a_functions_recent_invocations_newest_first(served: Served) -> None:
     bad = served.get("faas/api/functions/square/invocations", params={"limit": "x"}, headers=AUTH)
     assert bad.status_code == 400
     assert served.get("faas/api/functions/nope/invocations", headers=AUTH).status_code == 404
+
+
+def test_a_functions_output_is_kept_with_its_record_and_served_by_id(served: Served) -> None:
+    assert served.post("chatty", json={"n": 4}, headers=AUTH).json() == 4
+    (newest,) = served.get("faas/api/functions/chatty/invocations", params={"limit": 1}, headers=AUTH).json()[
+        "invocations"
+    ]
+    assert newest["output"] == "hello 4\ncareful\n"
+    record = served.get(f"faas/api/invocations/{newest['id']}", headers=AUTH).json()
+    assert record["id"] == newest["id"] and record["function"] == "chatty" and record["status"] == "ok"
+    assert record["output"] == "hello 4\ncareful\n"
+    queued = served.post("chatty", params={"async": "true"}, json={"n": 5}, headers=AUTH).json()
+    state = wait_for_outcome(served, queued["id"])
+    assert state["result"] == 5 and state["output"] == "hello 5\ncareful\n"

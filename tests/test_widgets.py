@@ -78,6 +78,24 @@ def test_the_card_shows_a_functions_figures_after_its_invocations(platform: _pla
     assert {k: summary[k] for k in stats} == stats
 
 
+def test_the_card_shows_the_newest_invocations_output(platform: _platform.Platform) -> None:
+    @function(name="card_printer")
+    def printer(lines: int) -> int:
+        for i in range(lines):
+            print("printed", i)
+        return lines
+
+    card = printer.card
+    assert card.output.value == ""
+    printer(3)
+    wait_for(lambda: "printed 2" in card.output.value, timeout=10, message="the card to show the output")
+    assert "last output · " + printer.invocations[-1].id in card.output.value
+    printer(12)
+    wait_for(lambda: "printed 11" in card.output.value, timeout=10, message="the card to show the new output")
+    assert "printed 3" not in card.output.value and "4 lines above: card_printer.logs()" in card.output.value
+    assert "last output (" in card.text() and "    printed 11" in card.text()
+
+
 def test_a_function_with_a_card_still_travels_by_value(platform: _platform.Platform) -> None:
     assert flaky.card is not None
     copy = cloudpickle.loads(cloudpickle.dumps(flaky))

@@ -64,6 +64,8 @@ export interface IInvocation {
   error: string | null;
   message: string | null;
   trigger: string | null;
+  /** What it printed or logged; '' for nothing, null once the server no longer keeps it in memory. */
+  output?: string | null;
 }
 
 export interface ITrigger {

@@ -110,6 +110,16 @@ export function chartPoints(
   return points.join(' ');
 }
 
+/** The last lines of an invocation's output, with a count of those above. */
+export function outputTail(output: string, lines = OUTPUT_LINES): string {
+  const all = output.replace(/\n$/, '').split('\n');
+  const hidden = all.length - lines;
+  const tail = all.slice(-lines).join('\n');
+  return hidden > 0 ? `… ${hidden} more line${hidden === 1 ? '' : 's'} above\n${tail}` : tail;
+}
+
+const OUTPUT_LINES = 6;
+
 function element<K extends keyof HTMLElementTagNameMap>(
   tag: K,
   className?: string,
@@ -387,6 +397,11 @@ export class ServerlessPanel extends Widget {
             `${invocation.status} · ${invocation.trigger ?? 'call'} · ${formatMs(invocation.latency_ms)}${cold}${error}`
           )
         );
+        if (invocation.output) {
+          const item = element('li', 'jp-faas-InvocationOutput');
+          item.appendChild(element('pre', 'jp-faas-Output', outputTail(invocation.output)));
+          list.appendChild(item);
+        }
       }
       parts.push(list);
     }

@@ -61,7 +61,8 @@ export const invocations: IInvocation[] = [
     attempts: 1,
     error: null,
     message: null,
-    trigger: 'file'
+    trigger: 'file',
+    output: 'line 1\nline 2\nline 3\nline 4\nline 5\nline 6\nline 7\n'
   }
 ];
 

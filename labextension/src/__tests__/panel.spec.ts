@@ -45,6 +45,7 @@ describe('ServerlessPanel', () => {
       'error · http · 1.50 ms · ValueError: bad x',
       'ok · file · 2274 ms · cold'
     ]);
+    expect(text(panel, '.jp-faas-Output')).toEqual(['… 1 more line above\nline 2\nline 3\nline 4\nline 5\nline 6\nline 7']);
     expect(text(panel, '.jp-faas-Triggers li')).toEqual([
       "file: files matching '*.txt' in /data/in · 4 files done, 1 failed"
     ]);
