@@ -11,15 +11,28 @@ from typing import Any
 Segments = list[tuple[str, str]]
 
 
+# Secret values shorter than this are not redacted: they would blank out ordinary text.
+MIN_REDACTED = 4
+
+
 def byte_length(text: str) -> int:
     return len(text.encode("utf-8", "replace"))
+
+
+def redact(text: str, secrets: dict[str, str]) -> str:
+    """The text with each secret's value replaced by its name."""
+    for name, value in secrets.items():
+        if len(value) >= MIN_REDACTED and value in text:
+            text = text.replace(value, f"[secret {name}]")
+    return text
 
 
 class Captured:
     """One invocation's output: what was written up to `limit` bytes, the part not yet sent, and what was cut."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, secrets: dict[str, str] | None = None) -> None:
         self.limit = limit
+        self.secrets = secrets
         self.kept = 0
         self.dropped = 0
         self._unsent: list[list[str]] = []
@@ -28,6 +41,8 @@ class Captured:
     def write(self, stream: str, text: str) -> None:
         if not text:
             return
+        if self.secrets:
+            text = redact(text, self.secrets)
         size = byte_length(text)
         with self._lock:
             if self.dropped:

@@ -160,6 +160,10 @@ def log_max_records() -> int:
     return _checked("faas.log.max-records", lambda v: parse_count(v, "faas.log.max-records", minimum=1))
 
 
+def capture_max_bytes() -> int:
+    return _checked("faas.capture.max-bytes", lambda v: parse_size(v, "faas.capture.max-bytes", minimum=1024))
+
+
 def log_max_output() -> int:
     return _checked("faas.log.max-output", lambda v: parse_size(v, "faas.log.max-output", minimum=0))
 
@@ -237,6 +241,7 @@ _VALIDATORS = {
     "faas.log.enabled": log_enabled,
     "faas.log.max-records": log_max_records,
     "faas.log.max-output": log_max_output,
+    "faas.capture.max-bytes": capture_max_bytes,
     "faas.http.max-body": http_max_body,
     "faas.http.queue-timeout": http_queue_timeout,
     "faas.http.tracebacks": http_tracebacks,

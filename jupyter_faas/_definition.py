@@ -10,6 +10,7 @@ import hashlib
 import inspect
 import keyword
 import linecache
+import math
 import os
 import site
 import sys
@@ -50,6 +51,8 @@ class FunctionDefinition:
     captured: tuple[str, ...]
     # Packages it declares it needs (pip requirement strings).
     requirements: tuple[str, ...] = ()
+    # Environment variables it gets from the platform's environment at each call: names only, never values.
+    secrets: tuple[str, ...] = ()
 
     @property
     def short_version(self) -> str:
@@ -219,6 +222,9 @@ def local_modules(values: Iterable[Any]) -> list[types.ModuleType]:
 
 
 def _serialize(name: str, function: types.FunctionType, captured: Mapping[str, Any]) -> bytes:
+    from jupyter_faas import _config
+
+    limit = _config.capture_max_bytes()
     # Local modules travel by value, so a worker without the file can run the function.
     shipped = [
         m for m in local_modules(captured.values()) if m.__name__ not in cloudpickle.list_registry_pickle_by_value()
@@ -226,15 +232,72 @@ def _serialize(name: str, function: types.FunctionType, captured: Mapping[str, A
     for module in shipped:
         cloudpickle.register_pickle_by_value(module)
     try:
-        return _dumps(name, function, captured)
+        return _dumps(name, function, captured, limit)
     finally:
         for module in shipped:
             cloudpickle.unregister_pickle_by_value(module)
 
 
-def _dumps(name: str, function: types.FunctionType, captured: Mapping[str, Any]) -> bytes:
+class _TooBig(Exception):
+    """Raised from inside the pickler as soon as the output passes the limit, before it is all built."""
+
+
+class _Bounded:
+    """A pickler's file that keeps at most `limit` bytes; with keep=False it only counts them."""
+
+    def __init__(self, limit: float, keep: bool = True) -> None:
+        self.limit, self.keep, self.size = limit, keep, 0
+        self.parts: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        self.size += size
+        if self.size > self.limit:
+            raise _TooBig
+        if self.keep:
+            self.parts.append(bytes(data))
+        return size
+
+
+def _pickle(value: Any, limit: float, keep: bool = True) -> _Bounded:
+    target = _Bounded(limit, keep)
+    cloudpickle.CloudPickler(target, protocol=5).dump(value)
+    return target
+
+
+def _pickled_size(value: Any) -> int | None:
+    """How big `value` is pickled, counted without keeping the bytes; None if it cannot be pickled."""
     try:
-        return cloudpickle.dumps(function, protocol=5)
+        return _pickle(value, math.inf, keep=False).size
+    except Exception:
+        return None
+
+
+def _too_big(name: str, captured: Mapping[str, Any], limit: int) -> DefinitionError:
+    from jupyter_faas._limits import format_size
+
+    sizes = sorted(
+        ((size, key) for key, value in captured.items() if (size := _pickled_size(value)) is not None),
+        reverse=True,
+    )
+    setting = f"faas.capture.max-bytes is {format_size(limit)}"
+    advice = "Save it to a file and pass the path as an argument, or load it inside the function"
+    over = [(size, key) for size, key in sizes if size > limit]
+    if over:
+        named = ", ".join(f"{key} ({type(captured[key]).__name__}, {format_size(size)})" for size, key in over)
+        return DefinitionError(f"{name} captures {named}: too big to send with the function ({setting}). {advice}.")
+    largest = ", ".join(f"{key} ({format_size(size)})" for size, key in sizes[:3])
+    return DefinitionError(
+        f"{name} is too big to send to a worker once serialized with what it captures ({setting}); "
+        f"the largest captures: {largest or 'none'}. {advice}."
+    )
+
+
+def _dumps(name: str, function: types.FunctionType, captured: Mapping[str, Any], limit: int) -> bytes:
+    try:
+        return b"".join(_pickle(function, limit).parts)
+    except _TooBig:
+        raise _too_big(name, captured, limit) from None
     except Exception as whole_error:
         culprits = []
         for key, value in captured.items():

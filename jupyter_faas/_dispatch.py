@@ -67,6 +67,8 @@ class Job:
     # Bytes of output each invocation keeps; and where output of a running invocation goes.
     max_output: int = 0
     stream: Callable[[int, list[tuple[str, str]], int], None] | None = None
+    # The values of the function's secrets, read from this process's environment; sent, never stored.
+    secrets: dict[str, str] | None = None
 
 
 def _end(job: Job, outcome: Outcome) -> None:
@@ -82,7 +84,10 @@ def _end_as_lost(job: Job, message: str, worker: str | None = None) -> None:
 
 def _request(job: Job, with_package: bool) -> tuple:
     package = job.package if with_package else None
-    return ("run", job.name, job.version, package, job.blob, job.indices, job.timeout, job.memory, job.max_output)
+    return (
+        "run", job.name, job.version, package, job.blob, job.indices, job.timeout, job.memory, job.max_output,
+        job.secrets,
+    )  # fmt: skip
 
 
 class _Link:

@@ -24,6 +24,7 @@ from jupyter_faas._metrics import Metrics
 from jupyter_faas._openapi import document
 from jupyter_faas._platform import NoCapacity, Platform, pack_calls
 from jupyter_faas._registry import Deployment, Registry, RegistryError
+from jupyter_faas._secrets import MissingSecret
 from jupyter_faas._triggers import TriggerRunner, TriggerSpec, TriggerStore
 
 log = logging.getLogger("jupyter_faas.endpoints")
@@ -192,7 +193,11 @@ class Endpoints:
         except TypeError as e:
             log.warning("jupyter-faas: %s trigger of %s: %s", kind, name, e)
             return False
-        future = self.platform.invoke(definition, blob, trigger=kind)
+        try:
+            future = self.platform.invoke(definition, blob, trigger=kind)
+        except MissingSecret as e:
+            log.warning("jupyter-faas: %s trigger of %s waits: %s", kind, name, e)
+            return False
         future.add_done_callback(on_done)
         return True
 
@@ -280,7 +285,10 @@ class Endpoints:
             blob = pack_calls(definition.name, [(call.args, call.kwargs)])
         except TypeError as e:
             raise HttpError(422, "ArgumentError", str(e)) from None
-        return self.platform.invoke(definition, blob, queue_timeout=queue_timeout, trigger="http")
+        try:
+            return self.platform.invoke(definition, blob, queue_timeout=queue_timeout, trigger="http")
+        except MissingSecret as e:
+            raise HttpError(500, "MissingSecret", str(e)) from None
 
     async def invoke(self, name: str, content_type: str, body: bytes) -> Reply:
         """Run the function and wait: 200 with its result, or an HttpError from the table in README."""

@@ -281,6 +281,7 @@ def function(
     concurrency: Any = None,
     zones: Any = None,
     requirements: Iterable[str] = (),
+    secrets: Iterable[str] = (),
 ) -> Callable[[Callable[..., Any]], FaasFunction]: ...
 
 
@@ -295,10 +296,12 @@ def function(
     concurrency: Any = None,
     zones: Any = None,
     requirements: Iterable[str] = (),
+    secrets: Iterable[str] = (),
 ) -> FaasFunction | Callable[[Callable[..., Any]], FaasFunction]:
     """Make a def a serverless function: `@function` or `@function(timeout="5s", memory="128MB")`.
 
-    Free names are captured by value now, as `%%faas` does for a cell.
+    Free names are captured by value now, as `%%faas` does for a cell. `secrets` names environment
+    variables each call gets from the environment of the process that runs the platform.
     """
     limits = Limits.resolve(timeout=timeout, memory=memory, retries=retries, concurrency=concurrency, zones=zones)
 
@@ -308,6 +311,10 @@ def function(
             from jupyter_faas._requirements import with_requirements
 
             definition = with_requirements(definition, requirements)
+        if secrets:
+            from jupyter_faas._secrets import with_secrets
+
+            definition = with_secrets(definition, secrets)
         return FaasFunction(definition)
 
     return wrap if fn is None else wrap(fn)

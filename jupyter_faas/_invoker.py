@@ -58,6 +58,8 @@ class Batch:
     timeout: float
     memory: int
     max_output: int
+    # Environment variables the calls see, by name: the function's declared secrets.
+    secrets: dict[str, str] | None = None
 
 
 class SandboxGone(Exception):
@@ -183,7 +185,7 @@ class Sandbox:
 
     def _send(self, batch: Batch, indices: list[int], with_package: bool) -> None:
         package = batch.package if with_package else None
-        request = ("run", batch.version, package, batch.blob, indices, batch.memory, batch.max_output)
+        request = ("run", batch.version, package, batch.blob, indices, batch.memory, batch.max_output, batch.secrets)
         try:
             self.conn.send_bytes(pickle.dumps(request, protocol=5))
         except OSError:
@@ -321,7 +323,7 @@ class InvokerServer:
             sock.close()
 
     def _handle(self, sock: socket.socket, request: tuple) -> None:
-        _, name, version, package, blob, indices, timeout, memory, max_output = request
+        _, name, version, package, blob, indices, timeout, memory, max_output, secrets = request
         with self._packages_lock:
             if package is not None:
                 self._packages[version] = package
@@ -349,7 +351,7 @@ class InvokerServer:
             # At once: the caller of a running invocation is waiting to see it.
             _wire.send(sock, ("output", index, segments, dropped))
 
-        batch = Batch(name, version, package, blob, timeout, memory, max_output)
+        batch = Batch(name, version, package, blob, timeout, memory, max_output, secrets)
         self.invoker.invoke(batch, indices, on_answer, on_output)
         _wire.send(sock, ("done", pending))
 

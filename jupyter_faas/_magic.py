@@ -18,6 +18,7 @@ from jupyter_faas._errors import FaasError
 from jupyter_faas._function import FaasFunction
 from jupyter_faas._limits import LimitError, Limits
 from jupyter_faas._requirements import with_requirements
+from jupyter_faas._secrets import with_secrets
 
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _LINE_COMMANDS = ("config", "status", "shutdown")
@@ -97,6 +98,13 @@ class FaasMagics(Magics):
         help='Packages the function needs, e.g. "pillow>=10" numpy: checked here, installed on other clusters.',
     )
     @argument(
+        "--secret",
+        action="append",
+        dest="secrets",
+        metavar="NAME",
+        help="Pass environment variable NAME from the platform's environment to each call (repeatable).",
+    )
+    @argument(
         "--http",
         action="store_true",
         help="Also deploy it as an HTTP endpoint of this notebook's Jupyter server (or of `jupyter faas serve`).",
@@ -148,6 +156,8 @@ class FaasMagics(Magics):
             )
             if args.requirements:
                 definition = with_requirements(definition, [_unquote(r) or "" for r in args.requirements])
+            if args.secrets:
+                definition = with_secrets(definition, [_unquote(n) or "" for n in args.secrets])
         except (LimitError, DefinitionError) as e:
             raise UsageError(str(e)) from None
         function = FaasFunction(definition)

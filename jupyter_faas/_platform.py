@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import cloudpickle
 
-from jupyter_faas import _config
+from jupyter_faas import _config, _secrets
 from jupyter_faas._capture import Segments, cut_marker
 from jupyter_faas._cluster import ClusterHandle, connect
 from jupyter_faas._cost import Comparison, compare
@@ -85,6 +85,7 @@ class _Invocation:
     gate: _Gate | None = None
     trigger: str = "call"
     max_output: int = 0
+    secrets: dict[str, str] | None = None
     # Output of the current attempt so far, and the bytes it dropped past max_output.
     output: Segments | None = None
     dropped: int = 0
@@ -526,6 +527,7 @@ class Platform:
         platform thread), and the rest before the future ends.
         """
         max_output = _config.log_max_output()
+        secrets = _secrets.values_for(definition)
         self.start()
         self._ensure_requirements(definition)
         future = InvocationFuture()
@@ -533,7 +535,7 @@ class Platform:
         sink = _FutureSink(future, on_output)
         invocation = _Invocation(
             future.id, definition, blob, 0, time.time(), time.perf_counter(), sink, 0, trigger=trigger,
-            max_output=max_output,
+            max_output=max_output, secrets=secrets,
         )  # fmt: skip
         if queue_timeout is not None:
             with self._lock:
@@ -548,6 +550,7 @@ class Platform:
     def map(self, definition: FunctionDefinition, calls: Sequence[tuple[tuple, dict]]) -> MapResults:
         """Invocations of many calls, sent in batches; results arrive in a MapResults in input order."""
         max_output = _config.log_max_output()
+        secrets = _secrets.values_for(definition)
         self.start()
         self._ensure_requirements(definition)
         results = MapResults(len(calls))
@@ -575,6 +578,7 @@ class Platform:
                     results,
                     first + at,
                     max_output=max_output,
+                    secrets=secrets,
                 )
                 for at in range(len(chunk))
             ]
@@ -658,6 +662,7 @@ class Platform:
                 keep=lambda index: self._still_wanted(by_index[index]),
                 zones=definition.limits.zones,
                 max_output=first.max_output,
+                secrets=first.secrets,
                 stream=lambda index, segments, dropped: self._on_stream(by_index[index], segments, dropped),
             )
         )

@@ -120,17 +120,25 @@ def _register_source(filename: str, source: str) -> None:
     linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
 
 
-def _describe_error(exc: BaseException, skip_frames: int) -> tuple[str, str, str, bytes | None]:
+def _describe_error(
+    exc: BaseException, skip_frames: int, secrets: dict[str, str] | None = None
+) -> tuple[str, str, str, bytes | None]:
     tb = exc.__traceback__
     for _ in range(skip_frames):
         if tb is not None:
             tb = tb.tb_next
     text = "".join(traceback.TracebackException(type(exc), exc, tb).format())
+    message = str(exc)
+    if secrets:
+        redacted_text, redacted_message = _capture.redact(text, secrets), _capture.redact(message, secrets)
+        if (redacted_text, redacted_message) != (text, message):
+            # The exception itself holds the secret: only its redacted description goes back.
+            return type(exc).__qualname__, redacted_message, redacted_text, None
     try:
         exc_bytes: bytes | None = cloudpickle.dumps(exc, protocol=5)
     except Exception:
         exc_bytes = None
-    return type(exc).__qualname__, str(exc), text, exc_bytes
+    return type(exc).__qualname__, message, text, exc_bytes
 
 
 def _watch_parent() -> None:
@@ -181,23 +189,92 @@ class _Channel:
                         return
 
 
-def _call(loaded: _Loaded, call: tuple[tuple, dict], memory_limit: int, fresh: bool, meter: _PeakMeter) -> tuple:
+_SANDBOX_PID = os.getpid()
+
+
+class _Forks:
+    """Processes forked during the current call, so the ones left running can be stopped after it."""
+
+    count = 0
+
+
+def _after_fork_in_child() -> None:
+    # A forked copy of the sandbox must never speak on the worker's socket, nor capture for the call.
+    _capture.current.captured = None
+    if _channel_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(_channel_fd)
+
+
+def _after_fork_in_parent() -> None:
+    _Forks.count += 1
+
+
+_channel_fd: int | None = None
+
+
+def _run_function(function: types.FunctionType, args: tuple, kwargs: dict) -> object:
+    try:
+        return function(*args, **kwargs)
+    finally:
+        if os.getpid() != _SANDBOX_PID:
+            # A forked child returning from the function: it ends here, it does not answer.
+            os._exit(0)
+
+
+def _stop_strays() -> None:
+    """Kill the processes the call forked and left running: an invocation leaves nothing behind."""
+    try:
+        import psutil
+
+        strays = psutil.Process().children(recursive=True)
+    except Exception:
+        return
+    for stray in strays:
+        with contextlib.suppress(Exception):
+            stray.kill()
+    for stray in strays:
+        with contextlib.suppress(Exception):
+            stray.wait(timeout=5)
+
+
+def _call(
+    loaded: _Loaded,
+    call: tuple[tuple, dict],
+    memory_limit: int,
+    fresh: bool,
+    meter: _PeakMeter,
+    secrets: dict[str, str] | None = None,
+) -> tuple:
     """One invocation, answered as (status, value, started, finished, fresh, peak, error)."""
     started = time.time()
     status, value, error = "ok", b"", None
+    _Forks.count = 0
+    saved = {name: os.environ.get(name) for name in secrets} if secrets else {}
+    if secrets:
+        os.environ.update(secrets)
     try:
         args, kwargs = call
-        result = loaded.fresh()(*args, **kwargs)
+        result = _run_function(loaded.fresh(), args, kwargs)
     except MemoryError as e:
-        status, error = "memory", _describe_error(e, 1)
+        status, error = "memory", _describe_error(e, 2, secrets)
     except BaseException as e:
-        status, error = "error", _describe_error(e, 1)
+        status, error = "error", _describe_error(e, 2, secrets)
     else:
         try:
             value = cloudpickle.dumps(result, protocol=5)
         except Exception as e:
-            wrapped = TypeError(f"the result ({type(result).__name__}) cannot be sent back: {e}")
-            status, error = "error", (type(wrapped).__name__, str(wrapped), f"TypeError: {wrapped}\n", None)
+            message = f"the result ({type(result).__name__}) cannot be sent back: {e}"
+            message = _capture.redact(message, secrets) if secrets else message
+            status, error = "error", ("TypeError", message, f"TypeError: {message}\n", None)
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+        if _Forks.count:
+            _stop_strays()
     finished = time.time()
     peak = meter.after_call()
     if peak is not None and peak > memory_limit and status != "memory":
@@ -206,7 +283,7 @@ def _call(loaded: _Loaded, call: tuple[tuple, dict], memory_limit: int, fresh: b
 
 
 def serve(conn: Connection) -> None:
-    """Answer ("run", version, package, blob, indices, memory, max_output) with one message per index, in order.
+    """Answer ("run", version, package, blob, indices, memory, max_output, secrets) with one message per index.
 
     While a call runs, its new output goes out as ("output", index, segments, dropped) messages.
     """
@@ -218,7 +295,7 @@ def serve(conn: Connection) -> None:
     channel.send(("ready", os.getpid()))
     while True:
         try:
-            _, version, package, blob, indices, memory_limit, max_output = pickle.loads(conn.recv_bytes())
+            _, version, package, blob, indices, memory_limit, max_output, secrets = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
         fresh = False
@@ -244,17 +321,19 @@ def serve(conn: Connection) -> None:
                 channel.answer(("error", b"", now, now, fresh, None, error))
             continue
         for index in indices:
-            captured = _capture.Captured(max_output)
+            captured = _capture.Captured(max_output, secrets)
             with channel.lock:
                 channel.running = (index, captured)
                 _capture.current.captured = captured
-            answer = _call(loaded, calls[index], memory_limit, fresh, meter)
+            answer = _call(loaded, calls[index], memory_limit, fresh, meter, secrets)
             fresh = False
             channel.answer(answer)
 
 
 def main() -> None:
-    fd = int(sys.argv[-1])
+    global _channel_fd
+    fd = _channel_fd = int(sys.argv[-1])
+    os.register_at_fork(after_in_child=_after_fork_in_child, after_in_parent=_after_fork_in_parent)
     worker_path = os.environ.get("JUPYTER_FAAS_SYS_PATH")
     if worker_path:
         # The worker's import path, after this package's own root: functions import what the worker can.
