@@ -20,6 +20,7 @@ from jupyter_faas import _config
 from jupyter_faas._deadletters import DeadLetters
 from jupyter_faas._definition import FunctionDefinition
 from jupyter_faas._errors import FaasMemoryError, FaasTimeout, RemoteError, RemoteTraceback, WorkerLost, type_name
+from jupyter_faas._inflight import InFlight, inflight_path
 from jupyter_faas._metrics import Metrics
 from jupyter_faas._openapi import document
 from jupyter_faas._platform import NoCapacity, Platform, pack_calls
@@ -155,12 +156,29 @@ class Endpoints:
         # The full URL clients reach us at, for the URLs we list; the base path alone if unknown.
         self.url = url or self.base_url
         self.dead_letters = DeadLetters(None if state_dir is None else dead_letters_path(state_dir))
+        self.in_flight = InFlight(None if state_dir is None else inflight_path(state_dir))
+        self._settle_interrupted()
         self.metrics = Metrics(platform, registry)
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._lock = threading.Lock()
         self.triggers: TriggerRunner | None = None
         self._missing: set[tuple[str, str]] = set()
         platform.add_listener(self.metrics.observe)
+
+    def _settle_interrupted(self) -> None:
+        """Asynchronous invocations a previous process accepted and never settled become dead letters."""
+        for entry in self.in_flight.orphans():
+            error = {
+                "type": "Interrupted",
+                "message": "the server stopped before this invocation finished; replay the dead letter to run it",
+            }
+            self.dead_letters.add(
+                entry["id"], entry["function"], entry["version"], entry["content_type"], entry["body"], error
+            )
+            self.in_flight.end(entry["id"])
+            log.warning(
+                "jupyter-faas: invocation %s of %s was interrupted by a restart", entry["id"], entry["function"]
+            )
 
     def close(self) -> None:
         if self.triggers is not None:
@@ -305,6 +323,8 @@ class Endpoints:
         call = self.prepare(name, content_type, body)
         future = self._submit(call, None)
         pending = _Pending(name, future, call)
+        # Journaled before the 202: an invocation a caller was told about is never silently forgotten.
+        self.in_flight.begin(future.id, call.deployment.name, call.deployment.version, call.content_type, call.raw)  # type: ignore[attr-defined]
         with self._lock:
             self._pending[future.id] = pending  # type: ignore[attr-defined]
             self._trim()
@@ -318,6 +338,12 @@ class Endpoints:
 
     def _settle(self, invocation_id: str, pending: _Pending) -> None:
         """Runs when an asynchronous invocation ends; one that failed after its retries is a dead letter."""
+        try:
+            self._keep_outcome(invocation_id, pending)
+        finally:
+            self.in_flight.end(invocation_id)
+
+    def _keep_outcome(self, invocation_id: str, pending: _Pending) -> None:
         try:
             value = pending.future.result()
         except Exception as error:
@@ -343,9 +369,18 @@ class Endpoints:
             pending = self._pending.get(invocation_id)
         record = self.platform.find_record(invocation_id)
         if pending is None:
-            if record is None:
-                raise HttpError(404, "NotFound", f"no invocation {invocation_id!r} is known here")
-            return _finite(record.to_dict())
+            if record is not None:
+                return _finite(record.to_dict())
+            letter = self.dead_letters.get(invocation_id)
+            if letter is not None:
+                # An invocation that ended as a dead letter before this process knew of it (a restart).
+                return {
+                    "id": invocation_id,
+                    "function": letter["function"],
+                    "status": "error",
+                    "error": letter["error"],
+                }
+            raise HttpError(404, "NotFound", f"no invocation {invocation_id!r} is known here")
         if pending.outcome is not None:
             answer = {"id": invocation_id, "function": pending.name, **pending.outcome}
             if record is not None:
