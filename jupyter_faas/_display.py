@@ -11,7 +11,7 @@ from datetime import datetime
 from jupyter_faas._capture import Segments
 from jupyter_faas._records import InvocationRecord
 
-# How often a waiting caller looks for new output; also how fast Ctrl-C is noticed.
+# A waiting caller wakes at least this often, to notice Ctrl-C.
 _POLL = 0.05
 
 
@@ -33,7 +33,7 @@ class CallOutput:
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._pieces: queue.SimpleQueue[Segments] = queue.SimpleQueue()
+        self._pieces: queue.SimpleQueue[Segments | None] = queue.SimpleQueue()
         self._started = False
 
     def collect(self, segments: Segments) -> None:
@@ -46,19 +46,22 @@ class CallOutput:
         _write(segments)
 
     def wait(self, future: Future) -> None:
-        """Write output as it comes until the invocation ends; then whatever came last."""
+        """Write output as it comes until the invocation ends.
+
+        The platform hands over the last output before it ends the future, and the end itself arrives
+        here as None, so the caller wakes at once for either: a call that prints nothing waits no longer.
+        """
         invocation_id = getattr(future, "id", "")
-        while not future.done():
-            try:
-                self._show(invocation_id, self._pieces.get(timeout=_POLL))
-            except queue.Empty:
-                continue
-        # The platform hands over the last output before it ends the future, so this is all of it.
+        future.add_done_callback(lambda _: self._pieces.put(None))
         while True:
             try:
-                self._show(invocation_id, self._pieces.get_nowait())
+                # Bounded, so Ctrl-C reaches the cell even on interpreters whose waits ignore signals.
+                segments = self._pieces.get(timeout=_POLL)
             except queue.Empty:
+                continue
+            if segments is None:
                 break
+            self._show(invocation_id, segments)
         if self._started:
             sys.stdout.flush()
             sys.stderr.flush()
