@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ class Load:
     """One workload's outcomes: latencies of its successes (ms), and its errors."""
 
     name: str
-    latencies: list[float] = field(default_factory=list)
+    # Compact (8 bytes a sample): a list of floats would itself grow the memory being measured.
+    latencies: array = field(default_factory=lambda: array("d"))
     errors: list[str] = field(default_factory=list)
     units: int = 0  # calls made (a map counts its items)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -77,11 +79,13 @@ class Load:
         }
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Resident memory of a process and all its descendants, in bytes."""
+def tree_rss(process: psutil.Process, leave_out: set[int] | frozenset[int] = frozenset()) -> int:
+    """Resident memory of a process and all its descendants but those in `leave_out` (and theirs), in bytes."""
     total = 0
     for member in [process, *process.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
+            if member.pid in leave_out or member.ppid() in leave_out:
+                continue
             total += member.memory_info().rss
     return total
 
@@ -178,20 +182,26 @@ def run(seconds: float, sample_every: float) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {token}"}
         dropped = 0
 
+        load_generators: set[int] = set()
+
         def http_calls() -> None:
             # A process of its own: its threads must not share this one's interpreter lock with the calls above.
-            client = subprocess.run(
+            client = subprocess.Popen(
                 [sys.executable, __file__, "--http-client", url, token, str(seconds)],
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
                 env={**os.environ, "JUPYTER_FAAS_TOKEN": ""},
             )
+            load_generators.add(client.pid)  # measuring equipment: left out of the memory figures
+            stdout, stderr = client.communicate()
             try:
-                measured = json.loads(client.stdout.strip().splitlines()[-1])
+                measured = json.loads(stdout.strip().splitlines()[-1])
             except (ValueError, IndexError):
-                http.failed(f"the HTTP client failed: {client.stderr[-2000:]}")
+                http.failed(f"the HTTP client failed: {stderr[-2000:]}")
                 return
-            http.latencies, http.errors, http.units = measured["latencies"], measured["errors"], measured["units"]
+            http.latencies = array("d", measured["latencies"])
+            http.errors, http.units = measured["errors"], measured["units"]
 
         def drop_files() -> None:
             nonlocal dropped
@@ -208,7 +218,7 @@ def run(seconds: float, sample_every: float) -> dict[str, Any]:
                 samples.append(
                     {
                         "t": round(time.monotonic() - began, 1),
-                        "soak_mb": tree_rss(me) / 2**20,
+                        "soak_mb": tree_rss(me, load_generators) / 2**20,
                         "serve_mb": tree_rss(serving) / 2**20,
                         "calls": warm.units + maps.units + http.units,
                     }
@@ -320,7 +330,7 @@ def http_client(url: str, token: str, seconds: float) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    print(json.dumps({"latencies": load.latencies, "errors": load.errors, "units": load.units}))
+    print(json.dumps({"latencies": load.latencies.tolist(), "errors": load.errors, "units": load.units}))
 
 
 def main() -> int:
