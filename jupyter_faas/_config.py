@@ -149,6 +149,48 @@ def state_dir() -> Path:
     return Path(os.path.expanduser(os.fspath(value)))
 
 
+# The state dir holds deployed code, invocation inputs and results: only its owner may read it.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` and its missing parents, each new folder mode 0700 whatever the umask; `path` itself."""
+    missing = []
+    folder = Path(path)
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    Path(path).mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    for created in missing:
+        # mkdir's mode is masked by the umask (and parents get the default): set it exactly.
+        os.chmod(created, PRIVATE_DIR_MODE)
+    return Path(path)
+
+
+def open_private(path: Path, flags: int) -> int:
+    """os.open(path) creating the file mode 0600 whatever the umask; a file of ours found looser is tightened."""
+    descriptor = os.open(path, flags | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        if os.fstat(descriptor).st_mode & 0o777 != PRIVATE_FILE_MODE:
+            os.fchmod(descriptor, PRIVATE_FILE_MODE)
+    except OSError:  # another user's file: reading and writing it is all we need
+        pass
+    return descriptor
+
+
+def append_private(path: Path, text: str) -> None:
+    """Append `text` to a 0600 file, creating it."""
+    with os.fdopen(open_private(path, os.O_WRONLY | os.O_APPEND), "a") as file:
+        file.write(text)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace a 0600 file's contents, creating it."""
+    with os.fdopen(open_private(path, os.O_WRONLY | os.O_TRUNC), "wb") as file:
+        file.write(data)
+
+
 def log_enabled() -> bool:
     value = _get("faas.log.enabled")
     if isinstance(value, bool):
@@ -176,6 +218,10 @@ def http_queue_timeout() -> float:
     return _checked("faas.http.queue-timeout", lambda v: parse_duration(v, "faas.http.queue-timeout"))
 
 
+def http_read_timeout() -> float:
+    return _checked("faas.http.read-timeout", lambda v: parse_duration(v, "faas.http.read-timeout"))
+
+
 def http_tracebacks() -> bool:
     value = _get("faas.http.tracebacks")
     if isinstance(value, bool):
@@ -198,7 +244,7 @@ def _price(key: str) -> float:
         raise ConfigError(f"{key}: expected a price in USD like 0.0000166667, got {value!r}")
     try:
         price = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ConfigError(f"{key}: expected a price in USD like 0.0000166667, got {value!r}") from None
     if not price >= 0 or price == float("inf"):
         raise ConfigError(f"{key}: expected a price of zero or more, got {value!r}")
@@ -244,6 +290,7 @@ _VALIDATORS = {
     "faas.capture.max-bytes": capture_max_bytes,
     "faas.http.max-body": http_max_body,
     "faas.http.queue-timeout": http_queue_timeout,
+    "faas.http.read-timeout": http_read_timeout,
     "faas.http.tracebacks": http_tracebacks,
     "faas.pricing.gb-second": pricing,
 }
@@ -264,8 +311,10 @@ def set_value(key: str, raw: str) -> Any:
         raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(KNOWN_KEYS)}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"{key}: could not read value {raw!r}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
+        # ValueError: YAML's own number past what Python reads (an int of over 4300 digits).
+        shown = raw if len(raw) <= 80 else raw[:80] + "..."
+        raise ConfigError(f"{key}: could not read value {shown!r} ({type(e).__name__})") from None
     with dask.config.set({key: value}):
         validate_all()
     dask.config.set({key: value})

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from jupyter_faas._config import append_private, open_private, private_dir
+
 # The list is bounded: past this many letters, the oldest go first.
 MAX_DEAD_LETTERS = 10_000
 
@@ -30,7 +32,7 @@ class DeadLetters:
         self._read_as: tuple[int, int] | None = None
         if path is not None:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(path.parent)
             except OSError as e:
                 warnings.warn(f"jupyter_faas: dead letters will be kept in memory only: {e}", stacklevel=2)
                 self.path = None
@@ -41,7 +43,7 @@ class DeadLetters:
     def _file_lock(self) -> Iterator[None]:
         """Across processes: one rewrites the file while none appends to it."""
         assert self.path is not None
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+        with os.fdopen(open_private(self.path.with_name(self.path.name + ".lock"), os.O_WRONLY), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -106,8 +108,7 @@ class DeadLetters:
                         del self._letters[next(iter(self._letters))]
                         self._rewrite()
                     else:
-                        with self.path.open("a") as file:
-                            file.write(json.dumps(letter) + "\n")
+                        append_private(self.path, json.dumps(letter) + "\n")
                         stat = self.path.stat()
                         self._read_as = (stat.st_mtime_ns, stat.st_size)
             except OSError as e:

@@ -10,6 +10,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -266,7 +267,7 @@ class Endpoints:
         if is_json(content_type):
             if body.strip():
                 try:
-                    data = json.loads(body)
+                    data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_whole)
                 except (ValueError, RecursionError) as e:
                     raise HttpError(400, "InvalidJSON", f"the request body is not valid JSON: {e}") from None
                 if isinstance(data, dict):
@@ -308,10 +309,17 @@ class Endpoints:
         except MissingSecret as e:
             raise HttpError(500, "MissingSecret", str(e)) from None
 
-    async def invoke(self, name: str, content_type: str, body: bytes) -> Reply:
-        """Run the function and wait: 200 with its result, or an HttpError from the table in README."""
+    async def invoke(
+        self, name: str, content_type: str, body: bytes, on_submit: Callable[[str], None] | None = None
+    ) -> Reply:
+        """Run the function and wait: 200 with its result, or an HttpError from the table in README.
+
+        `on_submit` is told the invocation's id as soon as it has one (the handler's X-Request-Id).
+        """
         call = self.prepare(name, content_type, body)
         future = self._submit(call, _config.http_queue_timeout())
+        if on_submit is not None:
+            on_submit(future.id)  # type: ignore[attr-defined]
         try:
             value = await asyncio.wrap_future(future)
         except Exception as error:
@@ -506,6 +514,26 @@ class Endpoints:
         from jupyter_faas import __version__
 
         return document(self.registry.deployments(), self.base_url, __version__)
+
+
+# JSON's own numbers only, each one Python can carry: no NaN or Infinity, nothing that overflows a float,
+# no integer longer than Python reads (4300 digits).
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]}{'...' if len(text) > 40 else ''} is too large for a float")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is too long to read") from None
 
 
 def _status_of(error: BaseException) -> str:

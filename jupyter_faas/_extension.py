@@ -20,9 +20,31 @@ from jupyter_faas._triggers import TriggerStore
 
 
 class _JupyterBase(APIHandler):
-    """The server's own authentication and authorization, on the resource "faas"."""
+    """The server's own authentication and authorization, on the resource "faas".
+
+    CORS only as the server is configured for it (`allow_origin`, `allow_origin_pat`, or an
+    Access-Control-Allow-Origin in its `headers`): not jupyter_server's default of echoing any Origin
+    to a token-authenticated request, nor allow headers on every preflight.
+    """
 
     auth_resource = "faas"
+
+    def _cors_configured(self) -> bool:
+        return bool(
+            self.allow_origin
+            or self.allow_origin_pat
+            or "Access-Control-Allow-Origin" in self.settings.get("headers", {})
+        )
+
+    def set_cors_headers(self) -> None:
+        if self._cors_configured():
+            super().set_cors_headers()
+
+    @allow_unauthenticated
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        if not self._cors_configured():
+            raise web.HTTPError(405)
+        super().options(*args, **kwargs)
 
     def faas_guard(self, public: bool = False) -> None:
         user = self.current_user

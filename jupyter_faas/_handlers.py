@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import uuid
 from typing import Any
 
 from tornado import web
@@ -14,17 +15,50 @@ from jupyter_faas._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 _NAME = r"(?P<name>[^/]+)"
 _ID = r"(?P<ident>[^/]+)"
 
+# Request headers past this many bytes get 431 (the HTTP server itself drops a connection far past it).
+MAX_HEADER_BYTES = 32 * 2**10
+
 
 class _Faas(web.RequestHandler):
     """What every handler shares; the app's own base class supplies its authentication, as
     `faas_guard(public=False)`, which raises unless the request may go on.
+
+    Every answer carries `X-Content-Type-Options: nosniff` and an `X-Request-Id`: the invocation's id when
+    the request started one, a fresh random id otherwise; and no `Server` banner.
     """
 
     faas_guard: Any
+    _faas_request_id: str | None = None
 
     @property
     def endpoints(self) -> Endpoints:
         return self.settings["faas_endpoints"]
+
+    @property
+    def request_id(self) -> str:
+        if self._faas_request_id is None:
+            self._faas_request_id = uuid.uuid4().hex
+        return self._faas_request_id
+
+    def set_default_headers(self) -> None:
+        # Called again when an error clears the headers: the same id then.
+        super().set_default_headers()
+        self.clear_header("Server")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("X-Request-Id", self.request_id)
+
+    def note_invocation(self, invocation_id: str) -> None:
+        """This request started an invocation: its id is the request's, so the record can be found from it."""
+        self._faas_request_id = invocation_id
+        self.set_header("X-Request-Id", invocation_id)
+
+    def prepare(self) -> Any:
+        size = sum(len(name) + len(value) + 4 for name, value in self.request.headers.get_all())
+        if size > MAX_HEADER_BYTES:
+            raise HttpError(
+                431, "HeadersTooLarge", f"the request headers are {size} bytes; the limit is {MAX_HEADER_BYTES}"
+            )
+        return super().prepare()
 
     def send_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -91,9 +125,11 @@ class _Invoke(_Faas):
         body = b"".join(self._chunks)
         content_type = self.request.headers.get("Content-Type", "")
         if self.get_query_argument("async", "false").lower() in ("true", "1", "yes"):
-            self.send_reply(self.endpoints.invoke_async(name, content_type, body))
+            reply = self.endpoints.invoke_async(name, content_type, body)
+            self.note_invocation(reply.body["id"])
+            self.send_reply(reply)
         else:
-            self.send_reply(await self.endpoints.invoke(name, content_type, body))
+            self.send_reply(await self.endpoints.invoke(name, content_type, body, on_submit=self.note_invocation))
 
 
 class _Functions(_Faas):
@@ -160,7 +196,9 @@ class _DeadLetter(_Faas):
 class _Replay(_Faas):
     def post(self, ident: str) -> None:
         self.faas_guard()
-        self.send_reply(self.endpoints.replay(ident))
+        reply = self.endpoints.replay(ident)
+        self.note_invocation(reply.body["id"])
+        self.send_reply(reply)
 
 
 class _Triggers(_Faas):
@@ -182,6 +220,17 @@ class _Metrics(_Faas):
         self.finish(self.endpoints.metrics.text())
 
 
+class NotFound(_Faas):
+    """Any other path under faas/, any method: a JSON 404, with the same headers as every other answer."""
+
+    unauthenticated = ("get", "head", "post", "put", "patch", "delete", "options")
+
+    def _not_found(self, *args: Any, **kwargs: Any) -> None:
+        raise HttpError(404, "NotFound", f"nothing is served at {self.request.path}")
+
+    get = head = post = put = patch = delete = options = _not_found
+
+
 _ROUTES: list[tuple[str, type[_Faas]]] = [
     (rf"faas/functions/{_NAME}", _Invoke),
     (r"faas/api/functions", _Functions),
@@ -199,19 +248,23 @@ _ROUTES: list[tuple[str, type[_Faas]]] = [
 ]
 
 
+def joined(handler: type[_Faas], base: type[web.RequestHandler], mark_public: Any = None) -> type:
+    """`handler` joined with the app's base class (its authentication)."""
+    namespace: dict[str, Any] = {}
+    for method in getattr(handler, "unauthenticated", ()):
+        if mark_public is not None:
+            namespace[method] = mark_public(getattr(handler, method))
+    combined = type(f"Faas{handler.__name__.lstrip('_')}Handler", (handler, base), namespace)
+    if getattr(handler, "streams_body", False):
+        combined = web.stream_request_body(combined)
+    return combined
+
+
 def routes(base: type[web.RequestHandler], prefix: str, mark_public: Any = None) -> list[tuple[str, type]]:
-    """The handlers, each joined with the app's base class (its authentication) under `prefix`.
+    """The handlers, each joined with the app's base class under `prefix`; last, a JSON 404 for the rest of faas/.
 
     `mark_public` decorates the methods that need no authentication, for apps that check in `prepare`.
     """
-    made = []
-    for pattern, handler in _ROUTES:
-        namespace: dict[str, Any] = {}
-        for method in getattr(handler, "unauthenticated", ()):
-            if mark_public is not None:
-                namespace[method] = mark_public(getattr(handler, method))
-        combined = type(f"Faas{handler.__name__.lstrip('_')}Handler", (handler, base), namespace)
-        if getattr(handler, "streams_body", False):
-            combined = web.stream_request_body(combined)
-        made.append((prefix + pattern, combined))
+    made = [(prefix + pattern, joined(handler, base, mark_public)) for pattern, handler in _ROUTES]
+    made.append((prefix + r"faas(?:/.*)?", joined(NotFound, base, mark_public)))
     return made

@@ -22,7 +22,7 @@ def parse_duration(value: Any, option: str, *, minimum: float = 0.0) -> float:
         if isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
             raise TypeError
         seconds = parse_timedelta(value, default="seconds")
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError):
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError):
         raise LimitError(f"{option}: expected {DURATION_FORM}, got {value!r}") from None
     if seconds is None or not math.isfinite(seconds) or seconds <= 0 or seconds < minimum:
         floor = f"at least {minimum:g}s" if minimum else "greater than zero"

@@ -22,6 +22,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+from jupyter_faas._config import PRIVATE_FILE_MODE, open_private, private_dir
 from jupyter_faas._errors import FaasError
 from jupyter_faas._records import InvocationRecord
 
@@ -240,7 +241,12 @@ class InvocationLog:
         self._max = int(max_records)
         self._interval = float(flush_interval)
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(state_dir)
+            # Mode 0600 whatever the umask; SQLite gives the -wal and -shm files it creates the database's mode.
+            os.close(open_private(self._path, os.O_RDWR))
+            for older in (f"{self._path}-wal", f"{self._path}-shm"):
+                with contextlib.suppress(OSError):
+                    os.chmod(older, PRIVATE_FILE_MODE)
         except OSError as e:
             raise LogError(f"cannot create the invocation log folder {state_dir}: {e.strerror or e}") from e
         if _forked_while_open:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ _ERRORS = {
     "403": "The token is wrong.",
     "404": "No function of that name is deployed.",
     "413": "The body is larger than faas.http.max-body.",
+    "431": "The request headers are too large.",
     "422": "The arguments do not fit the function's signature.",
     "500": "The function raised, ran out of memory, or returned what JSON cannot carry.",
     "503": "No free slot within faas.http.queue-timeout.",
@@ -59,11 +61,9 @@ def _request_schemas(deployment: Deployment) -> dict[str, Any]:
         for parameter in signature.parameters.values()
         if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
     ]
-    array: dict[str, Any] = {
-        "type": "array",
-        "prefixItems": [_schema(parameter.annotation) for parameter in positional],
-        "minItems": sum(parameter.default is parameter.empty for parameter in positional),
-    }
+    array: dict[str, Any] = {"type": "array", "minItems": sum(p.default is p.empty for p in positional)}
+    if positional:  # JSON Schema wants a non-empty prefixItems, or none
+        array["prefixItems"] = [_schema(parameter.annotation) for parameter in positional]
     if not any(p.kind == p.VAR_POSITIONAL for p in signature.parameters.values()):
         array["maxItems"] = len(positional)
     content: dict[str, Any] = {"application/json": {"schema": {"oneOf": [keywords, array]}}}
@@ -93,10 +93,7 @@ def _responses(deployment: Deployment) -> dict[str, Any]:
         },
     }
     for status, description in _ERRORS.items():
-        responses[status] = {
-            "description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-        }
+        responses[status] = _error(description)
     return responses
 
 
@@ -121,14 +118,131 @@ def _operation(deployment: Deployment) -> dict[str, Any]:
     }
 
 
-def _get(summary: str, schema: dict[str, Any], secured: bool = True) -> dict[str, Any]:
-    operation: dict[str, Any] = {
-        "summary": summary,
-        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}},
-    }
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _api(
+    summary: str, status: str, schema: dict[str, Any] | None, *errors: str, secured: bool = True
+) -> dict[str, Any]:
+    """One operation of the REST API: its answer, and the errors it may give besides."""
+    answer: dict[str, Any] = {"description": summary}
+    if schema is not None:
+        answer["content"] = {"application/json": {"schema": schema}}
+    responses = {status: answer, "431": _error(_ERRORS["431"])}
+    if secured:
+        responses["401"] = _error(_ERRORS["401"])
+        responses["403"] = _error(_ERRORS["403"])
+    for code in errors:
+        responses[code] = _error(_API_ERRORS[code])
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
     if not secured:
         operation["security"] = []
     return operation
+
+
+_API_ERRORS = {
+    "400": "A query parameter is malformed.",
+    "404": "No such function, invocation or dead letter.",
+    "422": "The dead letter's input no longer fits the function's signature.",
+    "500": "The registry cannot be read.",
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _list_of(key: str, item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": [key], "properties": {key: {"type": "array", "items": item}}}
+
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+
+_COMPONENTS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    },
+    "Queued": {
+        "type": "object",
+        "required": ["id"],
+        "properties": {"id": {"type": "string"}, "status": {"type": "string"}},
+    },
+    "Function": {
+        "type": "object",
+        "required": ["name", "version", "signature", "parameters", "limits", "url", "stats"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "deployed_at": {"type": "number"},
+            "signature": {"type": "string"},
+            "parameters": {"type": "array", "items": {"type": "object"}},
+            "limits": {"type": "object"},
+            "url": {"type": "string"},
+            "stats": {"type": "object"},
+            "last_invoked": _NUMBER_OR_NULL,
+        },
+    },
+    "InvocationRecord": {
+        "type": "object",
+        "required": ["id", "function", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "function": {"type": "string"},
+            "status": {"type": "string"},
+            "trigger": {"type": "string"},
+            "latency_ms": _NUMBER_OR_NULL,
+            "output": {"type": ["string", "null"]},
+        },
+    },
+    "Invocation": {
+        "type": "object",
+        "required": ["id", "function", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "function": {"type": "string"},
+            "status": {"enum": ["queued", "running", "ok", "error", "timeout", "memory"]},
+            "result": {},
+            "error": {"type": "object"},
+            "output": {"type": ["string", "null"]},
+            "record": {"type": "object"},
+        },
+    },
+    "Platform": {
+        "type": "object",
+        "required": ["workers", "maximum", "idle_timeout_s", "scale_events", "dashboard_link"],
+        "properties": {
+            "workers": {"type": "integer"},
+            "maximum": {"type": "integer"},
+            "idle_timeout_s": {"type": "number"},
+            "seconds_to_scale_to_zero": _NUMBER_OR_NULL,
+            "scale_events": {"type": "array", "items": {"type": "object"}},
+            "dashboard_link": {"type": "string"},
+        },
+    },
+    "DeadLetter": {
+        "type": "object",
+        "required": ["id", "function", "content_type", "body", "error"],
+        "properties": {
+            "id": {"type": "string"},
+            "function": {"type": "string"},
+            "version": {"type": "string"},
+            "failed_at": {"type": "number"},
+            "content_type": {"type": "string"},
+            "body": {"type": "string", "contentEncoding": "base64"},
+            "error": {"type": "object"},
+            "input": {},
+        },
+    },
+}
 
 
 def document(deployments: Sequence[Deployment], base_url: str, version: str) -> dict[str, Any]:
@@ -136,27 +250,56 @@ def document(deployments: Sequence[Deployment], base_url: str, version: str) -> 
     for deployment in deployments:
         paths[f"{base_url}faas/functions/{deployment.name}"] = {"post": _operation(deployment)}
     api = f"{base_url}faas/api"
-    any_object = {"type": "object"}
-    paths[f"{api}/functions"] = {"get": _get("Deployed functions.", {"type": "array", "items": any_object})}
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    ident = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    paths[f"{api}/functions"] = {"get": _api("Deployed functions.", "200", _list_of("functions", _ref("Function")))}
     paths[f"{api}/functions/{{name}}"] = {
-        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "get": _get("One deployed function.", any_object),
-        "delete": {"summary": "Undeploy a function.", "responses": {"204": {"description": "Undeployed."}}},
+        "parameters": [name],
+        "get": _api("One deployed function.", "200", _ref("Function"), "404", "500"),
+        "delete": _api("Undeploy a function.", "204", None, "404", "500"),
     }
     paths[f"{api}/functions/{{name}}/invocations"] = {
         "parameters": [
-            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+            name,
             {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "default": 20}},
         ],
-        "get": _get("A function's newest invocation records, newest first.", any_object),
+        "get": _api(
+            "A function's newest invocation records, newest first.",
+            "200",
+            _list_of("invocations", _ref("InvocationRecord")),
+            "400",
+            "404",
+            "500",
+        ),
     }
-    paths[f"{api}/platform"] = {"get": _get("Workers, maximum, keep-alive and scale events.", any_object)}
+    paths[f"{api}/platform"] = {"get": _api("Workers, maximum, keep-alive and scale events.", "200", _ref("Platform"))}
     paths[f"{api}/invocations/{{id}}"] = {
-        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "get": _get("An invocation's status, its result or error, and its output.", any_object),
+        "parameters": [ident],
+        "get": _api("An invocation's status, its result or error, and its output.", "200", _ref("Invocation"), "404"),
     }
-    paths[f"{api}/dead-letters"] = {"get": _get("Invocations that failed after their retries.", any_object)}
-    paths[f"{api}/health"] = {"get": _get("Liveness; needs no token.", any_object, secured=False)}
+    paths[f"{api}/dead-letters"] = {
+        "get": _api("Invocations that failed after their retries.", "200", _list_of("dead_letters", _ref("DeadLetter")))
+    }
+    paths[f"{api}/dead-letters/{{id}}"] = {"parameters": [ident], "delete": _api("Discard it.", "204", None, "404")}
+    paths[f"{api}/dead-letters/{{id}}/replay"] = {
+        "parameters": [ident],
+        "post": _api("Run it again, asynchronously.", "202", _ref("Queued"), "404", "422", "500"),
+    }
+    paths[f"{api}/triggers"] = {
+        "get": _api("Every schedule and file trigger.", "200", _list_of("triggers", {"type": "object"}))
+    }
+    paths[f"{api}/openapi.json"] = {"get": _api("This document.", "200", {"type": "object"})}
+    paths[f"{api}/health"] = {
+        "get": _api(
+            "Liveness; needs no token.",
+            "200",
+            {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+            secured=False,
+        )
+    }
+    metrics = _api("Prometheus metrics of the invocations and the workers.", "200", None)
+    metrics["responses"]["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    paths[f"{base_url}faas/metrics"] = {"get": metrics}
     return {
         "openapi": "3.1.0",
         "info": {"title": "jupyter-faas functions", "version": version},
@@ -166,24 +309,7 @@ def document(deployments: Sequence[Deployment], base_url: str, version: str) -> 
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization"},
             },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["type", "message"],
-                            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
-                        }
-                    },
-                },
-                "Queued": {
-                    "type": "object",
-                    "required": ["id"],
-                    "properties": {"id": {"type": "string"}, "status": {"type": "string"}},
-                },
-            },
+            "schemas": copy.deepcopy(_COMPONENTS),
         },
         "security": [{"bearer": []}, {"token": []}],
     }

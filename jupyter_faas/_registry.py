@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cloudpickle
 
+from jupyter_faas._config import private_dir
 from jupyter_faas._definition import DefinitionError, FunctionDefinition, check_name
 from jupyter_faas._errors import FaasError
 
@@ -35,7 +36,7 @@ class Deployment:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never a part of either."""
+    """Readers see the old file or the new one, never a part of either; mode 0600 (mkstemp's, whatever the umask)."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "wb") as file:
@@ -66,8 +67,8 @@ class Registry:
         self._versions: dict[str, FunctionDefinition] = {}
         if directory is not None:
             try:
-                (directory / "versions").mkdir(parents=True, exist_ok=True)
-                (directory / "functions").mkdir(parents=True, exist_ok=True)
+                private_dir(directory / "versions")
+                private_dir(directory / "functions")
             except OSError as e:
                 raise RegistryError(f"cannot create the function registry in {directory}: {e}") from None
 
@@ -98,9 +99,9 @@ class Registry:
                 return self._memory.pop(name, None) is not None
         try:
             self._pointer(name).unlink()
-        except FileNotFoundError:
-            return False
-        except (OSError, DefinitionError) as e:
+        except (FileNotFoundError, DefinitionError):
+            return False  # a name that cannot be a function's was never deployed
+        except OSError as e:
             raise RegistryError(f"cannot undeploy {name!r} from {self.directory}: {e}") from None
         return True
 

@@ -20,13 +20,15 @@ from traitlets import Bool, Integer, Unicode, default
 
 from jupyter_faas import _config, _deploy, _platform
 from jupyter_faas._endpoints import Endpoints, HttpError
-from jupyter_faas._handlers import routes
+from jupyter_faas._handlers import NotFound, joined, routes
 from jupyter_faas._registry import Registry
 from jupyter_faas._triggers import TriggerError, TriggerStore
 
 TOKEN_ENV = "JUPYTER_FAAS_TOKEN"
 SKIP_TAG = "faas-skip"
 SKIP_LINE = "# faas: skip"
+# Request headers up to this size are read (and get 431 past _handlers.MAX_HEADER_BYTES); more drops the connection.
+MAX_CONNECTION_HEADER_BYTES = 256 * 2**10
 
 
 class _ServeBase(web.RequestHandler):
@@ -174,9 +176,19 @@ class ServeApp(JupyterApp):
 
     async def _serve(self, sockets: list[Any], endpoints: Endpoints, token: str) -> None:
         settings = {"faas_endpoints": endpoints, "faas_token": token, "faas_public": self.public}
-        app = web.Application(routes(_ServeBase, "/"), **settings)
-        # Bodies over faas.http.max-body get a 413 from the handler; this only bounds what is read at all.
-        server = httpserver.HTTPServer(app, max_body_size=max(endpoints.max_body() * 4, 64 * 2**20), xheaders=False)
+        app = web.Application(routes(_ServeBase, "/"), default_handler_class=joined(NotFound, _ServeBase), **settings)
+        read_timeout = _config.http_read_timeout()
+        server = httpserver.HTTPServer(
+            app,
+            # Bodies over faas.http.max-body get a 413 from the handler; this only bounds what is read at all.
+            max_body_size=max(endpoints.max_body() * 4, 64 * 2**20),
+            # Headers past MAX_HEADER_BYTES get a 431 from the handler; far past it, the connection is dropped.
+            max_header_size=MAX_CONNECTION_HEADER_BYTES,
+            # A client that dribbles its headers or its body (slowloris) is cut off; others are served meanwhile.
+            idle_connection_timeout=read_timeout,
+            body_timeout=read_timeout,
+            xheaders=False,
+        )
         server.add_sockets(sockets)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -18,6 +18,7 @@ from typing import Any
 
 from croniter import croniter
 
+from jupyter_faas._config import open_private, private_dir, write_private
 from jupyter_faas._errors import FaasError
 from jupyter_faas._limits import LimitError, parse_duration
 
@@ -90,9 +91,11 @@ def schedule_spec(function: str, every: Any = None, cron: str | None = None) -> 
 def file_spec(function: str, directory: Any, pattern: str = "*") -> TriggerSpec:
     try:
         folder = Path(os.fspath(directory)).expanduser().resolve()
-    except TypeError:
-        raise TriggerError(f"{function}.on_file(): expected a folder path, got {directory!r}") from None
-    if not folder.is_dir():
+        is_folder = folder.is_dir()
+    except (TypeError, ValueError, OSError, RuntimeError) as e:
+        # A NUL byte, an unknown ~user, a name too long, a symlink loop.
+        raise TriggerError(f"{function}.on_file(): expected a folder path, got {directory!r} ({e})") from None
+    if not is_folder:
         raise TriggerError(f"{function}.on_file(): {folder} is not a folder; create it first")
     if not isinstance(pattern, str) or not pattern:
         raise TriggerError(f"{function}.on_file(): pattern must be a glob like '*.png', got {pattern!r}")
@@ -115,14 +118,14 @@ class TriggerStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            private_dir(directory)
         except OSError as e:
             raise TriggerError(f"cannot create the trigger folder {directory}: {e}") from None
 
     def add(self, spec: TriggerSpec) -> None:
         path = self.directory / f"{spec.id}.json"
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(asdict(spec)))
+        write_private(temporary, json.dumps(asdict(spec)).encode())
         os.replace(temporary, path)
 
     def remove(self, function: str, kind: str) -> bool:
@@ -165,7 +168,7 @@ class FileProgress:
 
     def mark(self, key: str, status: str, invocation: str) -> None:
         self.handled[key] = status
-        with self.path.open("a") as file:
+        with os.fdopen(open_private(self.path, os.O_WRONLY | os.O_APPEND), "a") as file:
             file.write(json.dumps({"key": key, "status": status, "invocation": invocation, "at": time.time()}) + "\n")
             file.flush()
             os.fsync(file.fileno())

@@ -1,0 +1,1 @@
+"""The reliability and security suite: bad input, fuzzing and safe defaults against real servers."""
