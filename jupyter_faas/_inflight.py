@@ -11,6 +11,8 @@ from typing import Any
 
 import psutil
 
+from jupyter_faas._config import open_private, private_dir
+
 
 def inflight_path(state_dir: Path) -> Path:
     return Path(state_dir) / "in-flight"
@@ -26,7 +28,7 @@ class InFlight:
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
         if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(directory)
 
     def _file(self, invocation_id: str) -> Path:
         assert self.directory is not None
@@ -48,8 +50,7 @@ class InFlight:
         }
         path = self._file(invocation_id)
         temporary = path.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
+        with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_TRUNC), "w") as file:
             json.dump(entry, file)
             file.flush()
             os.fsync(file.fileno())
