@@ -249,7 +249,7 @@ def connect(token: str, hooks: ScalingHooks) -> ClusterHandle:
     factory = _config.cluster_factory()
     if address and factory:
         raise _config.ConfigError("set only one of faas.cluster.address and faas.cluster.factory")
-    owner = os.environ.get(OWNER_SCHEDULER_ENV)
+    owner = os.environ.get(OWNER_SCHEDULER_ENV) if _config.share_server() else None
     if address:
         try:
             client = Client(address, set_as_default=False, timeout="10s")
@@ -262,7 +262,7 @@ def connect(token: str, hooks: ScalingHooks) -> ClusterHandle:
         except OSError as e:
             raise FaasError(
                 f"cannot reach the cluster of the Jupyter server that started this kernel ({owner}): {e}. "
-                f"Restart the server, or unset {OWNER_SCHEDULER_ENV} to run an embedded cluster."
+                "Restart the server, or set faas.cluster.share-server: false to run an embedded cluster."
             ) from None
         handle = ClusterHandle("server", client, None, int(os.environ.get(OWNER_MAXIMUM_ENV) or maximum))
     elif factory:

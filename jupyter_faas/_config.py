@@ -191,6 +191,13 @@ def write_private(path: Path, data: bytes) -> None:
         file.write(data)
 
 
+def share_server() -> bool:
+    value = _get("faas.cluster.share-server")
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"faas.cluster.share-server: expected true or false, got {value!r}")
+
+
 def log_enabled() -> bool:
     value = _get("faas.log.enabled")
     if isinstance(value, bool):
@@ -285,6 +292,7 @@ _VALIDATORS = {
     "faas.records.max-per-function": records_per_function,
     "faas.state-dir": state_dir,
     "faas.log.enabled": log_enabled,
+    "faas.cluster.share-server": share_server,
     "faas.log.max-records": log_max_records,
     "faas.log.max-output": log_max_output,
     "faas.capture.max-bytes": capture_max_bytes,

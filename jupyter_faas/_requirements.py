@@ -29,7 +29,7 @@ def shares_this_environment() -> bool:
     """The embedded cluster, or the one of the Jupyter server that started this kernel: same Python, same packages."""
     from jupyter_faas._cluster import OWNER_SCHEDULER_ENV
 
-    if os.environ.get(OWNER_SCHEDULER_ENV):
+    if os.environ.get(OWNER_SCHEDULER_ENV) and _config.share_server():
         return True
     return not (_config.cluster_address() or _config.cluster_factory())
 

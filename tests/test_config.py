@@ -82,3 +82,12 @@ def test_factory_spec_is_read() -> None:
     with dask.config.set({"faas.cluster.factory": spec}):
         factory = _config.cluster_factory()
     assert factory == _config.FactorySpec("distributed", "LocalCluster", {"n_workers": 0})
+
+
+def test_share_server_is_a_boolean() -> None:
+    assert _config.share_server() is True
+    with (
+        dask.config.set({"faas.cluster.share-server": "no"}),
+        pytest.raises(_config.ConfigError, match="faas.cluster.share-server: expected true or false, got 'no'"),
+    ):
+        _config.share_server()

@@ -154,6 +154,28 @@ async def test_a_kernel_deploys_a_cell_and_the_server_answers_for_it(
         assert address.strip() == _platform.current(start=False).scheduler_address
 
 
+async def test_a_kernel_that_does_not_share_the_servers_cluster_embeds_its_own_and_still_deploys(
+    jp_serverapp: Any, jp_fetch: Any, state_dir: Path
+) -> None:
+    async with started_kernel(jp_serverapp) as kernel:
+        output = await kernel.run(
+            "%load_ext jupyter_faas\n%faas config cluster.share-server=false\n"
+            "import jupyter_faas\n@jupyter_faas.function\ndef cube(x: int) -> int:\n    return x ** 3\n"
+            "p = jupyter_faas.platform()\nprint(p.mode, cube(3), p.scheduler_address)"
+        )
+        mode, value, address = output.split()[-3:]
+        assert (mode, value) == ("embedded", "27")
+        assert address != _platform.current(start=False).scheduler_address
+        # Endpoints still belong to the server: a deploy from this kernel lands in its registry.
+        await kernel.run("print(cube.deploy())")
+        response = await jp_fetch(
+            "faas", "functions", "cube", method="POST", body=json.dumps({"x": 4}),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        assert _body(response) == 64
+        await kernel.run("jupyter_faas.platform().shutdown()")
+
+
 async def test_deploying_again_switches_the_version_and_undeploy_removes_it(
     jp_fetch: Any, jp_serverapp: Any, state_dir: Path
 ) -> None:

@@ -29,20 +29,11 @@ def invoker() -> Iterator[Invoker]:
 
 
 def run_many(
-    invoker: Invoker,
-    body: str,
-    calls: list[tuple],
-    timeout: float = 10.0,
-    memory: int = 256 * 10**6,
-    max_output: int = 65536,
-    streamed: list[tuple] | None = None,
+    invoker: Invoker, body: str, calls: list[tuple], timeout: float = 10.0, memory: int = 256 * 10**6
 ) -> list[tuple]:
-    """Run a batch of calls through the invoker; returns the answers in the order they came.
-
-    Answers are (status, value, started, finished, fresh, peak, error); output streamed while a call
-    ran goes to `streamed` as (index, segments, dropped), and the rest of it to the answer's eighth item.
-    """
-    return [answer[:7] for answer in run_full(invoker, body, calls, timeout, memory, max_output, streamed)]
+    """Run a batch of calls through the invoker; the answers, in order, as (status, value, started, finished,
+    fresh, peak, error)."""
+    return [answer[:7] for answer in run_full(invoker, body, calls, timeout, memory)]
 
 
 def run_full(
@@ -54,6 +45,8 @@ def run_full(
     max_output: int = 65536,
     streamed: list[tuple] | None = None,
 ) -> list[tuple]:
+    """The whole answers; output streamed while a call ran goes to `streamed` as (index, segments, dropped),
+    the rest of it to the answer's eighth item."""
     namespace = {"time": time, "os": os, "sys": sys, "logging": logging}
     definition = from_cell(body, namespace, LIMITS, name="f", params=["x=None"])
     package = (definition.payload, definition.filename, definition.source, definition.reusable)

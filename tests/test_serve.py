@@ -72,15 +72,27 @@ def _read_lines(stream: Any, lines: queue.Queue, kept: list[str]) -> None:
         lines.put(line)
 
 
-def start_serve(notebook: Path, state: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
+def start_serve(
+    notebook: Path,
+    state: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    umask: int = -1,
+    token: str = TOKEN,
+) -> Served:
+    """Start serve on a free port and wait for its announcement; the caller stops it with stop_process_group.
+
+    `umask` is the one serve runs under (-1: this process's own).
+    """
     environment = {**os.environ, "DASK_FAAS__STATE_DIR": str(state), **(env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_faas._app", "serve", str(notebook), "--port", "0", "--token", TOKEN, *extra],
+        [sys.executable, "-m", "jupyter_faas._app", "serve", str(notebook), "--port", "0", "--token", token, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=environment,
         start_new_session=True,
+        umask=umask,
     )
     lines: queue.Queue = queue.Queue()
     kept: list[str] = []

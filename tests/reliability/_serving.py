@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import queue
-import re
 import subprocess
-import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import nbformat
-import pytest
-from conftest import stop_process_group
+import test_serve
 
 TOKEN = "reliability-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -73,44 +67,13 @@ class Served:
         return response.status_code == 200 and response.json() == 144
 
 
-def _read_lines(stream: Any, lines: queue.Queue, kept: list[str]) -> None:
-    for line in stream:
-        kept.append(line)
-        lines.put(line)
-
-
 def start_serve(notebook: Path, state: Path, *extra: str, env: dict[str, str] | None = None, umask: int = 0) -> Served:
     """Start serve on a free port and wait for its announcement; the caller stops it with stop_process_group.
 
     By default under umask 0, so that any file it creates without an explicit mode would be world-writable.
     """
-    environment = {**os.environ, "DASK_FAAS__STATE_DIR": str(state), **(env or {})}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_faas._app", "serve", str(notebook), "--port", "0", "--token", TOKEN, *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=environment,
-        start_new_session=True,
-        umask=umask,
-    )
-    lines: queue.Queue = queue.Queue()
-    kept: list[str] = []
-    reader = threading.Thread(target=_read_lines, args=(process.stdout, lines, kept), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.5)
-        except queue.Empty:
-            if process.poll() is not None:
-                break
-            continue
-        found = re.search(r"function\(s\) of .* at (http://\S+/)", line)
-        if found:
-            return Served(found.group(1), process, kept, reader, state)
-    stop_process_group(process)
-    pytest.fail("jupyter faas serve did not start:\n" + "".join(kept))
+    started = test_serve.start_serve(notebook, state, *extra, env=env, umask=umask, token=TOKEN)
+    return Served(started.url, started.process, started.output, started.reader, state)
 
 
 def error_of(response: httpx.Response) -> dict[str, Any]:
