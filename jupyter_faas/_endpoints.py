@@ -375,6 +375,10 @@ class Endpoints:
         """An asynchronous invocation's state and outcome, or any finished invocation's record, with its output."""
         with self._lock:
             pending = self._pending.get(invocation_id)
+        if pending is not None and pending.outcome is None:
+            # Still queued or running: polled often, and it has no record yet to look for.
+            status = "running" if pending.future.running() else "queued"
+            return {"id": invocation_id, "function": pending.name, "status": status}
         record = self.platform.find_record(invocation_id)
         if pending is None:
             if record is not None:
@@ -389,14 +393,11 @@ class Endpoints:
                     "error": letter["error"],
                 }
             raise HttpError(404, "NotFound", f"no invocation {invocation_id!r} is known here")
-        if pending.outcome is not None:
-            answer = {"id": invocation_id, "function": pending.name, **pending.outcome}
-            if record is not None:
-                answer["output"] = record.output
-                answer["record"] = _finite(record.to_dict())
-            return answer
-        status = "running" if pending.future.running() else "queued"
-        return {"id": invocation_id, "function": pending.name, "status": status}
+        answer = {"id": invocation_id, "function": pending.name, **pending.outcome}  # type: ignore[dict-item]
+        if record is not None:
+            answer["output"] = record.output
+            answer["record"] = _finite(record.to_dict())
+        return answer
 
     def replay(self, letter_id: str) -> Reply:
         letter = self.dead_letters.get(letter_id)
