@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import nbformat
 import test_serve
 
 TOKEN = "reliability-token-0123456789"
@@ -32,19 +29,14 @@ CELLS = [
 ]
 
 
-def write_notebook(path: Path, sources: list[str]) -> Path:
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources]), path)
-    return path
+# The notebooks these tests serve are written as tests/test_serve.py writes its own.
+write_notebook = test_serve.write_notebook
 
 
 @dataclass
-class Served:
-    """A running `jupyter faas serve`: its URL, its process (a session leader) and what it printed."""
+class Served(test_serve.Served):
+    """A running `jupyter faas serve` (see tests/test_serve.py), with the state dir it was started on."""
 
-    url: str
-    process: subprocess.Popen
-    output: list[str]
-    reader: threading.Thread
     state: Path
 
     @property
@@ -54,12 +46,6 @@ class Served:
     @property
     def port(self) -> int:
         return int(self.url.rstrip("/").rsplit(":", 1)[1])
-
-    def post(self, name: str, **kwargs: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}faas/functions/{name}", timeout=60, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=60, **kwargs)
 
     def works(self) -> bool:
         """The platform still answers a good request, with the right result."""
