@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dask
+import nbformat
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
+from nbclient import NotebookClient
 
 import jupyter_faas
 from jupyter_faas import _platform
@@ -83,15 +87,44 @@ def own_platform() -> Iterator[Callable[..., _platform.Platform]]:
             context.__exit__(None, None, None)
 
 
-@pytest.fixture
-def shell() -> Iterator[InteractiveShell]:
-    """A real IPython shell with the extension loaded; the names a test defines are removed after it."""
+@contextlib.contextmanager
+def faas_shell() -> Iterator[InteractiveShell]:
+    """The real IPython shell with the extension loaded; the names defined meanwhile are removed after."""
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "jupyter_faas")
     before = set(ip.user_ns)
-    yield ip
-    for name in set(ip.user_ns) - before:
-        del ip.user_ns[name]
+    try:
+        yield ip
+    finally:
+        for name in set(ip.user_ns) - before:
+            del ip.user_ns[name]
+
+
+@pytest.fixture
+def shell() -> Iterator[InteractiveShell]:
+    """A real IPython shell with the extension loaded, for one test."""
+    with faas_shell() as ip:
+        yield ip
+
+
+def run_cells(sources: list[str], folder: Path, timeout: int = 180) -> Any:
+    """Run the cells in order in a new real kernel (nbclient), in `folder`; the executed notebook."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in sources])
+    client = NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=timeout,
+        startup_timeout=120,
+        resources={"metadata": {"path": str(folder)}},
+    )
+    # execute() starts the kernel and shuts it down when it returns or raises.
+    client.execute()
+    return notebook
+
+
+def outputs(cell: Any, output_type: str) -> list[Any]:
+    """A cell's outputs of one type: "stream", "error", "display_data", "execute_result"."""
+    return [output for output in cell.outputs if output.output_type == output_type]
 
 
 def run_ok(shell: InteractiveShell, code: str) -> Any:

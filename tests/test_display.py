@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import dask
-import nbformat
 import pytest
+from conftest import outputs, run_cells
 from IPython.utils.capture import capture_output
-from nbclient import NotebookClient
 
 from jupyter_faas import _platform, function
 from jupyter_faas._log import read_invocations
@@ -166,10 +164,6 @@ def test_find_record_returns_any_functions_record_with_its_output(platform: obje
     assert _platform.current().find_record("no-such-id") is None
 
 
-def _outputs(cell: Any, output_type: str) -> list[Any]:
-    return [output for output in cell.outputs if output.output_type == output_type]
-
-
 @pytest.mark.timeout(240)
 def test_in_a_real_kernel_the_output_lands_in_the_calling_cell(tmp_path: Path) -> None:
     config = {"faas.state-dir": str(tmp_path / "state")}
@@ -180,18 +174,13 @@ def test_in_a_real_kernel_the_output_lands_in_the_calling_cell(tmp_path: Path) -
         "shout('hello')",
         "1 + 1",
     ]
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in sources])
-    client = NotebookClient(
-        notebook, kernel_name="python3", timeout=120, startup_timeout=120,
-        resources={"metadata": {"path": str(tmp_path)}},
-    )  # fmt: skip
-    client.execute()
-    call, after = notebook.cells[3], notebook.cells[4]
-    assert not _outputs(call, "error")
-    stdout = "".join(o.text for o in _outputs(call, "stream") if o.name == "stdout")
-    stderr = "".join(o.text for o in _outputs(call, "stream") if o.name == "stderr")
+    cells = run_cells(sources, tmp_path, timeout=120).cells
+    call, after = cells[3], cells[4]
+    assert not outputs(call, "error")
+    stdout = "".join(o.text for o in outputs(call, "stream") if o.name == "stdout")
+    stderr = "".join(o.text for o in outputs(call, "stream") if o.name == "stderr")
     assert stdout.startswith("── shout · ") and stdout.endswith(" ──\nHELLO\n")
     assert stderr == "quietly\n"
-    assert _outputs(call, "execute_result")[0].data["text/plain"] == "5"
+    assert outputs(call, "execute_result")[0].data["text/plain"] == "5"
     # Nothing of it leaks into the next cell.
-    assert not _outputs(after, "stream")
+    assert not outputs(after, "stream")

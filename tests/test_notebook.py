@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+from conftest import outputs, run_cells
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-
-
-def outputs(cell: Any, output_type: str) -> list[Any]:
-    return [output for output in cell.outputs if output.output_type == output_type]
 
 
 @pytest.mark.timeout(300)
@@ -36,16 +30,7 @@ def test_a_notebook_shows_the_card_the_result_the_dashboard_and_progress(tmp_pat
         "%%faas nap x --concurrency 2\nimport time\ntime.sleep(0.25)\nx",
         "nap.map(range(6))",
     ]
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in sources])
-    client = NotebookClient(
-        notebook,
-        kernel_name="python3",
-        timeout=180,
-        startup_timeout=120,
-        resources={"metadata": {"path": str(tmp_path)}},
-    )
-    # execute() starts the kernel and shuts it down when it returns or raises.
-    client.execute()
+    notebook = run_cells(sources, tmp_path)
     cells = notebook.cells
 
     for cell in cells:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import test_serve
+from conftest import stop_process_group
 
 TOKEN = "reliability-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -60,6 +63,17 @@ def start_serve(notebook: Path, state: Path, *extra: str, env: dict[str, str] | 
     """
     started = test_serve.start_serve(notebook, state, *extra, env=env, umask=umask, token=TOKEN)
     return Served(started.url, started.process, started.output, started.reader, state)
+
+
+@contextlib.contextmanager
+def serving(folder: Path, cells: list[str], env: dict[str, str]) -> Iterator[Served]:
+    """serve of a notebook of `cells` in `folder`, checked to answer a good request first; always stopped."""
+    server = start_serve(write_notebook(folder / "functions.ipynb", cells), folder / "state", env=env)
+    try:
+        assert server.works()
+        yield server
+    finally:
+        stop_process_group(server.process)
 
 
 def error_of(response: httpx.Response) -> dict[str, Any]:

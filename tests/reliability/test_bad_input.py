@@ -11,9 +11,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import stop_process_group, wait_for
+from conftest import wait_for
 
-from reliability._serving import AUTH, CELLS, TOKEN, Served, error_of, start_serve, write_notebook
+from reliability._serving import AUTH, CELLS, TOKEN, Served, error_of, serving
 
 JSON = {**AUTH, "Content-Type": "application/json"}
 READ_TIMEOUT = 2.0
@@ -23,12 +23,8 @@ READ_TIMEOUT = 2.0
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("bad-input")
     env = {"DASK_FAAS__CLUSTER__IDLE_TIMEOUT": "300s", "DASK_FAAS__HTTP__READ_TIMEOUT": f"{READ_TIMEOUT}s"}
-    server = start_serve(write_notebook(folder / "bad.ipynb", CELLS), folder / "state", env=env)
-    try:
-        assert server.works()
+    with serving(folder, CELLS, env) as server:
         yield server
-    finally:
-        stop_process_group(server.process)
 
 
 def nested(depth: int, inner: bytes = b"") -> bytes:

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-from conftest import stop_process_group
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -30,7 +29,7 @@ from schemathesis.checks import (
 )
 from schemathesis.core.failures import FailureGroup
 
-from reliability._serving import AUTH, CELLS, Served, start_serve, write_notebook
+from reliability._serving import AUTH, CELLS, Served, serving
 
 EXAMPLES = int(os.environ.get("FAAS_FUZZ_EXAMPLES", "25"))
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance, response_headers_conformance]
@@ -45,12 +44,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("fuzz")
     # A short queue timeout: a burst of fuzzed invocations waits at most this long for a slot (then 503).
     env = {"DASK_FAAS__CLUSTER__IDLE_TIMEOUT": "300s", "DASK_FAAS__HTTP__QUEUE_TIMEOUT": "20s"}
-    server = start_serve(write_notebook(folder / "fuzz.ipynb", CELLS), folder / "state", env=env)
-    try:
-        assert server.works()
+    with serving(folder, CELLS, env) as server:
         yield server
-    finally:
-        stop_process_group(server.process)
 
 
 def gateway_failure(response: requests.Response, is_function: bool) -> str | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import dask
 import pytest
+from conftest import faas_shell
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
@@ -65,13 +66,9 @@ CELLS = ["1", "x", "def f(x):\n    return x", "def f(x):\n    return x\ndef g():
 
 @pytest.fixture(scope="module")
 def shell() -> Iterator[InteractiveShell]:
-    """The real IPython shell; the functions the fuzzing defined are removed from it afterwards."""
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "jupyter_faas")
-    before = set(ip.user_ns)
-    yield ip
-    for name in set(ip.user_ns) - before:
-        del ip.user_ns[name]
+    """The real IPython shell, once for the module (hypothesis runs many examples in one test)."""
+    with faas_shell() as ip:
+        yield ip
 
 
 @pytest.fixture(scope="module")
