@@ -5,14 +5,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from jupyter_faas._version import __version__ as __version__  # the one place it is written
+
 if TYPE_CHECKING:
     from jupyter_faas._errors import FaasError, FaasMemoryError, FaasTimeout, RemoteError, WorkerLost
     from jupyter_faas._function import FaasFunction, function
     from jupyter_faas._platform import Platform
     from jupyter_faas._records import InvocationRecord
     from jupyter_faas._widgets import dashboard
-
-__version__ = "0.1.0"
 
 __all__ = [
     "FaasError",
