@@ -47,3 +47,5 @@ html_theme_options = {
     "show_toc_level": 2,
 }
 html_static_path: list[str] = []
+# Most pages stand alone in the top bar; only the lessons have pages under them to list at the side.
+html_sidebars = {"*": [], "lessons": ["sidebar-nav-bs"]}
