@@ -392,7 +392,7 @@ class Endpoints:
         outcome = self._outcomes.get(invocation_id)
         if isinstance(outcome, Dropped):
             raise HttpError(
-                410, "ResultGone", outcome.message(), status=outcome.status, function=outcome.function,
+                410, "ResultGone", outcome.message(), invocation_status=outcome.status, function=outcome.function,
                 limit="faas.http.async-results-max-bytes",
             )  # fmt: skip
         record = self.platform.find_record(invocation_id)

@@ -144,7 +144,8 @@ def _api(
 _API_ERRORS = {
     "400": "A query parameter is malformed.",
     "404": "No such function, invocation or dead letter.",
-    "410": "The async result is no longer kept (past faas.http.async-results-max-bytes); its status is in the error.",
+    "410": "The async result is no longer kept (past faas.http.async-results-max-bytes); "
+    "the error's invocation_status is its status.",
     "422": "The dead letter's input no longer fits the function's signature, or cannot be read back.",
     "500": "The registry cannot be read.",
 }
