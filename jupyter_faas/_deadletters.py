@@ -391,15 +391,16 @@ class DeadLetters:
             raise DamagedLetter(f"its input is {len(body)} bytes on disk, not the {letter['bytes']} it was")
         return body
 
-    def page(self, limit: int = DEFAULT_PAGE, after: str | None = None) -> Page:
-        """Up to `limit` letters, oldest first, from after the cursor `after` (a page's `next`).
+    def page(self, limit: int = DEFAULT_PAGE, after: str | None = None, function: str | None = None) -> Page:
+        """Up to `limit` letters, oldest first, from after the cursor `after` (a page's `next`); of one function's.
 
         The cursor is a letter's time and id, so a page can be read after letters of the one before were
         replayed or discarded. Each letter whose input file is gone is flagged `damaged`.
         """
         with self._lock:
             self._refresh()
-            ordered = sorted(self._letters.values(), key=_order)
+            chosen_ones = [x for x in self._letters.values() if function is None or x["function"] == function]
+            ordered = sorted(chosen_ones, key=_order)
             total, skipped, in_memory = len(ordered), self._skipped, self.path is None
         start = 0
         if after is not None:

@@ -417,10 +417,10 @@ class Endpoints:
 
     # -- dead letters: these do file work, so the handlers run them off the event loop ----------------
 
-    def dead_letter_page(self, limit: int, after: str | None) -> dict[str, Any]:
-        """One page of the list, oldest first; see the REST API in README for the contract."""
+    def dead_letter_page(self, limit: int, after: str | None, function: str | None = None) -> dict[str, Any]:
+        """One page of the list, oldest first (of one function's, if given); see the REST API for the contract."""
         try:
-            page = self.dead_letters.page(limit, after)
+            page = self.dead_letters.page(limit, after, function)
         except ValueError:
             raise HttpError(400, "BadRequest", "after must be the `next` of an earlier page") from None
         return {

@@ -182,7 +182,8 @@ class _Invocation(_Faas):
 
 
 class _DeadLetters(_Faas):
-    """GET: one page of dead letters, `?limit=` (1 to 1000, default 100) from after `?after=` (a page's `next`)."""
+    """GET: one page of dead letters, `?limit=` (1 to 1000, default 100) from after `?after=` (a page's `next`),
+    of one function's with `?function=NAME`."""
 
     async def get(self) -> None:
         self.faas_guard()
@@ -193,8 +194,9 @@ class _DeadLetters(_Faas):
         if not 1 <= limit <= MAX_PAGE:
             raise HttpError(400, "BadRequest", f"limit must be from 1 to {MAX_PAGE}")
         after = self.get_query_argument("after", None)
+        function = self.get_query_argument("function", None)
         # Reading the index and stat-ing inputs is file work: never on the event loop.
-        self.send_json(await asyncio.to_thread(self.endpoints.dead_letter_page, limit, after))
+        self.send_json(await asyncio.to_thread(self.endpoints.dead_letter_page, limit, after, function))
 
 
 class _DeadLetter(_Faas):

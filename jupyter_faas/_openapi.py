@@ -312,6 +312,13 @@ def document(deployments: Sequence[Deployment], base_url: str, version: str) -> 
             "description": "The `next` of the page before; the list goes on from there, oldest first.",
             "schema": {"type": "string"},
         },
+        {
+            "name": "function",
+            "in": "query",
+            "required": False,
+            "description": "Only this function's letters.",
+            "schema": {"type": "string"},
+        },
     ]
     paths[f"{api}/dead-letters"] = {
         "parameters": page_query,

@@ -165,6 +165,8 @@ def test_pages_go_on_from_their_cursor_even_after_the_letters_before_it_are_gone
     assert [letter["id"] for letter in third.letters] == ["a-6"] and third.next is None
     with pytest.raises(ValueError):
         letters.page(after="not a cursor")
+    letters.add("b-1", "g", "v1", "application/json", b"[]", ERROR)
+    assert [letter["id"] for letter in letters.page(function="g").letters] == ["b-1"]
 
 
 def test_processes_sharing_the_files_see_each_others_letters(tmp_path: Path) -> None:

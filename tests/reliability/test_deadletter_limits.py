@@ -128,8 +128,8 @@ def test_a_failed_file_event_of_a_bytes_function_replays_by_reading_its_file_aga
     (inbox / "photo.bin").write_bytes(b"\x89PNG" * 1000)
 
     def letter() -> dict[str, Any] | None:
-        listed = served.get("faas/api/dead-letters", params={"limit": 1000}, headers=AUTH).json()["dead_letters"]
-        return next((item for item in listed if item["function"] == "firsttime"), None)
+        listed = served.get("faas/api/dead-letters", params={"function": "firsttime"}, headers=AUTH).json()
+        return next(iter(listed["dead_letters"]), None)
 
     found = wait_for(letter, 60, "the dead letter of the file event")
     replayed = httpx.post(f"{served.url}faas/api/dead-letters/{found['id']}/replay", headers=AUTH, timeout=30)
@@ -159,6 +159,9 @@ def test_a_damaged_letter_is_skipped_and_counted_and_never_fails_the_list(served
     assert page["skipped"] >= 1
     assert "damaged-1" not in {letter["id"] for letter in page["dead_letters"]}
     assert page["dead_letters"], "the other letters are still listed"
+    for params in ({"limit": 0}, {"limit": 1001}, {"limit": "ten"}, {"after": "no cursor"}):
+        refused = served.get("faas/api/dead-letters", params=params, headers=AUTH)
+        assert refused.status_code == 400 and error_of(refused)["type"] == "BadRequest"
 
 
 def test_a_large_list_never_stalls_other_requests_and_one_delete_is_fast(tmp_path: Path) -> None:
