@@ -83,6 +83,8 @@ class DeadLetters:
                 return
             with self._lock, self._file_lock():
                 self._catch_up()
+                # Letters written under a larger bound (or by an older version, without one) are trimmed now.
+                self._make_room(0, _config.deadletters_max_bytes(), adding=False)
                 if self._needs_compaction():
                     self._compact()
 
@@ -307,7 +309,7 @@ class DeadLetters:
             self._bytes += letter["_cost"]
         return letter
 
-    def _make_room(self, cost: int, limit: int) -> None:
+    def _make_room(self, cost: int, limit: int, adding: bool = True) -> None:
         """Drop the oldest letters until `cost` more bytes (and one more letter) fit.
 
         Live letters keep within the bound less a slack for index lines no longer in force; the index is
@@ -315,7 +317,8 @@ class DeadLetters:
         """
         dropped = []
         room = limit - _slack(limit)
-        while self._letters and (self._bytes + cost > room or len(self._letters) >= MAX_DEAD_LETTERS):
+        most = MAX_DEAD_LETTERS - 1 if adding else MAX_DEAD_LETTERS
+        while self._letters and (self._bytes + cost > room or len(self._letters) > most):
             oldest = next(iter(self._letters))
             dropped.append(oldest)
             self._remove_locked(oldest)

@@ -107,6 +107,15 @@ def test_letters_are_bounded_by_bytes_on_disk_the_oldest_going_first(tmp_path: P
     assert on_disk(path) <= bound
 
 
+def test_letters_of_the_older_format_past_the_bound_are_trimmed_when_loaded(tmp_path: Path, bound: int) -> None:
+    path = tmp_path / "dead-letters.jsonl"
+    path.write_text("".join(old_format_line(f"a-{n}", os.urandom(16 * 2**10)) for n in range(20)))
+    letters = DeadLetters(path)
+    assert on_disk(path) <= bound
+    kept = [letter["id"] for letter in letters.list()]
+    assert kept[-1] == "a-19" and "a-0" not in kept
+
+
 def test_loading_reads_no_input_into_memory(tmp_path: Path) -> None:
     path = tmp_path / "dead-letters.jsonl"
     letters = DeadLetters(path)
