@@ -168,10 +168,13 @@ class DeadLetters:
         if letter_id in self._letters:
             self._forget(letter_id)
             self._dead_lines += 1
-        if "_migrated_from" in entry:
-            self._dead_bytes += entry.pop("_migrated_from")
-        entry["_line"] = len(line)
-        entry["_cost"] = len(line) + entry["bytes"]
+        written = len(line)
+        if entry.pop("_migrated", False):
+            # Its line, input inline, is replaced at the next compaction by one without it.
+            self._dead_bytes += len(line)
+            written = len(_line(entry))
+        entry["_line"] = written
+        entry["_cost"] = written + entry["bytes"]
         self._letters[letter_id] = entry
         self._bytes += entry["_cost"]
         return True
@@ -182,7 +185,7 @@ class DeadLetters:
         write_private(self._body_file(str(entry["id"])), body)
         self._migrated = True  # the index is rewritten without the inline input
         preview = _preview(str(entry.get("content_type", "")), body)
-        return {**entry, "bytes": len(body), "input": preview, "_migrated_from": len(body)}
+        return {**entry, "bytes": len(body), "input": preview, "_migrated": True}
 
     def _forget(self, letter_id: str) -> dict[str, Any] | None:
         letter = self._letters.pop(letter_id, None)
