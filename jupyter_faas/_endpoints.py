@@ -466,7 +466,8 @@ class Endpoints:
                 raise HttpError(
                     422, "DeadLetterDamaged", f"dead letter {letter_id!r} cannot be replayed: {path.name}: {reason}"
                 ) from None
-            call = _Call(deployment, (data,), {}, "application/octet-stream", body)
+            # The file's bytes are the argument; what is journaled (and dead-lettered again) is the path, as before.
+            call = _Call(deployment, (data,), {}, letter["content_type"], body)
             try:
                 _check_types(call)
             except TypeError as e:
