@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 from conftest import wait_for
 
 from jupyter_faas import _deploy
+from jupyter_faas._deadletters import DeadLetters
 from jupyter_faas._definition import from_cell
 from jupyter_faas._endpoints import Endpoints, dead_letters_path
 from jupyter_faas._function import FaasFunction
@@ -262,11 +262,8 @@ def test_a_queued_invocation_that_still_fails_after_retries_is_a_dead_letter(pla
     invocation_id = fails.enqueue("k")
 
     def letter() -> Any:
-        path = dead_letters_path(state)
-        if not path.exists():
-            return None
-        letters = [json.loads(line) for line in path.read_text().splitlines()]
-        return next((item for item in letters if item["id"] == invocation_id), None)
+        # Read as a fresh process would: the kernel wrote it, not this process's endpoints.
+        return DeadLetters(dead_letters_path(state)).get(invocation_id)
 
     found = wait_for(letter, timeout=30, message="the dead letter")
     assert found["function"] == "fails_queued"
