@@ -73,7 +73,8 @@ def test_a_line_torn_by_a_crash_is_skipped_with_a_warning(tmp_path: Path) -> Non
     with path.open("a") as file:
         file.write('{"id": "a-2", "funct')
     # The next letter starts on a line of its own: the torn one does not swallow it.
-    DeadLetters(path).add("a-3", "f", "v1", "", b"", ERROR)
+    with pytest.warns(UserWarning, match="skipped 1 damaged line"):
+        DeadLetters(path).add("a-3", "f", "v1", "", b"", ERROR)
     with pytest.warns(UserWarning, match="skipped 1 damaged line"):
         letters = DeadLetters(path)
     assert [letter["id"] for letter in letters.list()] == ["a-1", "a-3"]
