@@ -435,12 +435,6 @@ class DeadLetters:
                 return letters
             after = page.next
 
-    def total_bytes(self) -> int:
-        """What the letters take (index lines and inputs), as counted against faas.deadletters.max-bytes."""
-        with self._lock:
-            self._refresh()
-            return self._bytes
-
 
 def _slack(limit: int) -> int:
     """The part of the bound left for index lines no longer in force (compacted away past it)."""
