@@ -213,6 +213,21 @@ def capture_max_bytes() -> int:
     return _checked("faas.capture.max-bytes", lambda v: parse_size(v, "faas.capture.max-bytes", minimum=1024))
 
 
+def call_max_bytes() -> int:
+    return _checked("faas.call.max-bytes", lambda v: parse_size(v, "faas.call.max-bytes", minimum=1))
+
+
+def deadletters_max_bytes() -> int:
+    return _checked("faas.deadletters.max-bytes", lambda v: parse_size(v, "faas.deadletters.max-bytes", minimum=1024))
+
+
+def http_async_results_max_bytes() -> int:
+    return _checked(
+        "faas.http.async-results-max-bytes",
+        lambda v: parse_size(v, "faas.http.async-results-max-bytes", minimum=0),
+    )
+
+
 def log_max_output() -> int:
     return _checked("faas.log.max-output", lambda v: parse_size(v, "faas.log.max-output", minimum=0))
 
@@ -296,7 +311,10 @@ _VALIDATORS = {
     "faas.log.max-records": log_max_records,
     "faas.log.max-output": log_max_output,
     "faas.capture.max-bytes": capture_max_bytes,
+    "faas.call.max-bytes": call_max_bytes,
+    "faas.deadletters.max-bytes": deadletters_max_bytes,
     "faas.http.max-body": http_max_body,
+    "faas.http.async-results-max-bytes": http_async_results_max_bytes,
     "faas.http.queue-timeout": http_queue_timeout,
     "faas.http.read-timeout": http_read_timeout,
     "faas.http.tracebacks": http_tracebacks,

@@ -18,21 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_faas import _config
-from jupyter_faas._deadletters import DeadLetters
+from jupyter_faas._deadletters import DamagedLetter, DeadLetters, whole_input
 from jupyter_faas._definition import FunctionDefinition
 from jupyter_faas._errors import FaasMemoryError, FaasTimeout, RemoteError, RemoteTraceback, WorkerLost, type_name
 from jupyter_faas._inflight import InFlight, inflight_path
 from jupyter_faas._metrics import Metrics
 from jupyter_faas._openapi import document
+from jupyter_faas._outcomes import AsyncOutcomes, Dropped
 from jupyter_faas._platform import NoCapacity, Platform, pack_calls
 from jupyter_faas._registry import Deployment, Registry, RegistryError
 from jupyter_faas._secrets import MissingSecret
-from jupyter_faas._triggers import TriggerRunner, TriggerSpec, TriggerStore
+from jupyter_faas._triggers import InputRefused, TriggerRunner, TriggerSpec, TriggerStore, read_dropped_file
 
 log = logging.getLogger("jupyter_faas.endpoints")
 
-# Asynchronous invocations whose outcome can still be asked for; the oldest finished ones go first.
-MAX_ASYNC_KEPT = 10_000
 # Most records one request for a function's invocations returns.
 MAX_LISTED = 1000
 
@@ -84,10 +83,13 @@ class _Call:
 
 @dataclass
 class _Pending:
+    """An asynchronous invocation not yet settled; once settled, only its outcome is kept (in AsyncOutcomes)."""
+
     name: str
     future: Future
     call: _Call
-    outcome: dict[str, Any] | None = None
+    # Where its input came from, when not the request itself: a file trigger's file, read again on replay.
+    source: dict[str, Any] | None = None
 
 
 def annotation_name(annotation: Any) -> str | None:
@@ -161,6 +163,7 @@ class Endpoints:
         self._settle_interrupted()
         self.metrics = Metrics(platform, registry)
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._outcomes = AsyncOutcomes()
         self._lock = threading.Lock()
         self.triggers: TriggerRunner | None = None
         self._missing: set[tuple[str, str]] = set()
@@ -174,8 +177,9 @@ class Endpoints:
                 "message": "the server stopped before this invocation finished; replay the dead letter to run it",
             }
             self.dead_letters.add(
-                entry["id"], entry["function"], entry["version"], entry["content_type"], entry["body"], error
-            )
+                entry["id"], entry["function"], entry["version"], entry["content_type"], entry["body"], error,
+                entry.get("source"),
+            )  # fmt: skip
             self.in_flight.end(entry["id"])
             log.warning(
                 "jupyter-faas: invocation %s of %s was interrupted by a restart", entry["id"], entry["function"]
@@ -220,17 +224,18 @@ class Endpoints:
         future.add_done_callback(on_done)
         return True
 
-    def _trigger_failed(self, spec: TriggerSpec, args: tuple[Any, ...], future: Future) -> None:
-        error = future.exception()
-        assert error is not None
+    def _trigger_failed(self, spec: TriggerSpec, args: tuple[Any, ...], error: BaseException, ident: str) -> None:
         readable = [a.isoformat() if isinstance(a, datetime) else a for a in args]
         body = json.dumps(readable, default=str).encode()
         deployment = self.registry.get(spec.function)
         version = deployment.version if deployment else ""
-        self.dead_letters.add(
-            future.id,  # type: ignore[attr-defined]
-            spec.function, version, "application/json", body, self._error_for(spec.function, error).body()["error"],
-        )  # fmt: skip
+        if isinstance(error, InputRefused):
+            details = {"type": "InputRefused", "message": str(error)}
+        else:
+            details = self._error_for(spec.function, error).body()["error"]
+        # A file event keeps its path, and its replay reads the file again the way the trigger does.
+        source = {"trigger": "file", "path": str(args[0])} if spec.kind == "file" else None
+        self.dead_letters.add(ident, spec.function, version, "application/json", body, details, source)
 
     def _takes_bytes(self, name: str) -> bool:
         deployment = self.registry.get(name)
@@ -328,59 +333,70 @@ class Endpoints:
 
     def invoke_async(self, name: str, content_type: str, body: bytes) -> Reply:
         """Queue the invocation and answer 202 with its id at once; it waits for capacity as long as it takes."""
-        call = self.prepare(name, content_type, body)
+        return self._queue(self.prepare(name, content_type, body))
+
+    def _queue(self, call: _Call, source: dict[str, Any] | None = None) -> Reply:
         future = self._submit(call, None)
-        pending = _Pending(name, future, call)
+        pending = _Pending(call.deployment.name, future, call, source)
         # Journaled before the 202: an invocation a caller was told about is never silently forgotten.
-        self.in_flight.begin(future.id, call.deployment.name, call.deployment.version, call.content_type, call.raw)  # type: ignore[attr-defined]
+        invocation_id: str = future.id  # type: ignore[attr-defined]
+        deployment = call.deployment
+        self.in_flight.begin(invocation_id, deployment.name, deployment.version, call.content_type, call.raw, source)
         with self._lock:
             self._pending[future.id] = pending  # type: ignore[attr-defined]
-            self._trim()
         future.add_done_callback(lambda _: self._settle(future.id, pending))  # type: ignore[attr-defined]
         return Reply(202, {"id": future.id, "status": "queued"})  # type: ignore[attr-defined]
-
-    def _trim(self) -> None:
-        excess = len(self._pending) - MAX_ASYNC_KEPT
-        for key in [key for key, kept in self._pending.items() if kept.outcome is not None][: max(0, excess)]:
-            del self._pending[key]
 
     def _settle(self, invocation_id: str, pending: _Pending) -> None:
         """Runs when an asynchronous invocation ends; one that failed after its retries is a dead letter."""
         try:
-            self._keep_outcome(invocation_id, pending)
+            outcome = self._outcome_of(invocation_id, pending)
+            # Kept within its byte budget before it stops being pending: a poll always finds one or the other.
+            self._outcomes.keep(invocation_id, outcome, _config.http_async_results_max_bytes())
         finally:
+            with self._lock:
+                self._pending.pop(invocation_id, None)
             self.in_flight.end(invocation_id)
 
-    def _keep_outcome(self, invocation_id: str, pending: _Pending) -> None:
+    def _outcome_of(self, invocation_id: str, pending: _Pending) -> dict[str, Any]:
+        outcome: dict[str, Any] = {"function": pending.name}
         try:
             value = pending.future.result()
         except Exception as error:
             http = self._error_for(pending.name, error)
-            pending.outcome = {"status": _status_of(error), "error": http.body()["error"]}
+            outcome.update(status=_status_of(error), error=http.body()["error"])
             self.dead_letters.add(
                 invocation_id,
                 pending.call.deployment.name,
                 pending.call.deployment.version,
                 pending.call.content_type,
                 pending.call.raw,
-                pending.outcome["error"],
+                outcome["error"],
+                pending.source,
             )
-            return
+            return outcome
         try:
-            pending.outcome = {"status": "ok", "result": _as_json(self._encode(pending.name, value))}
+            outcome.update(status="ok", result=_as_json(self._encode(pending.name, value)))
         except HttpError as e:
-            pending.outcome = {"status": "error", "error": e.body()["error"]}
+            outcome.update(status="error", error=e.body()["error"])
+        return outcome
 
     def invocation(self, invocation_id: str) -> dict[str, Any]:
         """An asynchronous invocation's state and outcome, or any finished invocation's record, with its output."""
         with self._lock:
             pending = self._pending.get(invocation_id)
-        if pending is not None and pending.outcome is None:
+        if pending is not None:
             # Still queued or running: polled often, and it has no record yet to look for.
             status = "running" if pending.future.running() else "queued"
             return {"id": invocation_id, "function": pending.name, "status": status}
+        outcome = self._outcomes.get(invocation_id)
+        if isinstance(outcome, Dropped):
+            raise HttpError(
+                410, "ResultGone", outcome.message(), invocation_status=outcome.status, function=outcome.function,
+                limit="faas.http.async-results-max-bytes",
+            )  # fmt: skip
         record = self.platform.find_record(invocation_id)
-        if pending is None:
+        if outcome is None:
             if record is not None:
                 return _finite(record.to_dict())
             letter = self.dead_letters.get(invocation_id)
@@ -393,17 +409,73 @@ class Endpoints:
                     "error": letter["error"],
                 }
             raise HttpError(404, "NotFound", f"no invocation {invocation_id!r} is known here")
-        answer = {"id": invocation_id, "function": pending.name, **pending.outcome}  # type: ignore[dict-item]
+        answer = {"id": invocation_id, **outcome}
         if record is not None:
             answer["output"] = record.output
             answer["record"] = _finite(record.to_dict())
         return answer
 
-    def replay(self, letter_id: str) -> Reply:
+    # -- dead letters: these do file work, so the handlers run them off the event loop ----------------
+
+    def dead_letter_page(self, limit: int, after: str | None, function: str | None = None) -> dict[str, Any]:
+        """One page of the list, oldest first (of one function's, if given); see the REST API for the contract."""
+        try:
+            page = self.dead_letters.page(limit, after, function)
+        except ValueError:
+            raise HttpError(400, "BadRequest", "after must be the `next` of an earlier page") from None
+        return {
+            "dead_letters": page.letters,
+            "next": page.next,
+            "total": page.total,
+            "skipped": page.skipped,
+            "damaged": page.damaged,
+        }
+
+    def dead_letter(self, letter_id: str) -> dict[str, Any]:
+        """One letter with its whole input (JSON decoded, other bytes in base64)."""
         letter = self.dead_letters.get(letter_id)
         if letter is None:
             raise HttpError(404, "NotFound", f"no dead letter {letter_id!r}")
-        reply = self.invoke_async(letter["function"], letter["content_type"], base64.b64decode(letter["body"]))
+        try:
+            letter["input"] = whole_input(letter["content_type"], self.dead_letters.body(letter_id))
+        except KeyError:
+            raise HttpError(404, "NotFound", f"no dead letter {letter_id!r}") from None
+        except DamagedLetter as e:
+            letter["damaged"] = str(e)
+        return letter
+
+    def replay(self, letter_id: str) -> Reply:
+        """Run the letter's input again, asynchronously: a file event reads its file again, as its trigger does."""
+        letter = self.dead_letters.get(letter_id)
+        if letter is None:
+            raise HttpError(404, "NotFound", f"no dead letter {letter_id!r}")
+        source = letter.get("source") or {}
+        try:
+            body = self.dead_letters.body(letter_id)
+        except KeyError:
+            raise HttpError(404, "NotFound", f"no dead letter {letter_id!r}") from None
+        except DamagedLetter as e:
+            raise HttpError(422, "DeadLetterDamaged", f"dead letter {letter_id!r} cannot be replayed: {e}") from None
+        deployment = self._deployment(letter["function"])
+        if source.get("trigger") == "file" and takes_bytes(deployment.definition):
+            path = Path(str(source.get("path")))
+            try:
+                data = read_dropped_file(path, _config.call_max_bytes())
+            except (InputRefused, OSError) as e:
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise HttpError(
+                    422, "DeadLetterDamaged", f"dead letter {letter_id!r} cannot be replayed: {path.name}: {reason}"
+                ) from None
+            # The file's bytes are the argument; what is journaled (and dead-lettered again) is the path, as before.
+            call = _Call(deployment, (data,), {}, letter["content_type"], body)
+            try:
+                _check_types(call)
+            except TypeError as e:
+                raise HttpError(422, "ArgumentError", f"{deployment.name}(): {e}") from None
+            reply = self._queue(call, source)
+        else:
+            call = self.prepare(letter["function"], letter["content_type"], body)
+            reply = self._queue(call, source or None)
         self.dead_letters.remove(letter_id)
         return reply
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import uuid
@@ -9,6 +10,7 @@ from typing import Any
 
 from tornado import web
 
+from jupyter_faas._deadletters import DEFAULT_PAGE, MAX_PAGE
 from jupyter_faas._endpoints import Endpoints, HttpError, Reply
 from jupyter_faas._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
@@ -180,23 +182,39 @@ class _Invocation(_Faas):
 
 
 class _DeadLetters(_Faas):
-    def get(self) -> None:
+    """GET: one page of dead letters, `?limit=` (1 to 1000, default 100) from after `?after=` (a page's `next`),
+    of one function's with `?function=NAME`."""
+
+    async def get(self) -> None:
         self.faas_guard()
-        self.send_json({"dead_letters": self.endpoints.dead_letters.list()})
+        try:
+            limit = int(self.get_query_argument("limit", str(DEFAULT_PAGE)))
+        except ValueError:
+            raise HttpError(400, "BadRequest", "limit must be a whole number") from None
+        if not 1 <= limit <= MAX_PAGE:
+            raise HttpError(400, "BadRequest", f"limit must be from 1 to {MAX_PAGE}")
+        after = self.get_query_argument("after", None)
+        function = self.get_query_argument("function", None)
+        # Reading the index and stat-ing inputs is file work: never on the event loop.
+        self.send_json(await asyncio.to_thread(self.endpoints.dead_letter_page, limit, after, function))
 
 
 class _DeadLetter(_Faas):
-    def delete(self, ident: str) -> None:
+    async def get(self, ident: str) -> None:
         self.faas_guard()
-        self.endpoints.discard(ident)
+        self.send_json(await asyncio.to_thread(self.endpoints.dead_letter, ident))
+
+    async def delete(self, ident: str) -> None:
+        self.faas_guard()
+        await asyncio.to_thread(self.endpoints.discard, ident)
         self.set_status(204)
         self.finish()
 
 
 class _Replay(_Faas):
-    def post(self, ident: str) -> None:
+    async def post(self, ident: str) -> None:
         self.faas_guard()
-        reply = self.endpoints.replay(ident)
+        reply = await asyncio.to_thread(self.endpoints.replay, ident)
         self.note_invocation(reply.body["id"])
         self.send_reply(reply)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import psutil
 
 from jupyter_faas._config import open_private, private_dir
+
+log = logging.getLogger("jupyter_faas.inflight")
 
 
 def inflight_path(state_dir: Path) -> Path:
@@ -37,10 +40,19 @@ class InFlight:
             raise ValueError(f"not an invocation id: {invocation_id!r}")
         return self.directory / f"{invocation_id}.json"
 
-    def begin(self, invocation_id: str, function: str, version: str, content_type: str, body: bytes) -> None:
+    def begin(
+        self,
+        invocation_id: str,
+        function: str,
+        version: str,
+        content_type: str,
+        body: bytes,
+        source: dict[str, Any] | None = None,
+    ) -> None:
+        """`source`: where the input came from when not the body (a file trigger's file), kept for the replay."""
         if self.directory is None:
             return
-        entry = {
+        entry: dict[str, Any] = {
             "id": invocation_id,
             "pid": os.getpid(),
             "function": function,
@@ -48,6 +60,8 @@ class InFlight:
             "content_type": content_type,
             "body": base64.b64encode(body).decode(),
         }
+        if source is not None:
+            entry["source"] = source
         path = self._file(invocation_id)
         temporary = path.with_suffix(".tmp")
         with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_TRUNC), "w") as file:
@@ -75,7 +89,11 @@ class InFlight:
                 continue  # half written: its 202 was never sent, since that waits for the rename
             if pid == os.getpid() or (psutil.pid_exists(pid) and _is_faas_process(pid)):
                 continue  # its process still runs, and will settle it
-            entry["body"] = base64.b64decode(entry["body"])
+            try:
+                entry["body"] = base64.b64decode(entry["body"], validate=True)
+            except (ValueError, TypeError):
+                log.warning("jupyter-faas: skipping the damaged in-flight entry %s", path)
+                continue
             found.append(entry)
         return found
 

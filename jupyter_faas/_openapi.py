@@ -144,7 +144,9 @@ def _api(
 _API_ERRORS = {
     "400": "A query parameter is malformed.",
     "404": "No such function, invocation or dead letter.",
-    "422": "The dead letter's input no longer fits the function's signature.",
+    "410": "The async result is no longer kept (past faas.http.async-results-max-bytes); "
+    "the error's invocation_status is its status.",
+    "422": "The dead letter's input no longer fits the function's signature, or cannot be read back.",
     "500": "The registry cannot be read.",
 }
 
@@ -230,16 +232,33 @@ _COMPONENTS: dict[str, Any] = {
     },
     "DeadLetter": {
         "type": "object",
-        "required": ["id", "function", "content_type", "body", "error"],
+        "required": ["id", "function", "content_type", "bytes", "error"],
         "properties": {
             "id": {"type": "string"},
             "function": {"type": "string"},
             "version": {"type": "string"},
             "failed_at": {"type": "number"},
             "content_type": {"type": "string"},
-            "body": {"type": "string", "contentEncoding": "base64"},
-            "error": {"type": "object"},
-            "input": {},
+            "bytes": {"type": "integer", "description": "Size of the input kept on disk."},
+            "error": {"type": "object", "description": "Why the invocation failed."},
+            "input": {
+                "description": "In the list: the input if it is JSON of at most 4 KiB, else {bytes}. In one "
+                "letter's GET: the whole input, JSON decoded, or {base64, bytes}."
+            },
+            "source": {"type": "object", "description": "A file event's {trigger: file, path}: replay reads it."},
+            "input_dropped": {"type": "string", "description": "Why the input was not kept (past the bound)."},
+            "damaged": {"type": "string", "description": "Why the input cannot be read back; no replay."},
+        },
+    },
+    "DeadLetterPage": {
+        "type": "object",
+        "required": ["dead_letters", "next", "total", "skipped", "damaged"],
+        "properties": {
+            "dead_letters": {"type": "array", "items": {"$ref": "#/components/schemas/DeadLetter"}},
+            "next": {"type": ["string", "null"], "description": "Pass as ?after= for the next page; null at the end."},
+            "total": {"type": "integer", "description": "Letters in all."},
+            "skipped": {"type": "integer", "description": "Damaged index lines skipped (kept aside on disk)."},
+            "damaged": {"type": "array", "items": {"type": "string"}, "description": "Ids on this page flagged."},
         },
     },
 }
@@ -275,15 +294,56 @@ def document(deployments: Sequence[Deployment], base_url: str, version: str) -> 
     paths[f"{api}/platform"] = {"get": _api("Workers, maximum, keep-alive and scale events.", "200", _ref("Platform"))}
     paths[f"{api}/invocations/{{id}}"] = {
         "parameters": [ident],
-        "get": _api("An invocation's status, its result or error, and its output.", "200", _ref("Invocation"), "404"),
+        "get": _api(
+            "An invocation's status, its result or error, and its output.", "200", _ref("Invocation"), "404", "410"
+        ),
     }
+    page_query = [
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        },
+        {
+            "name": "after",
+            "in": "query",
+            "required": False,
+            "description": "The `next` of the page before; the list goes on from there, oldest first.",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "function",
+            "in": "query",
+            "required": False,
+            "description": "Only this function's letters.",
+            "schema": {"type": "string"},
+        },
+    ]
     paths[f"{api}/dead-letters"] = {
-        "get": _api("Invocations that failed after their retries.", "200", _list_of("dead_letters", _ref("DeadLetter")))
+        "parameters": page_query,
+        "get": _api(
+            "Invocations that failed after their retries: one page, oldest first, without their inputs.",
+            "200",
+            _ref("DeadLetterPage"),
+            "400",
+        ),
     }
-    paths[f"{api}/dead-letters/{{id}}"] = {"parameters": [ident], "delete": _api("Discard it.", "204", None, "404")}
+    paths[f"{api}/dead-letters/{{id}}"] = {
+        "parameters": [ident],
+        "get": _api("One dead letter with its whole input.", "200", _ref("DeadLetter"), "404"),
+        "delete": _api("Discard it.", "204", None, "404"),
+    }
     paths[f"{api}/dead-letters/{{id}}/replay"] = {
         "parameters": [ident],
-        "post": _api("Run it again, asynchronously.", "202", _ref("Queued"), "404", "422", "500"),
+        "post": _api(
+            "Run it again, asynchronously; a file event reads its file again, as its trigger does.",
+            "202",
+            _ref("Queued"),
+            "404",
+            "422",
+            "500",
+        ),
     }
     paths[f"{api}/triggers"] = {
         "get": _api("Every schedule and file trigger.", "200", _list_of("triggers", {"type": "object"}))

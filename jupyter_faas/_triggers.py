@@ -7,8 +7,10 @@ import fnmatch
 import json
 import logging
 import os
+import stat as stat_mode
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -18,6 +20,7 @@ from typing import Any
 
 from croniter import croniter
 
+from jupyter_faas import _config
 from jupyter_faas._config import open_private, private_dir, write_private
 from jupyter_faas._errors import FaasError
 from jupyter_faas._limits import LimitError, parse_duration
@@ -35,6 +38,37 @@ _SETTLE = 0.2
 
 class TriggerError(FaasError, ValueError):
     """A trigger that cannot be set up; the message says what to write instead."""
+
+
+class InputRefused(FaasError):
+    """A dropped file that is not given to the function: past the call size limit, or not a regular file."""
+
+
+def read_dropped_file(path: Path, limit: int) -> bytes:
+    """A dropped file's contents, checked before they are read: a regular file, not a link, within `limit`.
+
+    Opened without following a link (one swapped in after the scan is refused too), and never read past
+    `limit` even if the file grows meanwhile. InputRefused or OSError otherwise.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as file:
+        found = os.fstat(descriptor)
+        if not stat_mode.S_ISREG(found.st_mode):
+            raise InputRefused(f"{path} is not a regular file; only regular files are read")
+        if found.st_size > limit:
+            raise InputRefused(_too_large(path, found.st_size, limit))
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise InputRefused(_too_large(path, len(data), limit))
+    return data
+
+
+def _too_large(path: Path, size: int, limit: int) -> str:
+    return (
+        f"{path.name} is {size} bytes; the limit is faas.call.max-bytes = {limit} bytes. "
+        "The file was not read and the function did not run; raise faas.call.max-bytes, or take the "
+        "path (a str parameter) and read the file in the function"
+    )
 
 
 @dataclass(frozen=True)
@@ -198,12 +232,13 @@ class _Active:
     stop: threading.Event = field(default_factory=threading.Event)
     last_scan: float = 0.0
     changed: bool = True
+    links: set[str] = field(default_factory=set)
 
 
 # What the runner calls to start one invocation: (function name, arguments, trigger kind, on_done) -> started?
 Launch = Callable[[str, tuple[Any, ...], str, Callable[[Future], None]], bool]
-# What it calls with an invocation that failed: (trigger spec, its arguments, the future).
-Failed = Callable[[TriggerSpec, tuple[Any, ...], Future], None]
+# What it calls with an invocation that failed: (trigger spec, its arguments, the error, the invocation id).
+Failed = Callable[[TriggerSpec, tuple[Any, ...], BaseException, str], None]
 
 
 class TriggerRunner:
@@ -304,9 +339,10 @@ class TriggerRunner:
         args: tuple[Any, ...] = (datetime.fromtimestamp(due, timezone.utc),)
 
         def done(future: Future) -> None:
-            if future.exception() is not None:
+            error = future.exception()
+            if error is not None:
                 state.failed += 1
-                self._failed(state.spec, args, future)
+                self._failed(state.spec, args, error, getattr(future, "id", ""))
 
         if self._launch(state.spec.function, args, "schedule", done):
             state.fired += 1
@@ -339,10 +375,16 @@ class TriggerRunner:
             if path.name.startswith(".") or not fnmatch.fnmatch(path.name, spec.pattern):
                 continue
             try:
-                stat = path.stat()
+                stat = path.lstat()
             except OSError:
                 continue
-            if not path.is_file():
+            if stat_mode.S_ISLNK(stat.st_mode):
+                # A link could name any file the server can read: links are never followed.
+                if path.name not in state.links:
+                    state.links.add(path.name)
+                    log.warning("jupyter-faas: %s is a symbolic link; file triggers skip links", path)
+                continue
+            if not stat_mode.S_ISREG(stat.st_mode):
                 continue
             key = file_key(path, stat)
             if key in progress.handled or key in state.running:
@@ -362,7 +404,15 @@ class TriggerRunner:
         assert state.progress is not None
         if self._takes_bytes(state.spec.function):
             try:
-                argument: Any = path.read_bytes()
+                argument: Any = read_dropped_file(path, _config.call_max_bytes())
+            except InputRefused as e:
+                # Never run: a dead letter at once, with the reason; the file itself stays where it is.
+                log.warning("jupyter-faas: file trigger of %s: %s", state.spec.function, e)
+                state.failed += 1
+                invocation = uuid.uuid4().hex
+                self._failed(state.spec, (str(path),), e, invocation)
+                state.progress.mark(key, "failed", invocation)
+                return
             except OSError as e:
                 log.warning("jupyter-faas: cannot read %s: %s", path, e)
                 return
@@ -372,13 +422,13 @@ class TriggerRunner:
         state.running.add(key)
 
         def done(future: Future) -> None:
-            failed = future.exception() is not None
-            if failed:
+            error = future.exception()
+            invocation = getattr(future, "id", "")
+            if error is not None:
                 # Dead-lettered before it is marked: a file marked failed always has its letter.
                 state.failed += 1
-                self._failed(state.spec, (str(path),), future)
-            invocation = getattr(future, "id", "")
-            state.progress.mark(key, "failed" if failed else "done", invocation)  # type: ignore[union-attr]
+                self._failed(state.spec, (str(path),), error, invocation)
+            state.progress.mark(key, "failed" if error is not None else "done", invocation)  # type: ignore[union-attr]
             state.running.discard(key)
 
         if self._launch(state.spec.function, args, "file", done):

@@ -53,6 +53,8 @@ def test_a_yaml_file_in_the_dask_config_folder_sets_keys(tmp_path: Path) -> None
         ("faas.defaults.retries", -1, "faas.defaults.retries"),
         ("faas.cluster.zones", 0, "faas.cluster.zones: expected a whole number of at least 1"),
         ("faas.http.max-body", "abc", "faas.http.max-body: expected a size"),
+        ("faas.deadletters.max-bytes", "lots", "faas.deadletters.max-bytes: expected a size"),
+        ("faas.http.async-results-max-bytes", -5, "faas.http.async-results-max-bytes"),
         ("faas.http.queue-timeout", "soon", "faas.http.queue-timeout: expected a duration"),
         ("faas.http.tracebacks", "maybe", "faas.http.tracebacks: expected true or false"),
     ],

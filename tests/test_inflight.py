@@ -49,3 +49,17 @@ def test_without_a_state_dir_nothing_is_written(tmp_path: Path) -> None:
     journal.begin("ab-1", "f", "v", "", b"")
     journal.end("ab-1")
     assert journal.orphans() == []
+
+
+def test_a_file_events_source_is_kept_and_a_damaged_entry_never_stops_a_restart(tmp_path: Path) -> None:
+    code = (
+        "import sys; from pathlib import Path; from jupyter_faas._inflight import InFlight; "
+        "InFlight(Path(sys.argv[1])).begin('ef56-1', 'size', 'v1', 'application/json', b'[\"/in/a.bin\"]', "
+        "{'trigger': 'file', 'path': '/in/a.bin'})"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "in-flight")], check=True)
+    damaged = json.loads((tmp_path / "in-flight" / "ef56-1.json").read_text())
+    damaged.update(id="ef56-2", body="!!! not base64 !!!")
+    (tmp_path / "in-flight" / "ef56-2.json").write_text(json.dumps(damaged))
+    (orphan,) = InFlight(tmp_path / "in-flight").orphans()
+    assert orphan["id"] == "ef56-1" and orphan["source"] == {"trigger": "file", "path": "/in/a.bin"}

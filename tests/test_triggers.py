@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 from conftest import wait_for
 
 from jupyter_faas import _deploy
+from jupyter_faas._deadletters import DeadLetters
 from jupyter_faas._definition import from_cell
 from jupyter_faas._endpoints import Endpoints, dead_letters_path
 from jupyter_faas._function import FaasFunction
@@ -147,6 +147,45 @@ def test_a_bytes_parameter_gets_the_file_contents(owner: Owner, tmp_path: Path) 
     wait_for(lambda: out.exists() and out.read_text().split() == ["1234"], timeout=30, message="the bytes")
 
 
+def test_links_in_a_watched_folder_are_never_followed(owner: Owner, tmp_path: Path) -> None:
+    inbox, outside = tmp_path / "inbox", tmp_path / "private"
+    inbox.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"outside-secret")
+    (inbox / "inner.dat").write_bytes(b"inside-target")
+    out = tmp_path / "seen.txt"
+    keep = define(f"open({str(out)!r}, 'ab').write(data + bytes([10]))", "keep_file", ["data:bytes"])
+    # A link out of the folder, and one to a file inside it: neither is taken (links are skipped).
+    (inbox / "leak.txt").symlink_to(outside / "secret.txt")
+    (inbox / "inner.txt").symlink_to(inbox / "inner.dat")
+    keep.on_file(inbox, pattern="*.txt")
+    drop(inbox, "plain.txt", b"plain")
+    wait_for(lambda: owner.count("keep_file", "files_done") >= 1, timeout=30, message="the plain file")
+    drop(inbox, "zlast.txt", b"last")  # scanned after the links, in name order: they had their chance
+    wait_for(lambda: b"last" in out.read_bytes().split(), timeout=30, message="the last file")
+    assert b"outside-secret" not in out.read_bytes()
+    assert sorted(out.read_bytes().split()) == [b"last", b"plain"]
+    assert owner.count("keep_file", "files_failed") == 0
+    assert len(owner.records("keep_file", "file")) == 2
+
+
+def test_a_file_past_the_call_limit_is_dead_lettered_unread_and_never_run(owner: Owner, tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    sized = define("len(data)", "sized", ["data:bytes"])
+    with dask.config.set({"faas.call.max-bytes": 1024}):
+        sized.on_file(inbox)
+        drop(inbox, "fits.bin", b"x" * 1024)
+        drop(inbox, "over.bin", b"x" * 1025)
+        wait_for(lambda: sum(owner.count("sized", what) for what in ("files_done", "files_failed")) == 2, 30, "both")
+    assert len(owner.records("sized", "file")) == 1  # the file past the limit never ran
+    assert owner.count("sized", "files_failed") == 1
+    (letter,) = owner.endpoints.dead_letters.list()
+    assert letter["error"]["type"] == "InputRefused"
+    assert "over.bin is 1025 bytes; the limit is faas.call.max-bytes = 1024 bytes" in letter["error"]["message"]
+    assert letter["source"] == {"trigger": "file", "path": str(inbox / "over.bin")}
+
+
 def test_nothing_is_handled_twice_or_skipped_across_a_restart(platform: Platform, tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -223,11 +262,8 @@ def test_a_queued_invocation_that_still_fails_after_retries_is_a_dead_letter(pla
     invocation_id = fails.enqueue("k")
 
     def letter() -> Any:
-        path = dead_letters_path(state)
-        if not path.exists():
-            return None
-        letters = [json.loads(line) for line in path.read_text().splitlines()]
-        return next((item for item in letters if item["id"] == invocation_id), None)
+        # Read as a fresh process would: the kernel wrote it, not this process's endpoints.
+        return DeadLetters(dead_letters_path(state)).get(invocation_id)
 
     found = wait_for(letter, timeout=30, message="the dead letter")
     assert found["function"] == "fails_queued"

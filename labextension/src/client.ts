@@ -130,8 +130,18 @@ export class FaasClient {
     return (await this.request<{ invocations: IInvocation[] }>(path)).invocations;
   }
 
+  /** Every dead letter, oldest first: the list comes in pages, each naming the cursor of the next. */
   async deadLetters(): Promise<IDeadLetter[]> {
-    return (await this.request<{ dead_letters: IDeadLetter[] }>('api/dead-letters')).dead_letters;
+    const letters: IDeadLetter[] = [];
+    let path = 'api/dead-letters';
+    for (;;) {
+      const page = await this.request<{ dead_letters: IDeadLetter[]; next?: string | null }>(path);
+      letters.push(...page.dead_letters);
+      if (!page.next) {
+        return letters;
+      }
+      path = `api/dead-letters?limit=1000&after=${encodeURIComponent(page.next)}`;
+    }
   }
 
   async triggers(): Promise<ITrigger[]> {

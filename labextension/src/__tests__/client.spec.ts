@@ -19,6 +19,19 @@ describe('FaasClient', () => {
     ]);
   });
 
+  it('reads every page of the dead letters', async () => {
+    const [first] = letters;
+    const second = { ...first, id: 'second-letter' };
+    const routes = {
+      'GET /faas/api/dead-letters': { dead_letters: [first], next: '1700000000.0/a-3' },
+      'GET /faas/api/dead-letters?limit=1000&after=1700000000.0%2Fa-3': { dead_letters: [second], next: null }
+    };
+    const seen: ISeen[] = [];
+    const client = new FaasClient(fakeServer(routes, seen));
+    expect(await client.deadLetters()).toEqual([first, second]);
+    expect(seen.length).toEqual(2);
+  });
+
   it('undeploys with DELETE', async () => {
     const seen: ISeen[] = [];
     const client = new FaasClient(fakeServer(standardRoutes(), seen));
