@@ -316,8 +316,8 @@ class ServeApp(JupyterApp):
         app = web.Application(routes(_ServeBase, "/"), default_handler_class=joined(NotFound, _ServeBase), **settings)
         read_timeout = _config.http_read_timeout()
         server = _BoundedServer(
-            _config.http_max_connections(),
             app,
+            max_connections=_config.http_max_connections(),
             # Bodies over faas.http.max-body get a 413 from the handler; this only bounds what is read at all.
             max_body_size=max(endpoints.max_body() * 4, 64 * 2**20),
             # Headers past MAX_HEADER_BYTES get a 431 from the handler; far past it, the connection is dropped.
@@ -364,8 +364,9 @@ class _BoundedServer(httpserver.HTTPServer):
     """At most `max_connections` open at once (`faas.http.max-connections`): past it, a connection is answered
     503 with Retry-After and closed at once, before anything of its request is read."""
 
-    def __init__(self, max_connections: int, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def initialize(self, *args: Any, max_connections: int, **kwargs: Any) -> None:  # type: ignore[override]
+        # HTTPServer is a tornado Configurable: its constructor's arguments go to initialize().
+        super().initialize(*args, **kwargs)
         self.max_connections = max_connections
         self.open_connections = 0
         self._draining = 0
