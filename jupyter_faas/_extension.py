@@ -36,7 +36,8 @@ class _JupyterBase(APIHandler):
 
     def faas_admit(self) -> None:
         origin = self.request.headers.get("Origin")
-        if origin is None or self.allow_origin == "*":
+        # A preflight runs nothing; options() answers it (405 unless CORS is configured).
+        if origin is None or self.allow_origin == "*" or self.request.method == "OPTIONS":
             return
         origin = origin.strip().lower()
         if urlsplit(origin).netloc and urlsplit(origin).netloc == self.request.headers.get("Host", "").lower():

@@ -19,6 +19,9 @@ _ID = r"(?P<ident>[^/]+)"
 
 # Request headers past this many bytes get 431 (the HTTP server itself drops a connection far past it).
 MAX_HEADER_BYTES = 32 * 2**10
+# The body of a refused request is read and dropped before the answer when it declares at most this many bytes;
+# a larger or chunked one is answered at once, and its connection closed unread.
+SMALL_REFUSED_BODY = 64 * 2**10
 # What a 503 for a limit of the server's own asks the caller to wait before trying again, in seconds.
 RETRY_AFTER = 1
 
@@ -78,6 +81,8 @@ class _Faas(web.RequestHandler):
     unauthenticated: tuple[str, ...] = ()
     public_methods: tuple[str, ...] = ()
     _faas_request_id: str | None = None
+    _refusal: BaseException | None = None
+    _closing = False
 
     @property
     def endpoints(self) -> Endpoints:
@@ -102,20 +107,46 @@ class _Faas(web.RequestHandler):
         self.set_header("X-Request-Id", invocation_id)
 
     async def prepare(self) -> None:
+        try:
+            await self.admit()
+        except (HttpError, web.HTTPError) as refusal:
+            if self._finished or not self._small_body():
+                self._closing = True
+                raise  # answered at once, and the connection closed: its body is never read
+            # A small body is read (and dropped) first, then the refusal answered: a client that writes its whole
+            # request before it reads gets the answer, where closing with its body unread would reset the
+            # connection under it.
+            self._refusal = refusal
+            setattr(self, (self.request.method or "get").lower(), self._refuse)
+
+    async def admit(self) -> None:
+        """Raise the answer to a request that may not go on; runs before any of the body is read."""
         size = sum(len(name) + len(value) + 4 for name, value in self.request.headers.get_all())
         if size > MAX_HEADER_BYTES:
             raise HttpError(
                 431, "HeadersTooLarge", f"the request headers are {size} bytes; the limit is {MAX_HEADER_BYTES}"
             )
+        method = (self.request.method or "").lower()
+        if getattr(type(self), method, None) is web.RequestHandler._unimplemented_method:
+            raise web.HTTPError(405)  # before the token: a method no route here has is refused alike for all
         self.faas_admit()
         awaitable = super().prepare()
         if awaitable is not None:
             await awaitable
         if self._finished:
             return
-        method = (self.request.method or "").lower()
-        if method not in self.unauthenticated:
+        # A preflight runs nothing and carries no credentials: options() answers it (405 unless CORS is configured).
+        if method not in (*self.unauthenticated, "options"):
             self.faas_guard(public=method in self.public_methods)
+
+    def _small_body(self) -> bool:
+        if "chunked" in self.request.headers.get("Transfer-Encoding", "").lower():
+            return False
+        declared = self.request.headers.get("Content-Length", "0")
+        return declared.isdigit() and int(declared) <= SMALL_REFUSED_BODY
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise self._refusal
 
     def data_received(self, chunk: bytes) -> None:
         """Only the function endpoints take a body; any other route's is read and dropped, never kept."""
@@ -135,6 +166,8 @@ class _Faas(web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None))[1]
+        if self._closing:
+            self.set_header("Connection", "close")  # Tornado closes it, its body unread: say so to keep-alive clients
         if isinstance(error, HttpError):
             self.set_status(error.status)
             retry_after = getattr(error, "retry_after", None)
@@ -174,13 +207,13 @@ class _Invoke(_Faas):
     def body_budget(self) -> BodyBudget:
         return self.settings["faas_body_budget"]
 
-    async def prepare(self) -> None:
+    async def admit(self) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
-        await super().prepare()
+        self._limit = self.endpoints.max_body()
+        await super().admit()
         if self._finished:
             return
-        self._limit = self.endpoints.max_body()
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self._limit:
             raise HttpError(413, "PayloadTooLarge", f"the request body is {declared} bytes; the limit is {self._limit}")

@@ -150,7 +150,9 @@ class _ServeBase(web.RequestHandler):
                 f"this server does not answer to the Host {(host or '')[:100]!r}; "
                 "start it with --allow-host NAME (or set faas.http.allow-hosts) to serve that name",
             )
-        if not policy.origin_allowed(self.request.headers.get("Origin"), host):
+        # A preflight runs nothing, and gets 405 without allow headers: serve answers no CORS at all.
+        origin = None if self.request.method == "OPTIONS" else self.request.headers.get("Origin")
+        if not policy.origin_allowed(origin, host):
             raise HttpError(403, "OriginNotAllowed", "requests from the web pages of other origins are refused")
 
     def faas_guard(self, public: bool = False) -> None:
