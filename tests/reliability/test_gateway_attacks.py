@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import stop_process_group
+from conftest import stop_process_group, wait_for
 
 from reliability._serving import AUTH, CELLS, Served, error_of, start_serve, write_notebook
 
@@ -170,7 +170,7 @@ def test_public_bodies_past_the_memory_cap_get_503_before_they_are_read(public: 
 def test_connections_past_the_limit_get_503_with_retry_after_and_are_closed(public: Served) -> None:
     idle = [socket.create_connection((public.host, public.port), timeout=10) for _ in range(70)]
     try:
-        time.sleep(0)  # the 71st is accepted after these 70: the listen queue is first in, first out
+        # The 71st is accepted after these 70: the listen queue is first in, first out.
         extra = socket.create_connection((public.host, public.port), timeout=10)
         with extra:
             answer = b""
@@ -182,7 +182,25 @@ def test_connections_past_the_limit_get_503_with_retry_after_and_are_closed(publ
         assert "faas.http.max-connections" in json.loads(body)["error"]["message"]
     finally:
         close_all(idle)
-    assert public.works()
+    wait_for(public.works, 30, "a connection to be taken once the idle ones are closed")
+
+
+def test_a_client_that_leaves_mid_body_gives_its_reservation_back(public: Served) -> None:
+    def four_admitted_then_gone() -> bool:
+        """Four bodies fill the 24 MiB: admitted (no answer before the body), each client leaves halfway."""
+        socks = [open_request(public, BODY) for _ in range(4)]
+        try:
+            if answers(socks, 1) != [b""] * 4:
+                return False
+            for sock in socks:
+                push(sock, BODY // 2)
+            return True
+        finally:
+            close_all(socks)
+
+    # The server sees each client leave a moment later; had any reservation stayed, no four would fit again.
+    for _ in range(5):
+        wait_for(four_admitted_then_gone, 30, "the reservations of the clients that left to be given back")
 
 
 # -- Host and Origin ---------------------------------------------------------------------------------------
