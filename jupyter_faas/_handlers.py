@@ -67,7 +67,9 @@ class _Faas(web.RequestHandler):
     """What every handler shares; the app's own base class supplies `faas_admit()`, which refuses a request
     from a foreign Host or Origin, and its authentication, as `faas_guard(public=False)`, which raises unless
     the request may go on. Both run in `prepare`, before any of the body is read: every handler streams its
-    body (see `joined`), so a refused request is answered at once and its connection closed.
+    body (see `joined`), so a refused request never makes the server hold its body. One that declared a body
+    over SMALL_REFUSED_BODY (or a chunked one) is answered at once and its connection closed; a smaller body is
+    read and dropped, then the refusal answered.
 
     `unauthenticated` names the methods that need no token at all; `public_methods` those that need none when
     the app serves its functions publicly (`serve --public`).
@@ -146,6 +148,7 @@ class _Faas(web.RequestHandler):
         return declared.isdigit() and int(declared) <= SMALL_REFUSED_BODY
 
     def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        assert self._refusal is not None
         raise self._refusal
 
     def data_received(self, chunk: bytes) -> None:
