@@ -287,3 +287,41 @@ async def test_a_foreign_origin_cannot_drive_a_function_even_with_a_token(
     same = {"Origin": f"http://localhost:{jp_http_port}", "Host": f"localhost:{jp_http_port}"}
     assert body(await fetch(jp_fetch, "POST", ("faas", "functions", "square"), headers=same)) == 4
     assert len(await records_of(jp_fetch, "square")) == before + 1
+
+
+@pytest.fixture
+def small_body_memory(state_dir: Path) -> Iterator[None]:
+    """faas.http.max-body-memory of 1 MiB, set before the server (and its extension) starts."""
+    with dask.config.set({"faas.http.max-body-memory": "1MiB"}):
+        yield
+
+
+async def test_a_body_past_the_memory_cap_gets_503_before_it_is_read(
+    small_body_memory: None,
+    jp_fetch: Any,
+    jp_http_port: int,
+    jp_base_url: str,
+    jp_auth_header: dict[str, str],
+    deployed: list[str],
+) -> None:
+    reader, writer = await asyncio.open_connection("localhost", jp_http_port)
+    try:
+        head = [
+            f"POST {jp_base_url}faas/functions/reject HTTP/1.1",
+            f"Host: localhost:{jp_http_port}",
+            *(f"{name}: {value}" for name, value in jp_auth_header.items()),
+            "Content-Type: application/octet-stream",
+            f"Content-Length: {2 * 2**20}",
+        ]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        await writer.drain()
+        # Nothing of the 2 MiB body was sent: the answer comes before it.
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 503 "), answer
+    assert b"Retry-After: 1" in answer
+    # A body within the cap is taken, and reaches the function.
+    octets = {"Content-Type": "application/octet-stream"}
+    small = await fetch(jp_fetch, "POST", ("faas", "functions", "reject"), body=b"x" * 1000, headers=octets)
+    assert small.code == 500 and "1000" in body(small)["error"]["message"], small.body
