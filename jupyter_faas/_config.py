@@ -244,6 +244,27 @@ def http_read_timeout() -> float:
     return _checked("faas.http.read-timeout", lambda v: parse_duration(v, "faas.http.read-timeout"))
 
 
+def http_max_body_memory() -> int:
+    return _checked("faas.http.max-body-memory", lambda v: parse_size(v, "faas.http.max-body-memory", minimum=1))
+
+
+def http_max_connections() -> int:
+    return _checked("faas.http.max-connections", lambda v: parse_count(v, "faas.http.max-connections", minimum=1))
+
+
+def http_allow_hosts() -> tuple[str, ...]:
+    """`faas.http.allow-hosts`: Host names `serve` answers to besides the addresses it listens on."""
+    value = _get("faas.http.allow-hosts")
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or not all(isinstance(host, str) for host in value):
+        raise ConfigError(f"faas.http.allow-hosts: expected a list of host names, got {value!r}")
+    for host in value:
+        if not host or any(c.isspace() or c in "/@?#\\" or ord(c) < 32 for c in host):
+            raise ConfigError(f"faas.http.allow-hosts: {host!r} is not a host name (NAME, NAME:PORT or *)")
+    return tuple(value)
+
+
 def http_tracebacks() -> bool:
     value = _get("faas.http.tracebacks")
     if isinstance(value, bool):
@@ -317,6 +338,9 @@ _VALIDATORS = {
     "faas.http.async-results-max-bytes": http_async_results_max_bytes,
     "faas.http.queue-timeout": http_queue_timeout,
     "faas.http.read-timeout": http_read_timeout,
+    "faas.http.max-body-memory": http_max_body_memory,
+    "faas.http.max-connections": http_max_connections,
+    "faas.http.allow-hosts": http_allow_hosts,
     "faas.http.tracebacks": http_tracebacks,
     "faas.pricing.gb-second": pricing,
 }

@@ -136,6 +136,18 @@ def _check_types(call: _Call) -> None:
             )
 
 
+def shown(name: str) -> str:
+    """A name from a request, as an answer may quote it: repr'd, and cut short."""
+    return repr(name) if len(name) <= 80 else repr(name[:80]) + "..."
+
+
+def registry_failed(error: RegistryError) -> HttpError:
+    """A 500 for a registry that cannot be read or written. Its text names local paths: the server's log gets it,
+    the caller only the fact."""
+    log.error("jupyter-faas: %s", error)
+    return HttpError(500, "RegistryError", "the function registry could not be read; see the server log")
+
+
 def _missing_parameter(message: str) -> str | None:
     """The parameter a signature error names ("missing a required argument: 'x'"), if it names one."""
     if "'" in message:
@@ -256,9 +268,9 @@ class Endpoints:
         try:
             deployment = self.registry.get(name)
         except RegistryError as e:
-            raise HttpError(500, "RegistryError", str(e)) from None
+            raise registry_failed(e) from None
         if deployment is None:
-            raise HttpError(404, "NotFound", f"no function named {name!r} is deployed")
+            raise HttpError(404, "NotFound", f"no function named {shown(name)} is deployed")
         return deployment
 
     def prepare(self, name: str, content_type: str, body: bytes) -> _Call:
@@ -559,7 +571,7 @@ class Endpoints:
         try:
             return [self.describe(deployment) for deployment in self.registry.deployments()]
         except RegistryError as e:
-            raise HttpError(500, "RegistryError", str(e)) from None
+            raise registry_failed(e) from None
 
     def function(self, name: str) -> dict[str, Any]:
         return self.describe(self._deployment(name))
@@ -568,9 +580,9 @@ class Endpoints:
         try:
             removed = self.registry.undeploy(name)
         except RegistryError as e:
-            raise HttpError(500, "RegistryError", str(e)) from None
+            raise registry_failed(e) from None
         if not removed:
-            raise HttpError(404, "NotFound", f"no function named {name!r} is deployed")
+            raise HttpError(404, "NotFound", f"no function named {shown(name)} is deployed")
 
     def platform_state(self) -> dict[str, Any]:
         platform = self.platform
@@ -586,7 +598,11 @@ class Endpoints:
     def openapi(self) -> dict[str, Any]:
         from jupyter_faas import __version__
 
-        return document(self.registry.deployments(), self.base_url, __version__)
+        try:
+            deployments = self.registry.deployments()
+        except RegistryError as e:
+            raise registry_failed(e) from None
+        return document(deployments, self.base_url, __version__)
 
 
 # JSON's own numbers only, each one Python can carry: no NaN or Infinity, nothing that overflows a float,

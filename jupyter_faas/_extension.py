@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.utils import origin_matches_pat
 from tornado import web
 
 from jupyter_faas import _config, _deploy, _platform
-from jupyter_faas._endpoints import Endpoints
-from jupyter_faas._handlers import routes
+from jupyter_faas._endpoints import Endpoints, HttpError
+from jupyter_faas._handlers import routes, settings_for
 from jupyter_faas._registry import Registry
 from jupyter_faas._shared import Sharing
 from jupyter_faas._triggers import TriggerStore
@@ -25,9 +27,26 @@ class _JupyterBase(APIHandler):
     CORS only as the server is configured for it (`allow_origin`, `allow_origin_pat`, or an
     Access-Control-Allow-Origin in its `headers`): not jupyter_server's default of echoing any Origin
     to a token-authenticated request, nor allow headers on every preflight.
+
+    The server checks the Host itself. A request from a web page of another origin is refused on every faas
+    route, token or not, unless the server's CORS settings allow that origin.
     """
 
     auth_resource = "faas"
+
+    def faas_admit(self) -> None:
+        origin = self.request.headers.get("Origin")
+        # A preflight runs nothing; options() answers it (405 unless CORS is configured).
+        if origin is None or self.allow_origin == "*" or self.request.method == "OPTIONS":
+            return
+        origin = origin.strip().lower()
+        if urlsplit(origin).netloc and urlsplit(origin).netloc == self.request.headers.get("Host", "").lower():
+            return
+        if self.allow_origin and self.allow_origin == origin:
+            return
+        if self.allow_origin_pat and origin_matches_pat(self.allow_origin_pat, origin):
+            return
+        raise HttpError(403, "OriginNotAllowed", "requests from the web pages of other origins are refused")
 
     def _cors_configured(self) -> bool:
         return bool(
@@ -87,7 +106,7 @@ class FaasExtension(ExtensionApp):
         self._endpoints.start_triggers(triggers)
         self._sharing = Sharing(platform, state_dir / "registry", url, state_dir)
         _deploy.serve_here(registry, url, triggers)
-        self.settings["faas_endpoints"] = self._endpoints
+        self.settings.update(settings_for(self._endpoints))
         self.log.info(
             "jupyter-faas: %d function(s) deployed, cluster at %s (up to %d workers)",
             len(registry.deployments()), platform.scheduler_address, platform.maximum,

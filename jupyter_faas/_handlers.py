@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import threading
 import uuid
 from typing import Any
 
 from tornado import web
 
 from jupyter_faas._deadletters import DEFAULT_PAGE, MAX_PAGE
+from jupyter_faas import _config
 from jupyter_faas._endpoints import Endpoints, HttpError, Reply
 from jupyter_faas._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
@@ -19,18 +21,72 @@ _ID = r"(?P<ident>[^/]+)"
 
 # Request headers past this many bytes get 431 (the HTTP server itself drops a connection far past it).
 MAX_HEADER_BYTES = 32 * 2**10
+# The body of a refused request is read and dropped before the answer when it declares at most this many bytes;
+# a larger or chunked one is answered at once, and its connection closed unread.
+SMALL_REFUSED_BODY = 64 * 2**10
+# What a 503 for a limit of the server's own asks the caller to wait before trying again, in seconds.
+RETRY_AFTER = 1
+
+
+class Busy(HttpError):
+    """503: the server is at a limit of its own (named in the message); the caller may retry after a while."""
+
+    def __init__(self, message: str, retry_after: int = RETRY_AFTER) -> None:
+        super().__init__(503, "Busy", message)
+        self.retry_after = retry_after
+
+
+class BodyBudget:
+    """The bytes of request bodies one server holds in memory at once (`faas.http.max-body-memory`).
+
+    A request reserves its declared Content-Length (a chunked one, the whole `faas.http.max-body`) before its
+    body is read, and gives it back when it is answered or its connection closes.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> bool:
+        with self._lock:
+            if self.held + size > self.limit:
+                return False
+            self.held += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+
+
+def settings_for(endpoints: Endpoints) -> dict[str, Any]:
+    """The Tornado settings every app serving these handlers gives them."""
+    return {"faas_endpoints": endpoints, "faas_body_budget": BodyBudget(_config.http_max_body_memory())}
 
 
 class _Faas(web.RequestHandler):
-    """What every handler shares; the app's own base class supplies its authentication, as
-    `faas_guard(public=False)`, which raises unless the request may go on.
+    """What every handler shares; the app's own base class supplies `faas_admit()`, which refuses a request
+    from a foreign Host or Origin, and its authentication, as `faas_guard(public=False)`, which raises unless
+    the request may go on. Both run in `prepare`, before any of the body is read: every handler streams its
+    body (see `joined`), so a refused request never makes the server hold its body. One that declared a body
+    over SMALL_REFUSED_BODY (or a chunked one) is answered at once and its connection closed; a smaller body is
+    read and dropped, then the refusal answered.
+
+    `unauthenticated` names the methods that need no token at all; `public_methods` those that need none when
+    the app serves its functions publicly (`serve --public`).
 
     Every answer carries `X-Content-Type-Options: nosniff` and an `X-Request-Id`: the invocation's id when
     the request started one, a fresh random id otherwise; and no `Server` banner.
     """
 
     faas_guard: Any
+    faas_admit: Any
+    unauthenticated: tuple[str, ...] = ()
+    public_methods: tuple[str, ...] = ()
     _faas_request_id: str | None = None
+    _refusal: BaseException | None = None
+    _closing = False
 
     @property
     def endpoints(self) -> Endpoints:
@@ -54,13 +110,51 @@ class _Faas(web.RequestHandler):
         self._faas_request_id = invocation_id
         self.set_header("X-Request-Id", invocation_id)
 
-    def prepare(self) -> Any:
+    async def prepare(self) -> None:
+        try:
+            await self.admit()
+        except (HttpError, web.HTTPError) as refusal:
+            if self._finished or not self._small_body():
+                self._closing = True
+                raise  # answered at once, and the connection closed: its body is never read
+            # A small body is read (and dropped) first, then the refusal answered: a client that writes its whole
+            # request before it reads gets the answer, where closing with its body unread would reset the
+            # connection under it.
+            self._refusal = refusal
+            setattr(self, (self.request.method or "get").lower(), self._refuse)
+
+    async def admit(self) -> None:
+        """Raise the answer to a request that may not go on; runs before any of the body is read."""
         size = sum(len(name) + len(value) + 4 for name, value in self.request.headers.get_all())
         if size > MAX_HEADER_BYTES:
             raise HttpError(
                 431, "HeadersTooLarge", f"the request headers are {size} bytes; the limit is {MAX_HEADER_BYTES}"
             )
-        return super().prepare()
+        method = (self.request.method or "").lower()
+        if getattr(type(self), method, None) is web.RequestHandler._unimplemented_method:
+            raise web.HTTPError(405)  # before the token: a method no route here has is refused alike for all
+        self.faas_admit()
+        awaitable = super().prepare()
+        if awaitable is not None:
+            await awaitable
+        if self._finished:
+            return
+        # A preflight runs nothing and carries no credentials: options() answers it (405 unless CORS is configured).
+        if method not in (*self.unauthenticated, "options"):
+            self.faas_guard(public=method in self.public_methods)
+
+    def _small_body(self) -> bool:
+        if "chunked" in self.request.headers.get("Transfer-Encoding", "").lower():
+            return False
+        declared = self.request.headers.get("Content-Length", "0")
+        return declared.isdigit() and int(declared) <= SMALL_REFUSED_BODY
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        assert self._refusal is not None
+        raise self._refusal
+
+    def data_received(self, chunk: bytes) -> None:
+        """Only the function endpoints take a body; any other route's is read and dropped, never kept."""
 
     def send_json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -77,8 +171,13 @@ class _Faas(web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = kwargs.get("exc_info", (None, None))[1]
+        if self._closing:
+            self.set_header("Connection", "close")  # Tornado closes it, its body unread: say so to keep-alive clients
         if isinstance(error, HttpError):
             self.set_status(error.status)
+            retry_after = getattr(error, "retry_after", None)
+            if retry_after is not None:
+                self.set_header("Retry-After", str(retry_after))
             if error.status == 401:
                 self.set_header("WWW-Authenticate", 'Bearer realm="jupyter-faas"')
             body = error.body()
@@ -99,54 +198,89 @@ class _Faas(web.RequestHandler):
 
 
 class _Invoke(_Faas):
-    """POST {base}faas/functions/NAME: runs the function; ?async=true queues it instead."""
+    """POST {base}faas/functions/NAME: runs the function; ?async=true queues it instead.
 
-    streams_body = True
+    Its body is kept only once the request is admitted and authenticated, and only within the server's
+    `BodyBudget`: a request that would take it past `faas.http.max-body-memory` gets 503 before its body is read.
+    """
 
-    async def prepare(self) -> None:
-        awaitable = super().prepare()
-        if awaitable is not None:
-            await awaitable
+    public_methods = ("post",)
+    _reserved = 0
+    _received = False
+
+    @property
+    def body_budget(self) -> BodyBudget:
+        return self.settings["faas_body_budget"]
+
+    async def admit(self) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
         self._limit = self.endpoints.max_body()
+        await super().admit()
+        if self._finished:
+            return
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self._limit:
             raise HttpError(413, "PayloadTooLarge", f"the request body is {declared} bytes; the limit is {self._limit}")
+        wanted = int(declared) if declared.isdigit() else self._limit
+        if not self.body_budget.reserve(wanted):
+            raise Busy(
+                f"the server holds at most {self.body_budget.limit} bytes of request bodies at once "
+                "(faas.http.max-body-memory); try again shortly"
+            )
+        self._reserved = wanted
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        # Past the limit nothing more is kept; post() answers 413 once the body has been read.
-        if self._size <= self._limit:
+        # Past the limit (or the reservation) nothing more is kept; post() answers 413 once the body has been read.
+        if self._size <= min(self._limit, self._reserved):
             self._chunks.append(chunk)
 
+    def _release(self) -> None:
+        if self._reserved:
+            self.body_budget.release(self._reserved)
+            self._reserved = 0
+
+    def on_connection_close(self) -> None:
+        # Gone before its body was whole: post() never runs. Once it runs, it gives the reservation back itself.
+        if not self._received:
+            self._chunks = []
+            self._release()
+        super().on_connection_close()
+
+    def on_finish(self) -> None:
+        self._release()
+        super().on_finish()
+
     async def post(self, name: str) -> None:
-        self.faas_guard(public=True)
-        if self._size > self._limit:
-            raise HttpError(413, "PayloadTooLarge", f"the request body is over the limit of {self._limit} bytes")
-        body = b"".join(self._chunks)
-        content_type = self.request.headers.get("Content-Type", "")
-        if self.get_query_argument("async", "false").lower() in ("true", "1", "yes"):
-            reply = self.endpoints.invoke_async(name, content_type, body)
-            self.note_invocation(reply.body["id"])
-            self.send_reply(reply)
-        else:
-            self.send_reply(await self.endpoints.invoke(name, content_type, body, on_submit=self.note_invocation))
+        self._received = True
+        try:
+            if self._size > self._limit:
+                raise HttpError(413, "PayloadTooLarge", f"the request body is over the limit of {self._limit} bytes")
+            body = b"".join(self._chunks)
+            self._chunks = []
+            content_type = self.request.headers.get("Content-Type", "")
+            if self.get_query_argument("async", "false").lower() in ("true", "1", "yes"):
+                # Journaling writes and syncs the body to disk: never on the event loop.
+                reply = await asyncio.to_thread(self.endpoints.invoke_async, name, content_type, body)
+                self.note_invocation(reply.body["id"])
+                self.send_reply(reply)
+            else:
+                self.send_reply(await self.endpoints.invoke(name, content_type, body, on_submit=self.note_invocation))
+        finally:
+            self._release()
 
 
 class _Functions(_Faas):
     def get(self) -> None:
-        self.faas_guard()
         self.send_json({"functions": self.endpoints.functions()})
 
 
 class _Function(_Faas):
     def get(self, name: str) -> None:
-        self.faas_guard()
         self.send_json(self.endpoints.function(name))
 
     def delete(self, name: str) -> None:
-        self.faas_guard()
         self.endpoints.undeploy(name)
         self.set_status(204)
         self.finish()
@@ -154,7 +288,6 @@ class _Function(_Faas):
 
 class _FunctionInvocations(_Faas):
     def get(self, name: str) -> None:
-        self.faas_guard()
         try:
             limit = int(self.get_query_argument("limit", "20"))
         except ValueError:
@@ -164,7 +297,6 @@ class _FunctionInvocations(_Faas):
 
 class _Platform(_Faas):
     def get(self) -> None:
-        self.faas_guard()
         self.send_json(self.endpoints.platform_state())
 
 
@@ -177,7 +309,6 @@ class _Health(_Faas):
 
 class _Invocation(_Faas):
     def get(self, ident: str) -> None:
-        self.faas_guard()
         self.send_json(self.endpoints.invocation(ident))
 
 
@@ -186,7 +317,6 @@ class _DeadLetters(_Faas):
     of one function's with `?function=NAME`."""
 
     async def get(self) -> None:
-        self.faas_guard()
         try:
             limit = int(self.get_query_argument("limit", str(DEFAULT_PAGE)))
         except ValueError:
@@ -201,11 +331,9 @@ class _DeadLetters(_Faas):
 
 class _DeadLetter(_Faas):
     async def get(self, ident: str) -> None:
-        self.faas_guard()
         self.send_json(await asyncio.to_thread(self.endpoints.dead_letter, ident))
 
     async def delete(self, ident: str) -> None:
-        self.faas_guard()
         await asyncio.to_thread(self.endpoints.discard, ident)
         self.set_status(204)
         self.finish()
@@ -213,7 +341,6 @@ class _DeadLetter(_Faas):
 
 class _Replay(_Faas):
     async def post(self, ident: str) -> None:
-        self.faas_guard()
         reply = await asyncio.to_thread(self.endpoints.replay, ident)
         self.note_invocation(reply.body["id"])
         self.send_reply(reply)
@@ -221,19 +348,16 @@ class _Replay(_Faas):
 
 class _Triggers(_Faas):
     def get(self) -> None:
-        self.faas_guard()
         self.send_json({"triggers": self.endpoints.trigger_list()})
 
 
 class _OpenAPI(_Faas):
     def get(self) -> None:
-        self.faas_guard()
         self.send_json(self.endpoints.openapi())
 
 
 class _Metrics(_Faas):
     def get(self) -> None:
-        self.faas_guard()
         self.set_header("Content-Type", METRICS_CONTENT_TYPE)
         self.finish(self.endpoints.metrics.text())
 
@@ -267,15 +391,14 @@ _ROUTES: list[tuple[str, type[_Faas]]] = [
 
 
 def joined(handler: type[_Faas], base: type[web.RequestHandler], mark_public: Any = None) -> type:
-    """`handler` joined with the app's base class (its authentication)."""
+    """`handler` joined with the app's base class (its authentication), streaming its body: Tornado would read
+    a whole body before `prepare` otherwise, so before the request is admitted and authenticated."""
     namespace: dict[str, Any] = {}
     for method in getattr(handler, "unauthenticated", ()):
         if mark_public is not None:
             namespace[method] = mark_public(getattr(handler, method))
     combined = type(f"Faas{handler.__name__.lstrip('_')}Handler", (handler, base), namespace)
-    if getattr(handler, "streams_body", False):
-        combined = web.stream_request_body(combined)
-    return combined
+    return web.stream_request_body(combined)
 
 
 def routes(base: type[web.RequestHandler], prefix: str, mark_public: Any = None) -> list[tuple[str, type]]:

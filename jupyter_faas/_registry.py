@@ -19,7 +19,12 @@ from jupyter_faas._errors import FaasError
 
 
 class RegistryError(FaasError):
-    """The registry folder cannot be read or written; the message names the path."""
+    """The registry folder cannot be read or written; the message names the path (never shown to an HTTP caller)."""
+
+
+# A deployed name is a file name (NAME.json, and .NAME.json.XXXXXXXX while it is written): at most this many
+# bytes, well within every file system's 255. A longer name is never deployed; asking for one finds nothing.
+MAX_NAME_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,11 @@ class Registry:
             return deployment
         version_path = self.directory / "versions" / f"{definition.version}.pickle"
         pointer = {"name": definition.name, "version": definition.version, "deployed_at": deployment.deployed_at}
+        if len(definition.name.encode()) > MAX_NAME_BYTES:
+            raise RegistryError(
+                f"cannot deploy {definition.name[:40]}...: a deployed function's name is at most {MAX_NAME_BYTES} "
+                "bytes long"
+            )
         try:
             if not version_path.exists():
                 _write_atomically(version_path, cloudpickle.dumps(definition, protocol=5))
@@ -99,7 +109,7 @@ class Registry:
                 return self._memory.pop(name, None) is not None
         try:
             self._pointer(name).unlink()
-        except (FileNotFoundError, DefinitionError):
+        except (FileNotFoundError, NotADirectoryError, DefinitionError):
             return False  # a name that cannot be a function's was never deployed
         except OSError as e:
             raise RegistryError(f"cannot undeploy {name!r} from {self.directory}: {e}") from None
@@ -141,9 +151,13 @@ class Registry:
         return found
 
     def _pointer(self, name: str) -> Path:
+        """Where `name`'s pointer is; DefinitionError for a name no deployed function can have."""
         assert self.directory is not None
-        # check_name keeps every name a plain identifier, so it is always a safe file name.
-        return self.directory / "functions" / f"{check_name(name)}.json"
+        # check_name keeps every name a plain identifier, and the length check a short one: a safe file name.
+        checked = check_name(name)
+        if len(checked.encode()) > MAX_NAME_BYTES:
+            raise DefinitionError(f"a deployed function's name is at most {MAX_NAME_BYTES} bytes long")
+        return self.directory / "functions" / f"{checked}.json"
 
     def _read(self, name: str, pointer: Path) -> Deployment | None:
         try:

@@ -90,3 +90,16 @@ def test_a_registry_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path) 
     blocker.write_text("")
     with pytest.raises(RegistryError, match="cannot create the function registry"):
         Registry(blocker / "registry")
+
+
+def test_a_name_too_long_for_a_file_is_never_deployed_nor_found(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    long_name = "a" * 300  # an identifier, but NAME.json would be over the file system's 255 bytes
+    with pytest.raises(RegistryError, match="at most 200 bytes"):
+        registry.deploy(define("x * x", name=long_name))
+    # Asking for it is no error of the registry's: there is no such function (it was Errno 36, with the path).
+    assert registry.get(long_name) is None
+    assert registry.undeploy(long_name) is False
+    assert registry.get("é" * 101) is None  # 202 bytes
+    registry.deploy(define("x * x", name="b" * 200))
+    assert registry.get("b" * 200) is not None

@@ -458,9 +458,14 @@ def test_a_failing_cell_exits_non_zero_naming_the_cell_and_the_error(tmp_path: P
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
-    [([], "give exactly one notebook"), (["missing.ipynb"], "no notebook at")],
+    [
+        ([], "give exactly one notebook"),
+        (["missing.ipynb"], "no notebook at"),
+        (["here.ipynb", "--allow-host", "a:b:c"], "--allow-host: 'a:b:c' is not NAME or NAME:PORT"),
+    ],
 )
 def test_bad_command_lines_exit_2_with_a_message(tmp_path: Path, arguments: list[str], message: str) -> None:
+    write_notebook(tmp_path / "here.ipynb", ["1"])
     result = subprocess.run(
         [sys.executable, "-m", "jupyter_faas._app", "serve", *arguments],
         capture_output=True,

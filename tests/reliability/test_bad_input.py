@@ -117,7 +117,8 @@ AUTH_LINE = f"Authorization: Bearer {TOKEN}\r\n".encode()
     ],
 )
 def test_invalid_utf8_in_the_url_is_a_json_400(served: Served, target: bytes, message: str) -> None:
-    answer = raw_exchange(served, target + b" HTTP/1.1\r\nHost: t\r\n" + AUTH_LINE + b"Content-Length: 2\r\n\r\n{}")
+    host = f"Host: {served.host}:{served.port}\r\n".encode()
+    answer = raw_exchange(served, target + b" HTTP/1.1\r\n" + host + AUTH_LINE + b"Content-Length: 2\r\n\r\n{}")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ")
     assert b"application/json" in head
@@ -201,7 +202,8 @@ def dribblers() -> Iterator[list[Dribbler]]:
 
 def test_slow_bodies_and_headers_do_not_block_others_and_are_cut_off(served: Served, dribblers: list[Dribbler]) -> None:
     body = b'{"data": "' + b"x" * 5000 + b'"}'
-    slow_body = b"POST /faas/functions/echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n" + AUTH_LINE
+    host = f"Host: {served.host}:{served.port}\r\n".encode()
+    slow_body = b"POST /faas/functions/echo HTTP/1.1\r\n" + host + b"Content-Type: application/json\r\n" + AUTH_LINE
     slow_body += f"Content-Length: {len(body)}\r\n\r\n".encode()
     for _ in range(20):
         dribblers.append(Dribbler(served, slow_body, body))

@@ -225,3 +225,103 @@ async def test_the_state_dir_is_0700_and_its_files_0600(jp_fetch: Any, deployed:
     assert {"square.json", "dead-letters.jsonl", "invocations.sqlite", "invocations.sqlite-wal"} <= names
     loose = {str(path): oct(mode) for path, mode in modes.items() if mode != (0o700 if path.is_dir() else 0o600)}
     assert not loose
+
+
+ODD_NAMES = ["a" * 300, "é" * 200, "a b", "..", "x\x00y", "名前" * 60, "9lives"]
+
+
+async def test_a_long_or_odd_name_is_404_and_no_answer_names_a_local_path(
+    jp_fetch: Any, deployed: list[str], state_dir: Path
+) -> None:
+    # 300 characters made the pointer's file name too long: a 500 that showed the registry's path.
+    for name in ODD_NAMES:
+        for method, parts in (
+            ("POST", ("faas", "functions", name)),
+            ("GET", ("faas", "api", "functions", name)),
+            ("DELETE", ("faas", "api", "functions", name)),
+            ("GET", ("faas", "api", "functions", name, "invocations")),
+        ):
+            response = await fetch(jp_fetch, method, parts)
+            assert response.code == 404, (method, name[:20], response.body[:300])
+            assert body(response)["error"]["type"] == "NotFound"
+            text = response.body.decode()
+            assert str(state_dir) not in text and "Errno" not in text, text[:300]
+    assert body(await fetch(jp_fetch, "POST", ("faas", "functions", "square"))) == 4
+
+
+async def test_a_damaged_registry_is_a_500_that_names_no_path(
+    jp_fetch: Any, deployed: list[str], state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (state_dir / "registry" / "functions" / "square.json").write_text("{not json")
+    for method, parts in [
+        ("POST", ("faas", "functions", "square")),
+        ("GET", ("faas", "api", "functions", "square")),
+        ("GET", ("faas", "api", "functions")),
+        ("GET", ("faas", "api", "openapi.json")),
+    ]:
+        response = await fetch(jp_fetch, method, parts)
+        assert response.code == 500, (parts, response.body)
+        error = body(response)["error"]
+        assert error["type"] == "RegistryError", error
+        assert str(state_dir) not in response.body.decode() and "square.json" not in error["message"], error
+    # The server's own log has what the caller does not.
+    assert any("square.json" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_foreign_origin_cannot_drive_a_function_even_with_a_token(
+    jp_fetch: Any, jp_http_port: int, deployed: list[str], state_dir: Path
+) -> None:
+    before = len(await records_of(jp_fetch, "square"))
+    for origin in ("http://evil.example", f"http://evil.example:{jp_http_port}", "null"):
+        for content_type, payload in (("text/plain", '{"x": 3}'), ("application/x-www-form-urlencoded", "x=3")):
+            headers = {"Origin": origin, "Content-Type": content_type}
+            response = await fetch(jp_fetch, "POST", ("faas", "functions", "square"), body=payload, headers=headers)
+            assert response.code == 403, (origin, response.body)
+            assert body(response)["error"]["type"] == "OriginNotAllowed"
+        for method, parts in ROUTES:
+            response = await fetch(jp_fetch, method, parts, headers={"Origin": origin})
+            assert response.code == 403, (origin, parts)
+    # A foreign Host (DNS rebinding) is the server's own 403.
+    rebound = await fetch(jp_fetch, "POST", ("faas", "functions", "square"), headers={"Host": "evil.example"})
+    assert rebound.code == 403
+    same = {"Origin": f"http://localhost:{jp_http_port}", "Host": f"localhost:{jp_http_port}"}
+    assert body(await fetch(jp_fetch, "POST", ("faas", "functions", "square"), headers=same)) == 4
+    assert len(await records_of(jp_fetch, "square")) == before + 1
+
+
+@pytest.fixture
+def small_body_memory(state_dir: Path) -> Iterator[None]:
+    """faas.http.max-body-memory of 1 MiB, set before the server (and its extension) starts."""
+    with dask.config.set({"faas.http.max-body-memory": "1MiB"}):
+        yield
+
+
+async def test_a_body_past_the_memory_cap_gets_503_before_it_is_read(
+    small_body_memory: None,
+    jp_fetch: Any,
+    jp_http_port: int,
+    jp_base_url: str,
+    jp_auth_header: dict[str, str],
+    deployed: list[str],
+) -> None:
+    reader, writer = await asyncio.open_connection("localhost", jp_http_port)
+    try:
+        head = [
+            f"POST {jp_base_url}faas/functions/reject HTTP/1.1",
+            f"Host: localhost:{jp_http_port}",
+            *(f"{name}: {value}" for name, value in jp_auth_header.items()),
+            "Content-Type: application/octet-stream",
+            f"Content-Length: {2 * 2**20}",
+        ]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        await writer.drain()
+        # Nothing of the 2 MiB body was sent: the answer comes before it.
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 503 "), answer
+    assert b"Retry-After: 1" in answer
+    # A body within the cap is taken, and reaches the function.
+    octets = {"Content-Type": "application/octet-stream"}
+    small = await fetch(jp_fetch, "POST", ("faas", "functions", "reject"), body=b"x" * 1000, headers=octets)
+    assert small.code == 500 and "1000" in body(small)["error"]["message"], small.body
