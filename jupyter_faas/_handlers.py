@@ -11,8 +11,8 @@ from typing import Any
 
 from tornado import web
 
-from jupyter_faas._deadletters import DEFAULT_PAGE, MAX_PAGE
 from jupyter_faas import _config
+from jupyter_faas._deadletters import DEFAULT_PAGE, MAX_PAGE
 from jupyter_faas._endpoints import Endpoints, HttpError, Reply
 from jupyter_faas._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
