@@ -42,6 +42,34 @@ OnAnswer = Callable[[int, Answer], None]
 OnOutput = Callable[[int, list, int], None]
 
 
+# The only variables a sandbox starts with: what programs and Python need to run, never a token or a
+# setting of the platform, the server or Dask. A function's own secrets are added for its calls only.
+_SANDBOX_ENVIRONMENT = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "TEMP", "TMP",
+        "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+        "PYTHONHASHSEED", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE", "PYTHONWARNINGS",
+        "PYTHONFAULTHANDLER", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+    }
+)  # fmt: skip
+_SANDBOX_ENVIRONMENT_PREFIXES = ("LC_",)
+# An invocation stream peer that has not sent its token by then is dropped: a handshake is one small frame.
+HANDSHAKE_TIMEOUT = 10.0
+# Streams held at once, and of them still in their handshake: past these a new connection is closed at once.
+MAX_CONNECTIONS = 512
+MAX_HANDSHAKES = 64
+
+
+def sandbox_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The allow-listed part of `environ` that a sandbox starts with."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in _SANDBOX_ENVIRONMENT or name.startswith(_SANDBOX_ENVIRONMENT_PREFIXES)
+    }
+
+
 # -I keeps the worker's current directory off the path: the sandbox must import this very jupyter_faas.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from jupyter_faas._runner import main; main()"
@@ -66,6 +94,10 @@ class SandboxGone(Exception):
     """The sandbox process ended while it was being spoken to."""
 
 
+# What a sandbox may send: a streamed output, a request for the package, or an answer's status.
+_MESSAGES = frozenset({"output", "missing", "ok", "error", "memory"})
+
+
 def _exit_description(code: int | None) -> str:
     if code is None:
         return "ended"
@@ -86,7 +118,7 @@ class Sandbox:
 
     def __init__(self) -> None:
         parent, child = socket.socketpair()
-        env = dict(os.environ, JUPYTER_FAAS_SYS_PATH=json.dumps(sys.path))
+        env = dict(sandbox_environment(os.environ), JUPYTER_FAAS_SYS_PATH=json.dumps(sys.path))
         self.process = subprocess.Popen(
             [sys.executable, "-I", "-c", _BOOTSTRAP, _PACKAGE_ROOT, str(child.fileno())],
             pass_fds=(child.fileno(),),
@@ -126,8 +158,29 @@ class Sandbox:
         return self.process.poll() is None
 
     def kill(self) -> None:
+        """Kill the sandbox and every process it started, however they detached (setsid, double fork)."""
         if self.process.poll() is None:
-            self.process.kill()
+            # Stopped, a process forks no more: stop the sandbox, then its descendants as they are found,
+            # until none is new; then kill them all. The sandbox is a subreaper, so its tree holds them all.
+            tree = [self._stats]
+            with contextlib.suppress(psutil.Error):
+                self._stats.suspend()
+            seen = {self.process.pid}
+            for _ in range(100):
+                try:
+                    found = [p for p in self._stats.children(recursive=True) if p.pid not in seen]
+                except psutil.Error:
+                    break
+                if not found:
+                    break
+                for process in found:
+                    seen.add(process.pid)
+                    tree.append(process)
+                    with contextlib.suppress(psutil.Error):
+                        process.suspend()
+            for process in reversed(tree):
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
         self.conn.close()
@@ -164,6 +217,17 @@ class Sandbox:
                 answer = pickle.loads(self.conn.recv_bytes())
             except (EOFError, OSError):
                 message = f"the process running {name} {self._died()}"
+                on_answer(index, _failure("error", "SandboxExit", message, time.time(), fresh, None))
+                return answered + 1
+            except Exception as e:
+                # Not an answer: the sandbox is damaged. It is retired, never reused.
+                self.kill()
+                message = f"the process running {name} broke its protocol ({type(e).__name__}) and was replaced"
+                on_answer(index, _failure("error", "SandboxExit", message, time.time(), fresh, None))
+                return answered + 1
+            if not isinstance(answer, tuple) or not answer or answer[0] not in _MESSAGES:
+                self.kill()
+                message = f"the process running {name} sent something else than an answer and was replaced"
                 on_answer(index, _failure("error", "SandboxExit", message, time.time(), fresh, None))
                 return answered + 1
             if answer[0] == "output":
@@ -285,15 +349,28 @@ class InvokerServer:
     lock each other out.
     """
 
-    def __init__(self, invoker: Invoker, host: str, worker_started: float) -> None:
+    def __init__(
+        self,
+        invoker: Invoker,
+        host: str,
+        worker_started: float,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        max_handshakes: int = MAX_HANDSHAKES,
+    ) -> None:
         self.invoker = invoker
         self.tokens: set[bytes] = set()
         self._worker_started = worker_started
+        self._handshake_timeout = handshake_timeout
+        self._max_connections = max_connections
+        self._max_handshakes = max_handshakes
         self._packages: OrderedDict[str, Any] = OrderedDict()
         self._packages_lock = threading.Lock()
         self._listener = socket.create_server((host, 0))
         self.endpoint = (host, self._listener.getsockname()[1])
         self._connections: set[socket.socket] = set()
+        self._handshaking = 0
+        self._count_lock = threading.Lock()
         self._closed = False
         threading.Thread(target=self._accept, name="faas-invoker-accept", daemon=True).start()
 
@@ -303,23 +380,40 @@ class InvokerServer:
                 sock, _ = self._listener.accept()
             except OSError:
                 return
+            # Counted here, before a thread exists: connections that never send a token cannot pile up threads.
+            with self._count_lock:
+                admitted = len(self._connections) < self._max_connections and self._handshaking < self._max_handshakes
+                if admitted:
+                    self._connections.add(sock)
+                    self._handshaking += 1
+            if not admitted:
+                sock.close()
+                continue
             threading.Thread(target=self._serve, args=(sock,), name="faas-invoker", daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._connections.add(sock)
+        handshaking = True
         try:
-            # Nothing is unpickled before the peer proves it holds the token.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Nothing is unpickled before the peer proves it holds the token, and it has only so long to.
+            sock.settimeout(self._handshake_timeout)
             offered = _wire.receive_token(sock, TOKEN_LENGTH)
             if not any(hmac.compare_digest(offered, token) for token in list(self.tokens)):
                 return
+            sock.settimeout(None)
+            with self._count_lock:
+                self._handshaking -= 1
+                handshaking = False
             _wire.send(sock, ("hello", self._worker_started, self.invoker.slots))
             while not self._closed:
                 self._handle(sock, _wire.receive(sock))
         except (OSError, _wire.ConnectionLost, EOFError):
             pass
         finally:
-            self._connections.discard(sock)
+            with self._count_lock:
+                self._connections.discard(sock)
+                if handshaking:
+                    self._handshaking -= 1
             sock.close()
 
     def _handle(self, sock: socket.socket, request: tuple) -> None:
