@@ -1,0 +1,133 @@
+"""On one worker with one slot, a call leaves nothing behind for the next: process state, output, a damaged sandbox."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import dask
+import pytest
+
+from jupyter_faas import _platform, function
+from jupyter_faas._platform import Platform
+
+
+@pytest.fixture(scope="module")
+def one_slot() -> Iterator[Platform]:
+    """A platform of one worker with one slot: every call runs in the same sandbox, in turn."""
+    _platform.current(start=False).shutdown()
+    with dask.config.set({"faas.cluster.maximum": 1, "faas.cluster.slots-per-worker": 1}):
+        platform = _platform.current(start=True)
+        try:
+            yield platform
+        finally:
+            platform.shutdown()
+
+
+@function(name="looks_around")
+def looks_around() -> dict:
+    import os
+    import signal
+    import sys
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return {
+        "cwd": os.getcwd(),
+        "umask": umask,
+        "env": os.environ.get("FAAS_LEFT_BEHIND"),
+        "path": sys.path[:3],
+        "recursion": sys.getrecursionlimit(),
+        "sigterm": repr(signal.getsignal(signal.SIGTERM)),
+        "sigusr1": repr(signal.getsignal(signal.SIGUSR1)),
+        "stdout": type(sys.stdout).__name__,
+        "len": len([1, 2, 3]),
+        "argv": sys.argv[-1:],
+    }
+
+
+def test_what_a_call_changes_in_its_process_the_next_call_does_not_see(one_slot: Platform, tmp_path: object) -> None:
+    @function(name="changes_everything")
+    def changes_everything(folder: str) -> str:
+        import io
+        import os
+        import signal
+        import sys
+
+        os.chdir(folder)
+        os.umask(0o077)
+        os.environ["FAAS_LEFT_BEHIND"] = "left"
+        sys.path.insert(0, "/nowhere/left/behind")
+        sys.setrecursionlimit(123)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, lambda *_: None)
+        sys.stdout = io.StringIO()
+        sys.argv.append("left")
+        return os.getcwd()
+
+    before = looks_around()
+    assert changes_everything(str(tmp_path)) == str(tmp_path)
+    after = looks_around()
+    assert after == before
+
+
+def test_a_thread_left_running_never_writes_into_the_next_calls_output(one_slot: Platform) -> None:
+    @function(name="leaves_a_chatty_thread")
+    def leaves_a_chatty_thread() -> str:
+        import threading
+        import time
+
+        def chatter() -> None:
+            for _ in range(300):
+                print("stray output")
+                time.sleep(0.01)
+
+        threading.Thread(target=chatter, daemon=True).start()
+        time.sleep(0.05)
+        return "left"
+
+    @function(name="speaks_for_itself")
+    def speaks_for_itself() -> str:
+        import time
+
+        time.sleep(0.5)
+        print("my own output")
+        return "spoke"
+
+    assert leaves_a_chatty_thread() == "left"
+    assert speaks_for_itself() == "spoke"
+    assert speaks_for_itself.invocations[-1].output == "my own output\n"
+    # What the thread wrote while its own call ran is that call's.
+    assert leaves_a_chatty_thread.invocations[-1].output.startswith("stray output")
+
+
+def test_a_call_that_breaks_builtins_does_not_break_the_next_call(one_slot: Platform) -> None:
+    @function(name="breaks_len")
+    def breaks_len() -> str:
+        import builtins
+
+        builtins.len = lambda _: 0
+        return "broken"
+
+    breaks_len()
+    started = time.monotonic()
+    assert looks_around()["len"] == 3
+    assert time.monotonic() - started < 10
+
+
+def test_a_sandbox_that_breaks_its_protocol_is_replaced_and_the_next_call_answers(one_slot: Platform) -> None:
+    @function(name="scribbles_on_its_channel", retries=0)
+    def scribbles_on_its_channel() -> int:
+        import os
+        import struct
+        import sys
+
+        # The sandbox's socket to the worker is its last argument: a frame that is not an answer.
+        os.write(int(sys.argv[-1]), struct.pack("!i", 5) + b"hello")
+        return os.getpid()
+
+    with pytest.raises(Exception, match="broke its protocol"):
+        scribbles_on_its_channel()
+    started = time.monotonic()
+    assert looks_around()["len"] == 3
+    assert time.monotonic() - started < 10
