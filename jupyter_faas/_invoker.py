@@ -354,16 +354,16 @@ class InvokerServer:
         invoker: Invoker,
         host: str,
         worker_started: float,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        max_connections: int = MAX_CONNECTIONS,
-        max_handshakes: int = MAX_HANDSHAKES,
+        handshake_timeout: float | None = None,
+        max_connections: int | None = None,
+        max_handshakes: int | None = None,
     ) -> None:
         self.invoker = invoker
         self.tokens: set[bytes] = set()
         self._worker_started = worker_started
-        self._handshake_timeout = handshake_timeout
-        self._max_connections = max_connections
-        self._max_handshakes = max_handshakes
+        self._handshake_timeout = HANDSHAKE_TIMEOUT if handshake_timeout is None else handshake_timeout
+        self._max_connections = MAX_CONNECTIONS if max_connections is None else max_connections
+        self._max_handshakes = MAX_HANDSHAKES if max_handshakes is None else max_handshakes
         self._packages: OrderedDict[str, Any] = OrderedDict()
         self._packages_lock = threading.Lock()
         self._listener = socket.create_server((host, 0))
