@@ -88,6 +88,8 @@ class Batch:
     max_output: int
     # Environment variables the calls see, by name: the function's declared secrets.
     secrets: dict[str, str] | None = None
+    # "fresh": each call runs in a process the sandbox forks for it and that ends with it.
+    isolation: str = "warm"
 
 
 class SandboxGone(Exception):
@@ -206,7 +208,7 @@ class Sandbox:
                 on_answer(index, _failure("timeout", "FaasTimeout", message, time.time() - timeout, fresh, None))
                 return answered + 1
             if not self.conn.poll(min(_MEMORY_POLL, remaining)):
-                resident = self._resident()
+                resident = self._resident(batch.isolation == "fresh")
                 if resident is not None and resident > memory:
                     self.kill()
                     message = f"{name} went over its memory limit of {format_size(memory)} and was stopped"
@@ -249,14 +251,21 @@ class Sandbox:
 
     def _send(self, batch: Batch, indices: list[int], with_package: bool) -> None:
         package = batch.package if with_package else None
-        request = ("run", batch.version, package, batch.blob, indices, batch.memory, batch.max_output, batch.secrets)
+        request = (
+            "run", batch.version, package, batch.blob, indices, batch.memory, batch.max_output, batch.secrets,
+            batch.isolation,
+        )  # fmt: skip
         try:
             self.conn.send_bytes(pickle.dumps(request, protocol=5))
         except OSError:
             raise SandboxGone(self._died()) from None
 
-    def _resident(self) -> int | None:
+    def _resident(self, forked: bool = False) -> int | None:
+        """The memory of the running call: the sandbox's, or with `forked` that of the process it forked for it."""
         try:
+            if forked:
+                # Each call is a child of the sandbox (and any process it starts, that child's).
+                return max((child.memory_info().rss for child in self._stats.children()), default=0)
             return self._stats.memory_info().rss
         except psutil.Error:
             return None
@@ -417,7 +426,9 @@ class InvokerServer:
             sock.close()
 
     def _handle(self, sock: socket.socket, request: tuple) -> None:
-        _, name, version, package, blob, indices, timeout, memory, max_output, secrets = request
+        _, name, version, package, blob, indices, timeout, memory, max_output, secrets = request[:10]
+        # Clients of before --isolation send no eleventh item.
+        isolation = request[10] if len(request) > 10 else "warm"
         with self._packages_lock:
             if package is not None:
                 self._packages[version] = package
@@ -445,7 +456,7 @@ class InvokerServer:
             # At once: the caller of a running invocation is waiting to see it.
             _wire.send(sock, ("output", index, segments, dropped))
 
-        batch = Batch(name, version, package, blob, timeout, memory, max_output, secrets)
+        batch = Batch(name, version, package, blob, timeout, memory, max_output, secrets, isolation)
         self.invoker.invoke(batch, indices, on_answer, on_output)
         _wire.send(sock, ("done", pending))
 

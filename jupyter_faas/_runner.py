@@ -201,8 +201,16 @@ class _Channel:
 _SANDBOX_PID = os.getpid()
 
 
+class _Zygote:
+    """Set while this sandbox forks the process of a fresh call, which does speak for its call."""
+
+    forking = False
+
+
 def _after_fork_in_child() -> None:
     # A forked copy of the sandbox must never speak on the worker's socket, nor capture for the call.
+    if _Zygote.forking:
+        return
     _capture.current.captured = None
     if _channel_fd is not None:
         with contextlib.suppress(OSError):
@@ -355,8 +363,61 @@ def _call(
     return (status, value, started, finished, fresh, peak, error)
 
 
+def _call_in_fork(
+    channel: _Channel,
+    loaded: _Loaded,
+    call: tuple[tuple, dict],
+    index: int,
+    limits: tuple[int, int],
+    fresh: bool,
+    state: _ProcessState,
+    secrets: dict[str, str] | None,
+) -> None:
+    """One invocation in a process forked for it from this warm one, which it cannot change: it ends after.
+
+    The child answers on the worker's socket itself; the sandbox only waits for it, and answers for it if
+    it died without answering.
+    """
+    global _SANDBOX_PID
+    memory_limit, max_output = limits
+    started = time.time()
+    answered_read, answered_write = os.pipe()
+    # Under the lock, so the child's copy of the socket holds no frame half-sent by the output streamer.
+    with channel.lock:
+        _Zygote.forking = True
+        try:
+            pid = os.fork()
+        finally:
+            _Zygote.forking = False
+    if pid == 0:
+        code = 1
+        try:
+            os.close(answered_read)
+            _SANDBOX_PID = os.getpid()
+            _become_subreaper()
+            captured = _capture.Captured(max_output, secrets)
+            channel.running = (index, captured)
+            _capture.current.captured = captured
+            threading.Thread(target=channel.stream, name="faas-output", daemon=True).start()
+            channel.answer(_call(loaded, call, memory_limit, fresh, _PeakMeter(), state, secrets))
+            os.write(answered_write, b"1")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(answered_write)
+    _, status = os.waitpid(pid, 0)
+    answered = os.read(answered_read, 1) == b"1"
+    os.close(answered_read)
+    if not answered:
+        code = os.waitstatus_to_exitcode(status)
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        message = f"the process forked for the call {how} before it answered"
+        channel.answer(("error", b"", started, time.time(), fresh, None, ("SandboxExit", message, "", None)))
+
+
 def serve(conn: Connection) -> None:
-    """Answer ("run", version, package, blob, indices, memory, max_output, secrets) with one message per index.
+    """Answer ("run", version, package, blob, indices, memory, max_output, secrets, isolation) with one
+    message per index.
 
     While a call runs, its new output goes out as ("output", index, segments, dropped) messages.
     """
@@ -369,9 +430,10 @@ def serve(conn: Connection) -> None:
     channel.send(("ready", os.getpid()))
     while True:
         try:
-            _, version, package, blob, indices, memory_limit, max_output, secrets = pickle.loads(conn.recv_bytes())
+            request = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
+        _, version, package, blob, indices, memory_limit, max_output, secrets, isolation = request
         fresh = False
         loaded = cache.get(version)
         if loaded is None:
@@ -395,6 +457,10 @@ def serve(conn: Connection) -> None:
                 channel.answer(("error", b"", now, now, fresh, None, error))
             continue
         for index in indices:
+            if isolation == "fresh":
+                _call_in_fork(channel, loaded, calls[index], index, (memory_limit, max_output), fresh, state, secrets)
+                fresh = False
+                continue
             captured = _capture.Captured(max_output, secrets)
             with channel.lock:
                 channel.running = (index, captured)

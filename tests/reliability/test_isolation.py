@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Iterator
 
 import dask
 import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 
-from jupyter_faas import _platform, function
+from jupyter_faas import FaasMemoryError, FaasTimeout, RemoteError, _platform, function
+from jupyter_faas._limits import LimitError
 from jupyter_faas._platform import Platform
 
 
@@ -131,3 +135,114 @@ def test_a_sandbox_that_breaks_its_protocol_is_replaced_and_the_next_call_answer
     started = time.monotonic()
     assert looks_around()["len"] == 3
     assert time.monotonic() - started < 10
+
+
+def test_warm_calls_keep_imported_modules_as_documented(one_slot: Platform) -> None:
+    @function(name="patches_json")
+    def patches_json() -> bool:
+        import json
+
+        json.faas_left_behind = True  # type: ignore[attr-defined]
+        return True
+
+    @function(name="looks_at_json")
+    def looks_at_json() -> bool:
+        import json
+
+        return getattr(json, "faas_left_behind", False)
+
+    assert patches_json()
+    # Modules and their attributes persist within one warm sandbox, as in a warm Lambda container.
+    assert looks_at_json()
+
+
+def test_a_fresh_call_runs_in_its_own_process_and_leaves_nothing(one_slot: Platform) -> None:
+    @function(name="patches_fresh", isolation="fresh")
+    def patches_fresh() -> int:
+        import json
+        import os
+
+        json.faas_fresh_marker = True  # type: ignore[attr-defined]
+        os.environ["FAAS_FRESH_LEFT"] = "left"
+        print("fresh output", os.getpid())
+        return os.getpid()
+
+    @function(name="sees_fresh_marker", isolation="fresh")
+    def sees_fresh_marker() -> tuple[bool, str | None]:
+        import json
+        import os
+
+        return getattr(json, "faas_fresh_marker", False), os.environ.get("FAAS_FRESH_LEFT")
+
+    pids = [patches_fresh() for _ in range(3)]
+    assert len(set(pids)) == 3
+    assert patches_fresh.invocations[-1].output == f"fresh output {pids[-1]}\n"
+    assert sees_fresh_marker() == (False, None)
+    assert looks_around()["env"] is None
+
+
+def test_fresh_calls_keep_their_limits(one_slot: Platform) -> None:
+    @function(name="fresh_sleeper", isolation="fresh", timeout="1s")
+    def fresh_sleeper() -> None:
+        import time
+
+        time.sleep(60)
+
+    @function(name="fresh_hoarder", isolation="fresh", memory="128MB")
+    def fresh_hoarder() -> None:
+        import time
+
+        hoard = []
+        while True:
+            hoard.append(bytearray(8 * 2**20))
+            time.sleep(0.001)
+
+    @function(name="fresh_crasher", isolation="fresh")
+    def fresh_crasher() -> None:
+        import os
+
+        os._exit(3)
+
+    with pytest.raises(FaasTimeout):
+        fresh_sleeper()
+    with pytest.raises(FaasMemoryError):
+        fresh_hoarder()
+    with pytest.raises(RemoteError, match="exited with code 3"):
+        fresh_crasher()
+    assert looks_around()["len"] == 3
+
+
+@pytest.mark.parametrize("value", ["cold", "", "FRESHER", 1])
+def test_a_bad_isolation_is_an_error_naming_it(value: object) -> None:
+    with pytest.raises(LimitError, match="isolation: expected one of warm, fresh"):
+
+        @function(isolation=value)
+        def f() -> None:
+            pass
+
+
+def test_a_bad_isolation_in_the_magic_is_a_usage_error_naming_it(shell: InteractiveShell) -> None:
+    with pytest.raises(UsageError, match="--isolation: expected one of warm, fresh"):
+        shell.run_cell_magic("faas", "bad_isolation --isolation cold", "1")
+
+
+def test_fresh_costs_little_over_warm_per_call(one_slot: Platform) -> None:
+    @function(name="trivial_warm")
+    def trivial_warm() -> int:
+        return 1
+
+    @function(name="trivial_fresh", isolation="fresh")
+    def trivial_fresh() -> int:
+        return 1
+
+    medians = {}
+    for fn in (trivial_warm, trivial_fresh):
+        fn()
+        times = []
+        for _ in range(40):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        medians[fn.name] = statistics.median(times) * 1000
+    print(f"\np50 of a trivial call: warm {medians['trivial_warm']:.2f} ms, fresh {medians['trivial_fresh']:.2f} ms")
+    assert medians["trivial_fresh"] < medians["trivial_warm"] + 100
