@@ -243,8 +243,9 @@ class Sandbox:
             on_answer(index, answer)
             answered += 1
             deadline = time.monotonic() + timeout
-            if answer[0] == "memory":
-                # Its peak is spent and its memory may still be held: the next call starts clean.
+            if answer[0] == "memory" and batch.isolation != "fresh":
+                # Its peak is spent and its memory may still be held: the next call starts clean. (A fresh
+                # call's process is already gone, with its memory.)
                 self.kill()
                 return answered
         return answered
