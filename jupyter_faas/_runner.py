@@ -282,6 +282,7 @@ class _ProcessState:
         self.stdio = (sys.stdin, sys.stdout, sys.stderr)
         self.displayhook, self.excepthook = sys.displayhook, sys.excepthook
         self.builtins = dict(builtins.__dict__)
+        self.blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
         self.signals: dict[signal.Signals, Any] = {}
         for signum in signal.valid_signals():
             if signum in _FIXED_SIGNALS:
@@ -313,10 +314,15 @@ class _ProcessState:
             sys.setrecursionlimit(self.recursion_limit)
         sys.stdin, sys.stdout, sys.stderr = self.stdio
         sys.displayhook, sys.excepthook = self.displayhook, self.excepthook
+        # A timer a call armed would otherwise fire during a later call, on the handler restored below.
+        for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+            with contextlib.suppress(OSError):
+                signal.setitimer(timer, 0)
         for signum, handler in self.signals.items():
             with contextlib.suppress(ValueError, OSError, TypeError):
                 if signal.getsignal(signum) is not handler:
                     signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.blocked)
 
 
 _MISSING = object()

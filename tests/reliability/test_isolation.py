@@ -47,7 +47,17 @@ def looks_around() -> dict:
         "stdout": type(sys.stdout).__name__,
         "len": len([1, 2, 3]),
         "argv": sys.argv[-1:],
+        "itimer": signal.getitimer(signal.ITIMER_REAL),
+        "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
     }
+
+
+@function(name="sleeps_past_an_alarm")
+def sleeps_past_an_alarm(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return "slept"
 
 
 def test_what_a_call_changes_in_its_process_the_next_call_does_not_see(one_slot: Platform, tmp_path: object) -> None:
@@ -67,12 +77,18 @@ def test_what_a_call_changes_in_its_process_the_next_call_does_not_see(one_slot:
         signal.signal(signal.SIGUSR1, lambda *_: None)
         sys.stdout = io.StringIO()
         sys.argv.append("left")
+        # An alarm that would fire during the next call, and a blocked signal.
+        signal.signal(signal.SIGALRM, lambda *_: None)
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
         return os.getcwd()
 
     before = looks_around()
     assert changes_everything(str(tmp_path)) == str(tmp_path)
     after = looks_around()
     assert after == before
+    # Past the alarm's time, in the same sandbox: it was disarmed, and the call runs to its end.
+    assert sleeps_past_an_alarm(1.5) == "slept"
 
 
 def test_a_thread_left_running_never_writes_into_the_next_calls_output(one_slot: Platform) -> None:
