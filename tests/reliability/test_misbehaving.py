@@ -217,3 +217,22 @@ def test_a_double_forked_setsid_process_is_stopped_on_a_timeout(platform: Platfo
         daemonizes_then_hangs(marker)
     wait_until_none_runs(marker)
     still_serving()
+
+
+def test_a_subprocess_is_stopped_with_its_call_at_the_memory_limit(platform: Platform) -> None:
+    @function(name="starts_then_leaks", memory="128MB")
+    def starts_then_leaks(marker: str) -> None:
+        import subprocess
+        import time
+
+        subprocess.Popen(["sleep", marker])
+        hoard = []
+        while True:
+            hoard.append(bytearray(8 * 2**20))
+            time.sleep(0.001)
+
+    marker = "96.3307"
+    with pytest.raises(FaasMemoryError):
+        starts_then_leaks(marker)
+    wait_until_none_runs(marker)
+    still_serving()
