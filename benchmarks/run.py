@@ -335,6 +335,24 @@ def bench_plain_cold(trials: int, method: str) -> dict[str, Any]:
 # -- reporting ---------------------------------------------------------------------------------------
 
 
+def bench_fresh(size: Size) -> dict[str, Any]:
+    """Warm calls of a function with --isolation fresh (a process forked per call), beside the warm default."""
+    import dask
+
+    import jupyter_faas
+    from jupyter_faas import function
+
+    square = function(timeout="30s", name="square_fresh", isolation="fresh")(_square)
+    with dask.config.set({"faas.cluster.idle-timeout": "10 minutes"}):
+        p = jupyter_faas.platform()
+        try:
+            square(1)
+            square(1)
+            return latency_figures(time_calls(square, size.warm))
+        finally:
+            p.shutdown()
+
+
 def fmt(value: float | None) -> str:
     if value is None:
         return "-"
@@ -433,6 +451,13 @@ def notes(size: Size, report: dict[str, Any]) -> list[str]:
             f"p99 {faas['warm_p99_ms']:.3f} ms; with it off: p50 {log_off['warm_p50_ms']:.3f} ms, "
             f"p99 {log_off['warm_p99_ms']:.3f} ms"
         )
+    fresh = report["extra"].get("faas_warm_fresh")
+    if fresh:
+        lines.append(
+            f"jupyter-faas warm call with --isolation fresh (a process forked per call): p50 "
+            f"{fresh['warm_p50_ms']:.3f} ms, p99 {fresh['warm_p99_ms']:.3f} ms; default warm isolation: p50 "
+            f"{faas['warm_p50_ms']:.3f} ms"
+        )
     children = ", ".join(f"{describe_child(c['cmdline'])} {c['rss_mb']:.1f}" for c in memory["children"])
     first = memory["after_first_call"]
     lines.append(
@@ -509,6 +534,7 @@ def _run(args: argparse.Namespace) -> int:
     driver_before = rss_now()
     faas, plain, memory = phase("jupyter-faas and plain distributed", lambda: bench_platform(size, driver_before))
     log_off = phase("jupyter-faas, durable log off", lambda: bench_log_off(size))
+    fresh = phase("jupyter-faas, --isolation fresh", lambda: bench_fresh(size))
     cold = phase("plain distributed cold start", lambda: bench_plain_cold(size.cold_trials, "spawn"))
     cold_fs = phase(
         "plain distributed cold start, forkserver", lambda: bench_plain_cold(size.cold_trials, "forkserver")
@@ -525,7 +551,7 @@ def _run(args: argparse.Namespace) -> int:
         "results": results,
         "ratios_faas_over_plain": ratios(results),
         "memory": memory,
-        "extra": {"plain_cold_forkserver": cold_fs, "faas_warm_log_off": log_off},
+        "extra": {"plain_cold_forkserver": cold_fs, "faas_warm_log_off": log_off, "faas_warm_fresh": fresh},
         "phase_seconds": phases,
         "elapsed_s": round(time.perf_counter() - began, 2),
     }

@@ -35,6 +35,8 @@ class Captured:
         self.secrets = secrets
         self.kept = 0
         self.dropped = 0
+        # Set when its invocation has answered: what threads it left behind write after that is dropped.
+        self.closed = False
         self._unsent: list[list[str]] = []
         self._lock = threading.Lock()
 
@@ -45,6 +47,8 @@ class Captured:
             text = redact(text, self.secrets)
         size = byte_length(text)
         with self._lock:
+            if self.closed:
+                return
             if self.dropped:
                 # Past the cut everything goes, so the kept output is one unbroken beginning.
                 self.dropped += size
@@ -64,6 +68,12 @@ class Captured:
             else:
                 self._unsent.append([stream, text])
 
+    def close(self) -> Segments:
+        """What is left to send; anything written after is dropped."""
+        with self._lock:
+            self.closed = True
+        return self.take()
+
     def take(self) -> Segments:
         """The output written since the last take."""
         with self._lock:
@@ -78,6 +88,32 @@ class _Current:
 
 
 current = _Current()
+
+# The attribute a thread started during an invocation carries: that invocation's capture, for good.
+_OWNER = "_faas_captured"
+_UNOWNED = object()
+
+
+def _destination() -> Captured | None:
+    """Where the calling thread's output goes: an invocation's capture, or None to pass through.
+
+    The main thread runs the calls; a thread started by this package belongs to the invocation running
+    when it was started (or to its starter's), and one started some other way (_thread) to none.
+    """
+    thread = threading.current_thread()
+    owner = getattr(thread, _OWNER, _UNOWNED)
+    if owner is _UNOWNED:
+        return current.captured if thread is threading.main_thread() else None
+    return owner  # type: ignore[return-value]
+
+
+def _start_owned(self: threading.Thread) -> None:
+    # Its output goes to that invocation, or nowhere once it has answered; never into a later one's.
+    setattr(self, _OWNER, _destination())
+    _thread_start(self)
+
+
+_thread_start = threading.Thread.start
 
 
 class _BinaryView(io.RawIOBase):
@@ -129,7 +165,7 @@ class CapturingStream(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        captured = current.captured
+        captured = _destination()
         if captured is not None:
             captured.write(self._name, text)
         elif self._original is not None:
@@ -137,7 +173,7 @@ class CapturingStream(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
-        if current.captured is None and self._original is not None:
+        if _destination() is None and self._original is not None:
             self._original.flush()
 
 
@@ -145,8 +181,10 @@ def install() -> None:
     """Route this process's sys.stdout and sys.stderr through the capture.
 
     The logging module's last-resort handler and any StreamHandler made during a call write to
-    sys.stderr as it is then, so their records are captured too.
+    sys.stderr as it is then, so their records are captured too. Output is kept apart per invocation:
+    the main thread writes to the running one, a thread to the one during which it was started.
     """
+    threading.Thread.start = _start_owned  # type: ignore[method-assign]
     if not isinstance(sys.stdout, CapturingStream):
         sys.stdout = CapturingStream("stdout", sys.stdout)
     if not isinstance(sys.stderr, CapturingStream):

@@ -16,6 +16,7 @@ from jupyter_faas._limits import (
     Limits,
     parse_count,
     parse_duration,
+    parse_isolation,
     parse_size,
 )
 
@@ -312,6 +313,7 @@ def function_defaults() -> Limits:
             "faas.defaults.concurrency",
             lambda v: parse_count(v, "faas.defaults.concurrency", minimum=1, allow_none=True),
         ),
+        isolation=_checked("faas.defaults.isolation", lambda v: parse_isolation(v, "faas.defaults.isolation")),
     )
 
 

@@ -69,6 +69,8 @@ class Job:
     stream: Callable[[int, list[tuple[str, str]], int], None] | None = None
     # The values of the function's secrets, read from this process's environment; sent, never stored.
     secrets: dict[str, str] | None = None
+    # "warm" or "fresh": how the worker makes the process each call runs in.
+    isolation: str = "warm"
 
 
 def _end(job: Job, outcome: Outcome) -> None:
@@ -86,7 +88,7 @@ def _request(job: Job, with_package: bool) -> tuple:
     package = job.package if with_package else None
     return (
         "run", job.name, job.version, package, job.blob, job.indices, job.timeout, job.memory, job.max_output,
-        job.secrets,
+        job.secrets, job.isolation,
     )  # fmt: skip
 
 

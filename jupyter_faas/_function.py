@@ -280,6 +280,7 @@ def function(
     retries: Any = None,
     concurrency: Any = None,
     zones: Any = None,
+    isolation: Any = None,
     requirements: Iterable[str] = (),
     secrets: Iterable[str] = (),
 ) -> Callable[[Callable[..., Any]], FaasFunction]: ...
@@ -295,15 +296,19 @@ def function(
     retries: Any = None,
     concurrency: Any = None,
     zones: Any = None,
+    isolation: Any = None,
     requirements: Iterable[str] = (),
     secrets: Iterable[str] = (),
 ) -> FaasFunction | Callable[[Callable[..., Any]], FaasFunction]:
     """Make a def a serverless function: `@function` or `@function(timeout="5s", memory="128MB")`.
 
     Free names are captured by value now, as `%%faas` does for a cell. `secrets` names environment
-    variables each call gets from the environment of the process that runs the platform.
+    variables each call gets from the environment of the process that runs the platform. `isolation="fresh"`
+    runs each call in a new process forked for it.
     """
-    limits = Limits.resolve(timeout=timeout, memory=memory, retries=retries, concurrency=concurrency, zones=zones)
+    limits = Limits.resolve(
+        timeout=timeout, memory=memory, retries=retries, concurrency=concurrency, zones=zones, isolation=isolation
+    )
 
     def wrap(target: Callable[..., Any]) -> FaasFunction:
         definition = from_callable(target, limits, name)

@@ -42,6 +42,34 @@ OnAnswer = Callable[[int, Answer], None]
 OnOutput = Callable[[int, list, int], None]
 
 
+# The only variables a sandbox starts with: what programs and Python need to run, never a token or a
+# setting of the platform, the server or Dask. A function's own secrets are added for its calls only.
+_SANDBOX_ENVIRONMENT = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "TEMP", "TMP",
+        "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+        "PYTHONHASHSEED", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE", "PYTHONWARNINGS",
+        "PYTHONFAULTHANDLER", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+    }
+)  # fmt: skip
+_SANDBOX_ENVIRONMENT_PREFIXES = ("LC_",)
+# An invocation stream peer that has not sent its token by then is dropped: a handshake is one small frame.
+HANDSHAKE_TIMEOUT = 10.0
+# Streams held at once, and of them still in their handshake: past these a new connection is closed at once.
+MAX_CONNECTIONS = 512
+MAX_HANDSHAKES = 64
+
+
+def sandbox_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The allow-listed part of `environ` that a sandbox starts with."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in _SANDBOX_ENVIRONMENT or name.startswith(_SANDBOX_ENVIRONMENT_PREFIXES)
+    }
+
+
 # -I keeps the worker's current directory off the path: the sandbox must import this very jupyter_faas.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from jupyter_faas._runner import main; main()"
@@ -60,10 +88,16 @@ class Batch:
     max_output: int
     # Environment variables the calls see, by name: the function's declared secrets.
     secrets: dict[str, str] | None = None
+    # "fresh": each call runs in a process the sandbox forks for it and that ends with it.
+    isolation: str = "warm"
 
 
 class SandboxGone(Exception):
     """The sandbox process ended while it was being spoken to."""
+
+
+# What a sandbox may send: a streamed output, a request for the package, or an answer's status.
+_MESSAGES = frozenset({"output", "missing", "ok", "error", "memory"})
 
 
 def _exit_description(code: int | None) -> str:
@@ -86,7 +120,7 @@ class Sandbox:
 
     def __init__(self) -> None:
         parent, child = socket.socketpair()
-        env = dict(os.environ, JUPYTER_FAAS_SYS_PATH=json.dumps(sys.path))
+        env = dict(sandbox_environment(os.environ), JUPYTER_FAAS_SYS_PATH=json.dumps(sys.path))
         self.process = subprocess.Popen(
             [sys.executable, "-I", "-c", _BOOTSTRAP, _PACKAGE_ROOT, str(child.fileno())],
             pass_fds=(child.fileno(),),
@@ -126,8 +160,29 @@ class Sandbox:
         return self.process.poll() is None
 
     def kill(self) -> None:
+        """Kill the sandbox and every process it started, however they detached (setsid, double fork)."""
         if self.process.poll() is None:
-            self.process.kill()
+            # Stopped, a process forks no more: stop the sandbox, then its descendants as they are found,
+            # until none is new; then kill them all. The sandbox is a subreaper, so its tree holds them all.
+            tree = [self._stats]
+            with contextlib.suppress(psutil.Error):
+                self._stats.suspend()
+            seen = {self.process.pid}
+            for _ in range(100):
+                try:
+                    found = [p for p in self._stats.children(recursive=True) if p.pid not in seen]
+                except psutil.Error:
+                    break
+                if not found:
+                    break
+                for process in found:
+                    seen.add(process.pid)
+                    tree.append(process)
+                    with contextlib.suppress(psutil.Error):
+                        process.suspend()
+            for process in reversed(tree):
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
         self.conn.close()
@@ -153,7 +208,7 @@ class Sandbox:
                 on_answer(index, _failure("timeout", "FaasTimeout", message, time.time() - timeout, fresh, None))
                 return answered + 1
             if not self.conn.poll(min(_MEMORY_POLL, remaining)):
-                resident = self._resident()
+                resident = self._resident(batch.isolation == "fresh")
                 if resident is not None and resident > memory:
                     self.kill()
                     message = f"{name} went over its memory limit of {format_size(memory)} and was stopped"
@@ -164,6 +219,17 @@ class Sandbox:
                 answer = pickle.loads(self.conn.recv_bytes())
             except (EOFError, OSError):
                 message = f"the process running {name} {self._died()}"
+                on_answer(index, _failure("error", "SandboxExit", message, time.time(), fresh, None))
+                return answered + 1
+            except Exception as e:
+                # Not an answer: the sandbox is damaged. It is retired, never reused.
+                self.kill()
+                message = f"the process running {name} broke its protocol ({type(e).__name__}) and was replaced"
+                on_answer(index, _failure("error", "SandboxExit", message, time.time(), fresh, None))
+                return answered + 1
+            if not isinstance(answer, tuple) or not answer or answer[0] not in _MESSAGES:
+                self.kill()
+                message = f"the process running {name} sent something else than an answer and was replaced"
                 on_answer(index, _failure("error", "SandboxExit", message, time.time(), fresh, None))
                 return answered + 1
             if answer[0] == "output":
@@ -177,22 +243,30 @@ class Sandbox:
             on_answer(index, answer)
             answered += 1
             deadline = time.monotonic() + timeout
-            if answer[0] == "memory":
-                # Its peak is spent and its memory may still be held: the next call starts clean.
+            if answer[0] == "memory" and batch.isolation != "fresh":
+                # Its peak is spent and its memory may still be held: the next call starts clean. (A fresh
+                # call's process is already gone, with its memory.)
                 self.kill()
                 return answered
         return answered
 
     def _send(self, batch: Batch, indices: list[int], with_package: bool) -> None:
         package = batch.package if with_package else None
-        request = ("run", batch.version, package, batch.blob, indices, batch.memory, batch.max_output, batch.secrets)
+        request = (
+            "run", batch.version, package, batch.blob, indices, batch.memory, batch.max_output, batch.secrets,
+            batch.isolation,
+        )  # fmt: skip
         try:
             self.conn.send_bytes(pickle.dumps(request, protocol=5))
         except OSError:
             raise SandboxGone(self._died()) from None
 
-    def _resident(self) -> int | None:
+    def _resident(self, forked: bool = False) -> int | None:
+        """The memory of the running call: the sandbox's, or with `forked` that of the process it forked for it."""
         try:
+            if forked:
+                # Each call is a child of the sandbox (and any process it starts, that child's).
+                return max((child.memory_info().rss for child in self._stats.children()), default=0)
             return self._stats.memory_info().rss
         except psutil.Error:
             return None
@@ -285,15 +359,28 @@ class InvokerServer:
     lock each other out.
     """
 
-    def __init__(self, invoker: Invoker, host: str, worker_started: float) -> None:
+    def __init__(
+        self,
+        invoker: Invoker,
+        host: str,
+        worker_started: float,
+        handshake_timeout: float | None = None,
+        max_connections: int | None = None,
+        max_handshakes: int | None = None,
+    ) -> None:
         self.invoker = invoker
         self.tokens: set[bytes] = set()
         self._worker_started = worker_started
+        self._handshake_timeout = HANDSHAKE_TIMEOUT if handshake_timeout is None else handshake_timeout
+        self._max_connections = MAX_CONNECTIONS if max_connections is None else max_connections
+        self._max_handshakes = MAX_HANDSHAKES if max_handshakes is None else max_handshakes
         self._packages: OrderedDict[str, Any] = OrderedDict()
         self._packages_lock = threading.Lock()
         self._listener = socket.create_server((host, 0))
         self.endpoint = (host, self._listener.getsockname()[1])
         self._connections: set[socket.socket] = set()
+        self._handshaking = 0
+        self._count_lock = threading.Lock()
         self._closed = False
         threading.Thread(target=self._accept, name="faas-invoker-accept", daemon=True).start()
 
@@ -303,27 +390,46 @@ class InvokerServer:
                 sock, _ = self._listener.accept()
             except OSError:
                 return
+            # Counted here, before a thread exists: connections that never send a token cannot pile up threads.
+            with self._count_lock:
+                admitted = len(self._connections) < self._max_connections and self._handshaking < self._max_handshakes
+                if admitted:
+                    self._connections.add(sock)
+                    self._handshaking += 1
+            if not admitted:
+                sock.close()
+                continue
             threading.Thread(target=self._serve, args=(sock,), name="faas-invoker", daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._connections.add(sock)
+        handshaking = True
         try:
-            # Nothing is unpickled before the peer proves it holds the token.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Nothing is unpickled before the peer proves it holds the token, and it has only so long to.
+            sock.settimeout(self._handshake_timeout)
             offered = _wire.receive_token(sock, TOKEN_LENGTH)
             if not any(hmac.compare_digest(offered, token) for token in list(self.tokens)):
                 return
+            sock.settimeout(None)
+            with self._count_lock:
+                self._handshaking -= 1
+                handshaking = False
             _wire.send(sock, ("hello", self._worker_started, self.invoker.slots))
             while not self._closed:
                 self._handle(sock, _wire.receive(sock))
         except (OSError, _wire.ConnectionLost, EOFError):
             pass
         finally:
-            self._connections.discard(sock)
+            with self._count_lock:
+                self._connections.discard(sock)
+                if handshaking:
+                    self._handshaking -= 1
             sock.close()
 
     def _handle(self, sock: socket.socket, request: tuple) -> None:
-        _, name, version, package, blob, indices, timeout, memory, max_output, secrets = request
+        _, name, version, package, blob, indices, timeout, memory, max_output, secrets = request[:10]
+        # Clients of before --isolation send no eleventh item.
+        isolation = request[10] if len(request) > 10 else "warm"
         with self._packages_lock:
             if package is not None:
                 self._packages[version] = package
@@ -351,7 +457,7 @@ class InvokerServer:
             # At once: the caller of a running invocation is waiting to see it.
             _wire.send(sock, ("output", index, segments, dropped))
 
-        batch = Batch(name, version, package, blob, timeout, memory, max_output, secrets)
+        batch = Batch(name, version, package, blob, timeout, memory, max_output, secrets, isolation)
         self.invoker.invoke(batch, indices, on_answer, on_output)
         _wire.send(sock, ("done", pending))
 

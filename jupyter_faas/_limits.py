@@ -1,4 +1,4 @@
-"""Parsing and validation of per-function limits: timeout, memory, retries, concurrency."""
+"""Parsing and validation of per-function limits: timeout, memory, retries, concurrency, isolation."""
 
 from __future__ import annotations
 
@@ -67,6 +67,17 @@ def format_size(size: int) -> str:
     return format_bytes(size)
 
 
+# How each call's process is made: "warm" reuses the sandbox (state restored after each call), "fresh" forks
+# a throw-away process from the warm sandbox for each call.
+ISOLATIONS = ("warm", "fresh")
+
+
+def parse_isolation(value: Any, option: str) -> str:
+    if isinstance(value, str) and value.strip().lower() in ISOLATIONS:
+        return value.strip().lower()
+    raise LimitError(f"{option}: expected one of {', '.join(ISOLATIONS)}, got {value!r}")
+
+
 # Smallest memory limit: below this the sandbox interpreter itself does not fit.
 MIN_MEMORY = 64 * 2**20
 
@@ -81,6 +92,7 @@ class Limits:
     concurrency: int | None
     # Spread invocations over this many zones of workers, and keep a worker in each while warm.
     zones: int | None = None
+    isolation: str = "warm"
 
     @classmethod
     def resolve(
@@ -91,6 +103,7 @@ class Limits:
         retries: Any = None,
         concurrency: Any = None,
         zones: Any = None,
+        isolation: Any = None,
         option_prefix: str = "",
     ) -> Limits:
         """Limits from user values, falling back to `faas.defaults.*` for those left as None."""
@@ -108,11 +121,13 @@ class Limits:
                 else parse_count(concurrency, f"{p}concurrency", minimum=1, allow_none=True)
             ),
             zones=None if zones is None else parse_count(zones, f"{p}zones", minimum=1, allow_none=True),
+            isolation=defaults.isolation if isolation is None else parse_isolation(isolation, f"{p}isolation"),
         )
 
     def describe(self) -> str:
         concurrency = "unlimited" if self.concurrency is None else str(self.concurrency)
         zones = f", zones {self.zones}" if self.zones and self.zones > 1 else ""
+        zones += ", isolation fresh" if self.isolation == "fresh" else ""
         return (
             f"timeout {self.timeout:g}s, memory {format_size(self.memory)}, "
             f"retries {self.retries}, concurrency {concurrency}{zones}"

@@ -92,6 +92,11 @@ class FaasMagics(Magics):
     @argument("--concurrency", help="Most invocations running at once (default: unlimited).")
     @argument("--zones", help="Spread invocations over this many zones of workers, and keep one warm in each.")
     @argument(
+        "--isolation",
+        help="warm: reuse a sandbox, restored after each call; fresh: a new process forked for each call "
+        "(default faas.defaults.isolation).",
+    )
+    @argument(
         "--requirements",
         nargs="+",
         metavar="REQ",
@@ -144,6 +149,7 @@ class FaasMagics(Magics):
                 retries=_unquote(args.retries),
                 concurrency=_unquote(args.concurrency),
                 zones=_unquote(args.zones),
+                isolation=_unquote(args.isolation),
                 option_prefix="--",
             )
             definition = from_cell(

@@ -663,6 +663,7 @@ class Platform:
                 zones=definition.limits.zones,
                 max_output=first.max_output,
                 secrets=first.secrets,
+                isolation=definition.limits.isolation,
                 stream=lambda index, segments, dropped: self._on_stream(by_index[index], segments, dropped),
             )
         )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import ctypes
 import json
 import os
 import pickle
 import re
 import resource
+import signal
 import sys
 import threading
 import time
@@ -15,6 +18,7 @@ import traceback
 import types
 from collections import OrderedDict
 from multiprocessing.connection import Connection
+from typing import Any
 
 import cloudpickle
 
@@ -26,6 +30,10 @@ _CACHE_SIZE = 64
 # A running invocation's new output is sent this often, so a caller sees it while the call runs.
 _OUTPUT_INTERVAL = 0.1
 _HWM = re.compile(rb"VmHWM:\s+(\d+) kB")
+# prctl option: orphaned descendants are re-parented to this process, not to init, so none escapes it.
+_PR_SET_CHILD_SUBREAPER = 36
+# Signals whose handlers cannot be read or set.
+_FIXED_SIGNALS = {signal.SIGKILL, signal.SIGSTOP}
 
 
 class _Loaded:
@@ -147,6 +155,7 @@ def _watch_parent() -> None:
     while True:
         time.sleep(0.5)
         if os.getppid() != parent:
+            _stop_strays()
             os._exit(0)
 
 
@@ -171,7 +180,7 @@ class _Channel:
             if running is not None:
                 _capture.current.captured = None
                 captured = running[1]
-                output = (captured.take(), captured.dropped)
+                output = (captured.close(), captured.dropped)
             self.conn.send_bytes(pickle.dumps((*answer, output), protocol=5))
 
     def stream(self) -> None:
@@ -192,22 +201,20 @@ class _Channel:
 _SANDBOX_PID = os.getpid()
 
 
-class _Forks:
-    """Processes forked during the current call, so the ones left running can be stopped after it."""
+class _Zygote:
+    """Set while this sandbox forks the process of a fresh call, which does speak for its call."""
 
-    count = 0
+    forking = False
 
 
 def _after_fork_in_child() -> None:
     # A forked copy of the sandbox must never speak on the worker's socket, nor capture for the call.
+    if _Zygote.forking:
+        return
     _capture.current.captured = None
     if _channel_fd is not None:
         with contextlib.suppress(OSError):
             os.close(_channel_fd)
-
-
-def _after_fork_in_parent() -> None:
-    _Forks.count += 1
 
 
 _channel_fd: int | None = None
@@ -222,20 +229,103 @@ def _run_function(function: types.FunctionType, args: tuple, kwargs: dict) -> ob
             os._exit(0)
 
 
-def _stop_strays() -> None:
-    """Kill the processes the call forked and left running: an invocation leaves nothing behind."""
+def _children() -> list[int]:
+    """This process's child processes; as a subreaper it inherits every orphaned descendant too."""
+    pids: list[int] = []
     try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.extend(int(pid) for pid in f.read().split())
+    except OSError:
         import psutil
 
-        strays = psutil.Process().children(recursive=True)
-    except Exception:
-        return
-    for stray in strays:
-        with contextlib.suppress(Exception):
-            stray.kill()
-    for stray in strays:
-        with contextlib.suppress(Exception):
-            stray.wait(timeout=5)
+        with contextlib.suppress(psutil.Error):
+            pids = [child.pid for child in psutil.Process().children()]
+    return pids
+
+
+def _stop_strays() -> None:
+    """Kill every process the call started and left running (subprocess, fork, setsid): a call leaves nothing.
+
+    Killing a child re-parents its own children to this subreaper, so repeat until none are left.
+    """
+    for _ in range(1000):
+        pids = _children()
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
+    # Orphans that ended on their own are zombies of this subreaper until reaped.
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+class _ProcessState:
+    """What a call can change in this process and the next call must not see; taken once, restored after each.
+
+    Imported modules (sys.modules) and their attributes are kept on purpose, as in a warm container.
+    """
+
+    def __init__(self) -> None:
+        self.cwd = os.getcwd()
+        self.umask = os.umask(0o022)
+        os.umask(self.umask)
+        self.environ = dict(os.environ)
+        self.path = list(sys.path)
+        self.argv = list(sys.argv)
+        self.recursion_limit = sys.getrecursionlimit()
+        self.stdio = (sys.stdin, sys.stdout, sys.stderr)
+        self.displayhook, self.excepthook = sys.displayhook, sys.excepthook
+        self.builtins = dict(builtins.__dict__)
+        self.blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        self.signals: dict[signal.Signals, Any] = {}
+        for signum in signal.valid_signals():
+            if signum in _FIXED_SIGNALS:
+                continue
+            with contextlib.suppress(ValueError, OSError):
+                handler = signal.getsignal(signum)
+                if handler is not None:
+                    self.signals[signum] = handler
+
+    def restore(self) -> None:
+        # builtins first: the rest of this, and the answer's pickling, rely on them.
+        current = builtins.__dict__
+        for name in [name for name in current if name not in self.builtins]:
+            del current[name]
+        for name, value in self.builtins.items():
+            if current.get(name, _MISSING) is not value:
+                current[name] = value
+        with contextlib.suppress(OSError):
+            os.chdir(self.cwd)
+        os.umask(self.umask)
+        for name in [name for name in os.environ if name not in self.environ]:
+            del os.environ[name]
+        for name, value in self.environ.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+        sys.path[:] = self.path
+        sys.argv[:] = self.argv
+        if sys.getrecursionlimit() != self.recursion_limit:
+            sys.setrecursionlimit(self.recursion_limit)
+        sys.stdin, sys.stdout, sys.stderr = self.stdio
+        sys.displayhook, sys.excepthook = self.displayhook, self.excepthook
+        # A timer a call armed would otherwise fire during a later call, on the handler restored below.
+        for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+            with contextlib.suppress(OSError):
+                signal.setitimer(timer, 0)
+        for signum, handler in self.signals.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                if signal.getsignal(signum) is not handler:
+                    signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.blocked)
+
+
+_MISSING = object()
 
 
 def _call(
@@ -244,13 +334,15 @@ def _call(
     memory_limit: int,
     fresh: bool,
     meter: _PeakMeter,
+    state: _ProcessState,
     secrets: dict[str, str] | None = None,
 ) -> tuple:
-    """One invocation, answered as (status, value, started, finished, fresh, peak, error)."""
+    """One invocation, answered as (status, value, started, finished, fresh, peak, error).
+
+    Its secrets are in the environment only while it runs; afterwards the process is as it was before it.
+    """
     started = time.time()
     status, value, error = "ok", b"", None
-    _Forks.count = 0
-    saved = {name: os.environ.get(name) for name in secrets} if secrets else {}
     if secrets:
         os.environ.update(secrets)
     try:
@@ -268,13 +360,8 @@ def _call(
             message = _capture.redact(message, secrets) if secrets else message
             status, error = "error", ("TypeError", message, f"TypeError: {message}\n", None)
     finally:
-        for name, old in saved.items():
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
-        if _Forks.count:
-            _stop_strays()
+        _stop_strays()
+        state.restore()
     finished = time.time()
     peak = meter.after_call()
     if peak is not None and peak > memory_limit and status != "memory":
@@ -282,8 +369,61 @@ def _call(
     return (status, value, started, finished, fresh, peak, error)
 
 
+def _call_in_fork(
+    channel: _Channel,
+    loaded: _Loaded,
+    call: tuple[tuple, dict],
+    index: int,
+    limits: tuple[int, int],
+    fresh: bool,
+    state: _ProcessState,
+    secrets: dict[str, str] | None,
+) -> None:
+    """One invocation in a process forked for it from this warm one, which it cannot change: it ends after.
+
+    The child answers on the worker's socket itself; the sandbox only waits for it, and answers for it if
+    it died without answering.
+    """
+    global _SANDBOX_PID
+    memory_limit, max_output = limits
+    started = time.time()
+    answered_read, answered_write = os.pipe()
+    # Under the lock, so the child's copy of the socket holds no frame half-sent by the output streamer.
+    with channel.lock:
+        _Zygote.forking = True
+        try:
+            pid = os.fork()
+        finally:
+            _Zygote.forking = False
+    if pid == 0:
+        code = 1
+        try:
+            os.close(answered_read)
+            _SANDBOX_PID = os.getpid()
+            _become_subreaper()
+            captured = _capture.Captured(max_output, secrets)
+            channel.running = (index, captured)
+            _capture.current.captured = captured
+            threading.Thread(target=channel.stream, name="faas-output", daemon=True).start()
+            channel.answer(_call(loaded, call, memory_limit, fresh, _PeakMeter(), state, secrets))
+            os.write(answered_write, b"1")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(answered_write)
+    _, status = os.waitpid(pid, 0)
+    answered = os.read(answered_read, 1) == b"1"
+    os.close(answered_read)
+    if not answered:
+        code = os.waitstatus_to_exitcode(status)
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        message = f"the process forked for the call {how} before it answered"
+        channel.answer(("error", b"", started, time.time(), fresh, None, ("SandboxExit", message, "", None)))
+
+
 def serve(conn: Connection) -> None:
-    """Answer ("run", version, package, blob, indices, memory, max_output, secrets) with one message per index.
+    """Answer ("run", version, package, blob, indices, memory, max_output, secrets, isolation) with one
+    message per index.
 
     While a call runs, its new output goes out as ("output", index, segments, dropped) messages.
     """
@@ -291,13 +431,15 @@ def serve(conn: Connection) -> None:
     meter = _PeakMeter()
     channel = _Channel(conn)
     _capture.install()
+    state = _ProcessState()
     threading.Thread(target=channel.stream, name="faas-output", daemon=True).start()
     channel.send(("ready", os.getpid()))
     while True:
         try:
-            _, version, package, blob, indices, memory_limit, max_output, secrets = pickle.loads(conn.recv_bytes())
+            request = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
+        _, version, package, blob, indices, memory_limit, max_output, secrets, isolation = request
         fresh = False
         loaded = cache.get(version)
         if loaded is None:
@@ -321,28 +463,49 @@ def serve(conn: Connection) -> None:
                 channel.answer(("error", b"", now, now, fresh, None, error))
             continue
         for index in indices:
+            if isolation == "fresh":
+                _call_in_fork(channel, loaded, calls[index], index, (memory_limit, max_output), fresh, state, secrets)
+                fresh = False
+                continue
             captured = _capture.Captured(max_output, secrets)
             with channel.lock:
                 channel.running = (index, captured)
                 _capture.current.captured = captured
-            answer = _call(loaded, calls[index], memory_limit, fresh, meter, secrets)
+            answer = _call(loaded, calls[index], memory_limit, fresh, meter, state, secrets)
             fresh = False
             channel.answer(answer)
+
+
+def _become_subreaper() -> None:
+    """Orphans of the processes a call starts come back to this process, so it can stop them all."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def main() -> None:
     global _channel_fd
     fd = _channel_fd = int(sys.argv[-1])
-    os.register_at_fork(after_in_child=_after_fork_in_child, after_in_parent=_after_fork_in_parent)
-    worker_path = os.environ.get("JUPYTER_FAAS_SYS_PATH")
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    _become_subreaper()
+    worker_path = os.environ.pop("JUPYTER_FAAS_SYS_PATH", None)
     if worker_path:
         # The worker's import path, after this package's own root: functions import what the worker can.
         sys.path[1:] = [entry for entry in json.loads(worker_path) if entry != sys.path[0]]
     threading.Thread(target=_watch_parent, name="faas-parent-watch", daemon=True).start()
     # The protocol has its own socket; a function's prints are captured for its invocation.
     # An OSError means the worker is gone (killed, or closed mid-answer): nobody is left to answer.
-    with contextlib.suppress(OSError):
+    # Any other failure outside a call (a request or answer that no longer (un)pickles) leaves this process
+    # in a state nobody can vouch for: it ends, and the worker replaces it. os._exit, because a thread a
+    # call left running must not keep a broken sandbox alive.
+    code = 0
+    try:
         serve(Connection(fd))
+    except OSError:
+        pass
+    except BaseException:
+        code = 1
+    _stop_strays()
+    os._exit(code)
 
 
 if __name__ == "__main__":

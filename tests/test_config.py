@@ -51,6 +51,7 @@ def test_a_yaml_file_in_the_dask_config_folder_sets_keys(tmp_path: Path) -> None
         ("faas.cluster.factory", "LocalCluster", "faas.cluster.factory: expected a mapping"),
         ("faas.cluster.address", 8786, "faas.cluster.address: expected a scheduler address"),
         ("faas.defaults.retries", -1, "faas.defaults.retries"),
+        ("faas.defaults.isolation", "cold", "faas.defaults.isolation: expected one of warm, fresh"),
         ("faas.cluster.zones", 0, "faas.cluster.zones: expected a whole number of at least 1"),
         ("faas.http.max-body", "abc", "faas.http.max-body: expected a size"),
         ("faas.deadletters.max-bytes", "lots", "faas.deadletters.max-bytes: expected a size"),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,8 +14,9 @@ from typing import Any
 import cloudpickle
 import pytest
 
+from jupyter_faas import _invoker, _wire
 from jupyter_faas._definition import from_cell
-from jupyter_faas._invoker import Batch, Invoker
+from jupyter_faas._invoker import Batch, Invoker, InvokerServer
 from jupyter_faas._limits import Limits
 
 LIMITS = Limits(timeout=10.0, memory=256 * 10**6, retries=0, concurrency=None)
@@ -234,3 +237,47 @@ def test_calls_in_one_batch_keep_their_output_apart(invoker: Invoker) -> None:
     streamed: list[tuple] = []
     answers = run_full(invoker, "print('call', x)\nx", [(1,), (2,), (3,)], streamed=streamed)
     assert [output_of(answer, streamed, i) for i, answer in enumerate(answers)] == [f"call {i}\n" for i in (1, 2, 3)]
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_connections_that_never_send_a_token_are_closed_and_hold_no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A short handshake deadline, so the test does not wait out the real one.
+    monkeypatch.setattr(_invoker, "HANDSHAKE_TIMEOUT", 1.0, raising=False)
+    invoker = Invoker(slots=1)
+    server = InvokerServer(invoker, "127.0.0.1", time.time())
+    token = b"t" * _invoker.TOKEN_LENGTH
+    server.tokens.add(token)
+    threads_before = threading.active_count()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection(server.endpoint)
+            sock.setblocking(False)
+            idle.append(sock)
+        most_threads = threading.active_count()
+        open_ones = list(idle)
+        deadline = time.monotonic() + 15
+        while open_ones and time.monotonic() < deadline:
+            most_threads = max(most_threads, threading.active_count())
+            open_ones = [sock for sock in open_ones if not _closed_by_peer(sock)]
+            time.sleep(0.05)
+        assert not open_ones, f"{len(open_ones)} of 300 idle connections are still open after 15 s"
+        grown = most_threads - threads_before
+        assert grown <= getattr(_invoker, "MAX_HANDSHAKES", 64) + 5, f"{grown} threads for idle connections"
+        # A client that holds the token is served as before.
+        with socket.create_connection(server.endpoint, timeout=10) as client:
+            _wire.send_token(client, token)
+            assert _wire.receive(client)[0] == "hello"
+    finally:
+        for sock in idle:
+            sock.close()
+        server.close()
+        invoker.close()

@@ -11,7 +11,7 @@ from conftest import run_ok, wait_for
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from jupyter_faas import FaasMemoryError, RemoteError, function
+from jupyter_faas import FaasMemoryError, FaasTimeout, RemoteError, function
 from jupyter_faas._platform import Platform
 
 
@@ -130,3 +130,109 @@ def test_a_capture_over_the_limit_is_refused_naming_the_variable_and_its_size(sh
     finally:
         run_ok(shell, "_ctx.__exit__(None, None, None)")
         del shell.user_ns["big_array"]
+
+
+def running_with(marker: str) -> list[psutil.Process]:
+    """Live (not zombie) processes whose command line holds `marker`."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = process.info["cmdline"] or []
+        if process.info["status"] != psutil.STATUS_ZOMBIE and any(marker in part for part in cmdline):
+            found.append(process)
+    return found
+
+
+def wait_until_none_runs(marker: str) -> None:
+    wait_for(lambda: not running_with(marker), timeout=20, message=f"no process running {marker}")
+
+
+def test_a_subprocess_left_running_is_stopped_when_the_call_returns(platform: Platform) -> None:
+    @function(name="popens")
+    def popens(seconds: str) -> int:
+        import subprocess
+
+        return subprocess.Popen(["sleep", seconds]).pid
+
+    seconds = "97.0417"  # a command line no other process has
+    assert popens(seconds) > 0
+    wait_until_none_runs(seconds)
+    still_serving()
+
+
+def test_a_cpu_bound_subprocess_is_stopped_with_its_call_on_a_timeout(platform: Platform) -> None:
+    @function(name="spins", timeout="2s")
+    def spins(marker: str) -> None:
+        import subprocess
+        import sys
+        import time
+
+        subprocess.Popen([sys.executable, "-c", "while True: pass", marker])
+        time.sleep(600)
+
+    marker = "spin-marker-5d3e1"
+    with pytest.raises(FaasTimeout):
+        spins(marker)
+    wait_until_none_runs(marker)
+    still_serving()
+
+
+def test_a_double_forked_setsid_process_is_stopped_when_the_call_returns(platform: Platform) -> None:
+    @function(name="daemonizes")
+    def daemonizes(marker: str) -> int:
+        import subprocess
+        import sys
+        import time
+
+        # The classic daemon: a new session, then a second fork whose parent exits, so it is nobody's child.
+        script = "import os, sys, time\nos.setsid()\nif os.fork():\n    os._exit(0)\ntime.sleep(600)\n"
+        subprocess.run([sys.executable, "-c", script, marker], check=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            # Only once the daemon runs on its own does the call return.
+            for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines():
+                if marker in line and "ps -eo" not in line:
+                    return 1
+            time.sleep(0.05)
+        return 0
+
+    marker = "daemon-marker-a81c4"
+    assert daemonizes(marker) == 1
+    wait_until_none_runs(marker)
+    still_serving()
+
+
+def test_a_double_forked_setsid_process_is_stopped_on_a_timeout(platform: Platform) -> None:
+    @function(name="daemonizes_then_hangs", timeout="3s")
+    def daemonizes_then_hangs(marker: str) -> None:
+        import subprocess
+        import sys
+        import time
+
+        script = "import os, sys, time\nos.setsid()\nif os.fork():\n    os._exit(0)\nwhile True: pass\n"
+        subprocess.run([sys.executable, "-c", script, marker], check=True)
+        time.sleep(600)
+
+    marker = "daemon-spin-marker-7e02b"
+    with pytest.raises(FaasTimeout):
+        daemonizes_then_hangs(marker)
+    wait_until_none_runs(marker)
+    still_serving()
+
+
+def test_a_subprocess_is_stopped_with_its_call_at_the_memory_limit(platform: Platform) -> None:
+    @function(name="starts_then_leaks", memory="128MB")
+    def starts_then_leaks(marker: str) -> None:
+        import subprocess
+        import time
+
+        subprocess.Popen(["sleep", marker])
+        hoard = []
+        while True:
+            hoard.append(bytearray(8 * 2**20))
+            time.sleep(0.001)
+
+    marker = "96.3307"
+    with pytest.raises(FaasMemoryError):
+        starts_then_leaks(marker)
+    wait_until_none_runs(marker)
+    still_serving()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -29,13 +29,44 @@ LEAKY = (
     "    return lambda: key  # a result that cannot travel, whose error would show the key\n"
     "len(key) + len(os.environ['FAAS_OTHER'])"
 )
+# Tokens of the server and of Jupyter, in serve's environment before any worker exists.
+PLANTED_TOKENS = {
+    "JUPYTER_FAAS_TOKEN": "faas-token-planted-4b1d0c9e",
+    "JUPYTER_TOKEN": "jupyter-token-planted-91ce3a",
+    "JPY_API_TOKEN": "jpy-token-planted-5e27f0",
+    "DASK_DISTRIBUTED__PLANTED_TOKEN": "dask-token-planted-c0ffee",
+}
+# A function that declares no secret and looks everywhere it can for one, printing what it finds.
+PEEK = (
+    "%%faas peek\n"
+    "import os\n"
+    "with open('/proc/self/environ', 'rb') as f:\n"
+    "    raw = f.read().decode('utf-8', 'replace')\n"
+    "print(dict(os.environ))\n"
+    "print(raw)\n"
+    "{'environ': dict(os.environ), 'proc': raw}"
+)
+# What a sandbox may start with (besides LC_*): never a token, never a setting of the platform or Dask.
+# (JUPYTER_FAAS_SYS_PATH is the sandbox's start-up message, taken out of the environment before any call.)
+ALLOWED = {
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "TEMP", "TMP",
+    "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "PYTHONHASHSEED", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE", "PYTHONWARNINGS",
+    "PYTHONFAULTHANDLER", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def served_with_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Path]]:
     folder = tmp_path_factory.mktemp("secret")
-    notebook = write_notebook(folder / "secret.ipynb", [LEAKY])
-    env = {"FAAS_PLANTED": PLANTED, "FAAS_OTHER": "other-value", "DASK_FAAS__CLUSTER__IDLE_TIMEOUT": "300s"}
+    notebook = write_notebook(folder / "secret.ipynb", [LEAKY, PEEK])
+    env = {
+        "FAAS_PLANTED": PLANTED,
+        "FAAS_OTHER": "other-value",
+        "DASK_FAAS__CLUSTER__IDLE_TIMEOUT": "300s",
+        **PLANTED_TOKENS,
+    }
     server = start_serve(notebook, folder / "state", env=env)
     try:
         yield server, folder
@@ -43,9 +74,23 @@ def served_with_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         stop_process_group(server.process)
 
 
+def test_a_function_without_secrets_sees_no_secret_nor_token(served_with_secret: tuple[Served, Path]) -> None:
+    served, _ = served_with_secret
+    # Twice: the sandbox that ran a call of `leak` in between must not keep its secrets either.
+    for _ in range(2):
+        seen = served.post("peek", json={}, headers=AUTH)
+        assert seen.status_code == 200, seen.text
+        environ, raw = seen.json()["environ"], seen.json()["proc"]
+        assert {name for name in environ if not name.startswith("LC_")} <= ALLOWED, sorted(environ)
+        for value in [PLANTED, "other-value", *PLANTED_TOKENS.values()]:
+            assert value not in seen.text
+            assert value not in raw
+        assert served.post("leak", json={"x": 0}, headers=AUTH).status_code == 200
+
+
 def test_a_secret_reaches_the_call_and_is_written_nowhere(served_with_secret: tuple[Served, Path]) -> None:
     served, folder = served_with_secret
-    answers: list[httpx.Response] = []
+    answers: list[httpx.Response] = [served.post("peek", json={}, headers=AUTH)]
     ok = served.post("leak", json={"x": 0}, headers=AUTH)
     answers.append(ok)
     assert ok.status_code == 200 and ok.json() == len(PLANTED) + len("other-value")
@@ -71,11 +116,12 @@ def test_a_secret_reaches_the_call_and_is_written_nowhere(served_with_secret: tu
     written = [path for path in folder.rglob("*") if path.is_file()]
     assert any(path.name == "invocations.sqlite" for path in written)
     assert any(path.name == "dead-letters.jsonl" for path in written)
-    for path in written:
-        assert PLANTED.encode() not in path.read_bytes(), f"the secret is in {path}"
-    for answer in answers:
-        assert PLANTED not in answer.text, answer.request.url
-    assert PLANTED not in "".join(served.output)
+    for value in [PLANTED, *PLANTED_TOKENS.values()]:
+        for path in written:
+            assert value.encode() not in path.read_bytes(), f"{value} is in {path}"
+        for answer in answers:
+            assert value not in answer.text, answer.request.url
+        assert value not in "".join(served.output)
 
 
 def test_a_secret_missing_from_the_platforms_environment_is_a_clear_error(
@@ -149,3 +195,27 @@ def test_the_secret_is_not_left_in_the_sandbox_after_the_call(
         assert uses.map(range(4)) == [value] * 4
         assert looks.map(range(4)) == [before] * 4
     assert before != value
+
+
+def test_embedded_workers_started_with_tokens_do_not_pass_them_to_functions(
+    own_platform: Callable[..., object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Set before the platform, its cluster and its workers start: they all inherit these.
+    planted = {**PLANTED_TOKENS, "FAAS_PLANTED_EMBEDDED": PLANTED}
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    # spawn: a forkserver started earlier in this session would not have them to pass on.
+    own_platform({"faas.cluster.maximum": 1, "faas.cluster.start-method": "spawn"})
+
+    @function(name="peek_embedded")
+    def peek() -> dict[str, str]:
+        import os
+
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read().decode("utf-8", "replace")
+        return {"environ": repr(dict(os.environ)), "proc": raw}
+
+    seen = peek()
+    for value in planted.values():
+        assert value not in seen["environ"]
+        assert value not in seen["proc"]
