@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jupyter_core.application import JupyterApp
 
-from jupyter_faas._serve import ServeApp
+from jupyter_faas.gateway.serve import ServeApp
 
 
 class FaasApp(JupyterApp):

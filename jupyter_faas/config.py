@@ -10,24 +10,15 @@ from typing import Any
 import dask.config
 import yaml
 
-from jupyter_faas._limits import (
-    MIN_MEMORY,
-    LimitError,
-    Limits,
-    parse_count,
-    parse_duration,
-    parse_size,
-)
+from jupyter_faas.definition.limits import MIN_MEMORY, Limits
+from jupyter_faas.errors import ConfigError, LimitError
+from jupyter_faas.units import parse_count, parse_duration, parse_size
 
 _DEFAULTS_FILE = Path(__file__).with_name("faas.yaml")
 with _DEFAULTS_FILE.open() as _f:
     DEFAULTS: dict[str, Any] = yaml.safe_load(_f)
 
 dask.config.update_defaults(DEFAULTS)
-
-
-class ConfigError(LimitError):
-    """A `faas.*` config value that is missing, unknown or malformed."""
 
 
 def _flat_keys(tree: dict[str, Any], prefix: str) -> list[str]:

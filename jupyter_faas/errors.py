@@ -1,4 +1,22 @@
-"""The exceptions users see, and how a remote failure is raised again in the notebook."""
+"""Every exception a user can see, and how a remote failure is raised again in the notebook.
+
+Our exception hierarchy:
+
+* FaasError
+  + FaasTimeout (also TimeoutError)
+  + FaasMemoryError (also MemoryError)
+  + WorkerLost
+  + RemoteError
+  + NoCapacity
+  + VersionMismatch
+  + MissingSecret
+  + DefinitionError (also ValueError)
+  + LimitError (also ValueError)
+    - ConfigError
+  + TriggerError (also ValueError)
+  + RegistryError
+  + LogError (also OSError)
+"""
 
 from __future__ import annotations
 
@@ -28,6 +46,42 @@ class RemoteError(FaasError):
         super().__init__(f"{type_name}: {message}" if message else type_name)
         self.type_name = type_name
         self.message = message
+
+
+class NoCapacity(FaasError):
+    """An invocation found no free slot within its queue timeout, and was never sent."""
+
+
+class VersionMismatch(FaasError):
+    """The client and the workers differ in a version that breaks unpickling; the message names both."""
+
+
+class MissingSecret(FaasError):
+    """A function declares a secret that the environment of the process running its platform does not have."""
+
+
+class DefinitionError(FaasError, ValueError):
+    """A cell or def that cannot become a function; the message says what to write instead."""
+
+
+class LimitError(FaasError, ValueError):
+    """A limit or config value that does not parse; the message names the option and the accepted form."""
+
+
+class ConfigError(LimitError):
+    """A `faas.*` config value that is missing, unknown or malformed."""
+
+
+class TriggerError(FaasError, ValueError):
+    """A trigger that cannot be set up; the message says what to write instead."""
+
+
+class RegistryError(FaasError):
+    """The registry folder cannot be read or written; the message names the path."""
+
+
+class LogError(FaasError, OSError):
+    """The invocation log cannot be created, read or written; the message names the file."""
 
 
 def type_name(error: BaseException) -> str:

@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from jupyter_faas._definition import FunctionDefinition
-from jupyter_faas._errors import FaasError
-from jupyter_faas._registry import Registry
-from jupyter_faas._shared import REGISTRY_ENV, TRIGGERS_ENV, URL_ENV
-from jupyter_faas._triggers import TriggerSpec, TriggerStore
+from jupyter_faas.definition.model import FunctionDefinition
+from jupyter_faas.dispatch.sharing import REGISTRY_ENV, TRIGGERS_ENV, URL_ENV
+from jupyter_faas.errors import FaasError
+from jupyter_faas.gateway.triggers import TriggerSpec, TriggerStore
+from jupyter_faas.record.registry import Registry
 
 _here: tuple[Registry, str, TriggerStore | None] | None = None
 

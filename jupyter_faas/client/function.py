@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, overload
 
-from jupyter_faas import _platform
-from jupyter_faas._definition import FunctionDefinition, from_callable
-from jupyter_faas._errors import type_name
-from jupyter_faas._limits import Limits
-from jupyter_faas._records import InvocationRecord
+from jupyter_faas import config as _config
+from jupyter_faas.client import deploy as _deploy
+from jupyter_faas.definition.limits import Limits
+from jupyter_faas.definition.model import FunctionDefinition, from_callable
+from jupyter_faas.definition.requirements import with_requirements
+from jupyter_faas.definition.secrets import with_secrets
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.errors import LogError, type_name
+from jupyter_faas.gateway import triggers as _triggers
+from jupyter_faas.record.deadletters import DeadLetters, dead_letters_path
+from jupyter_faas.record.log import read_invocations
+from jupyter_faas.record.records import InvocationRecord
+from jupyter_faas.ui.output import CallOutput, logs_text, show_map_output
 
 if TYPE_CHECKING:
-    from jupyter_faas._widgets import FunctionCard
+    from jupyter_faas.ui.widgets import FunctionCard
+
+# Makes each function's card once, also when two threads ask at the same time.
+_card_made = threading.Lock()
 
 # A map still running after this many seconds shows its progress; faster ones show nothing at all.
 PROGRESS_AFTER = 2.0
@@ -67,8 +79,6 @@ class FaasFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
-        from jupyter_faas._display import CallOutput
-
         self._check_arguments(args, kwargs)
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
         output = CallOutput(self.name)
@@ -96,7 +106,7 @@ class FaasFunction:
         try:
             if not results.wait(PROGRESS_AFTER):
                 # Imported only now: widgets cost nothing to maps that finish within the threshold.
-                from jupyter_faas import _widgets
+                from jupyter_faas.ui import widgets as _widgets
 
                 _widgets.wait_with_progress(self.name, results, began)
         except KeyboardInterrupt:
@@ -104,8 +114,6 @@ class FaasFunction:
             results.cancelled = True
             raise
         if results.with_output:
-            from jupyter_faas._display import show_map_output
-
             show_map_output(self.name, results.shown, results.with_output, results.output_lines)
         if return_exceptions:
             pairs = zip(results.values, results.errors, strict=True)
@@ -125,14 +133,10 @@ class FaasFunction:
 
         Deploying again switches the name to the new version; requests under way finish on the old one.
         """
-        from jupyter_faas import _deploy
-
         return _deploy.deploy(self._definition)
 
     def undeploy(self) -> bool:
         """Remove the endpoint; False if it was not deployed."""
-        from jupyter_faas import _deploy
-
         return _deploy.undeploy(self.name)
 
     def schedule(self, every: Any = None, cron: str | None = None) -> dict[str, Any]:
@@ -142,16 +146,12 @@ class FaasFunction:
         datetime). Ticks missed while the server was down are skipped, not replayed. This deploys the
         current version, which the schedule fires.
         """
-        from jupyter_faas import _deploy, _triggers
-
         spec = _triggers.schedule_spec(self.name, every=every, cron=cron)
         _deploy.add_trigger(self._definition, spec)
         return spec.to_dict()
 
     def unschedule(self) -> bool:
         """Stop the schedule; False if there was none."""
-        from jupyter_faas import _deploy
-
         return _deploy.remove_trigger(self.name, "schedule")
 
     def on_file(self, directory: Any, pattern: str = "*") -> dict[str, Any]:
@@ -160,16 +160,12 @@ class FaasFunction:
         The function gets the file's path, or its bytes when its first parameter is annotated `bytes`.
         A file is marked done once its invocation succeeds; a failure goes to the dead letters.
         """
-        from jupyter_faas import _deploy, _triggers
-
         spec = _triggers.file_spec(self.name, directory, pattern)
         _deploy.add_trigger(self._definition, spec)
         return spec.to_dict()
 
     def off_file(self) -> bool:
         """Stop the file trigger; False if there was none. What was handled stays recorded."""
-        from jupyter_faas import _deploy
-
         return _deploy.remove_trigger(self.name, "file")
 
     def enqueue(self, *args: Any, **kwargs: Any) -> str:
@@ -194,8 +190,6 @@ class FaasFunction:
 
         Output no longer kept in memory is read back from the durable log.
         """
-        from jupyter_faas._display import logs_text
-
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"{self.name}.logs(): n must be a positive whole number, got {n!r}")
         platform = _platform.current(start=False)
@@ -211,9 +205,23 @@ class FaasFunction:
     @property
     def card(self) -> FunctionCard:
         """A live ipywidgets card of this function's figures: made on first use, kept current as invocations end."""
-        from jupyter_faas import _widgets
+        # ipywidgets loads only when a card is asked for: a worker that unpickles a function never pays for it.
+        from jupyter_faas.ui import widgets as _widgets
 
-        return _widgets.card_for(self)
+        with _card_made:
+            if self._card is None:
+                self._card = _widgets.FunctionCard(self)
+            return self._card
+
+    def card_header(self) -> dict[str, str]:
+        """The card's header facts: name, version, signature and limits, as text."""
+        definition = self._definition
+        return {
+            "name": self.name,
+            "version": definition.short_version,
+            "signature": definition.describe_signature(),
+            "limits": self.limits.describe(),
+        }
 
     def __getstate__(self) -> dict[str, Any]:
         # The card is a widget of this process, with its comm and locks; a copy makes its own when asked.
@@ -221,9 +229,10 @@ class FaasFunction:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         # The card in a kernel, the same figures as text in a terminal; repr() stays one line.
-        from jupyter_faas import _widgets
+        # Imported here for the same reason as in `card`.
+        from jupyter_faas.ui import widgets as _widgets
 
-        return _widgets.function_mimebundle(self)
+        return _widgets.function_mimebundle(self, lambda: self.card)
 
     def __repr__(self) -> str:
         return (
@@ -238,10 +247,6 @@ def _dead_letter_if_failed(
     error = future.exception()
     if error is None:
         return
-    from jupyter_faas import _config
-    from jupyter_faas._deadletters import DeadLetters
-    from jupyter_faas._endpoints import dead_letters_path
-
     # In the JSON form an HTTP replay can send: positional arguments as an array, keywords as an object.
     body = json.dumps(list(args) if not kwargs else {**kwargs}, default=repr).encode()
     kind = type_name(error)
@@ -253,9 +258,6 @@ def _dead_letter_if_failed(
 
 def _with_logged_output(name: str, records: list[InvocationRecord]) -> list[InvocationRecord]:
     """The records, with output that memory no longer holds read back from the durable log where it can be."""
-    from jupyter_faas import _config
-    from jupyter_faas._log import LogError, read_invocations
-
     try:
         since = min(record.submitted for record in records)
         logged = {r.id: r.output for r in read_invocations(_config.state_dir(), name, since=since)}
@@ -303,17 +305,20 @@ def function(
     Free names are captured by value now, as `%%faas` does for a cell. `secrets` names environment
     variables each call gets from the environment of the process that runs the platform.
     """
-    limits = Limits.resolve(timeout=timeout, memory=memory, retries=retries, concurrency=concurrency, zones=zones)
+    limits = Limits.resolve(
+        _config.function_defaults(),
+        timeout=timeout,
+        memory=memory,
+        retries=retries,
+        concurrency=concurrency,
+        zones=zones,
+    )
 
     def wrap(target: Callable[..., Any]) -> FaasFunction:
         definition = from_callable(target, limits, name)
         if requirements:
-            from jupyter_faas._requirements import with_requirements
-
             definition = with_requirements(definition, requirements)
         if secrets:
-            from jupyter_faas._secrets import with_secrets
-
             definition = with_secrets(definition, secrets)
         return FaasFunction(definition)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from jupyter_faas import _config, _platform
-from jupyter_faas._log import read_invocations
-from jupyter_faas._records import InvocationRecord
+from jupyter_faas import config as _config
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.record.log import read_invocations
+from jupyter_faas.record.records import InvocationRecord
 
 
 def invocations(

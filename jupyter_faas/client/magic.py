@@ -12,13 +12,16 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
-from jupyter_faas import _config, _platform, _widgets
-from jupyter_faas._definition import DefinitionError, check_name, from_cell
-from jupyter_faas._errors import FaasError
-from jupyter_faas._function import FaasFunction
-from jupyter_faas._limits import LimitError, Limits
-from jupyter_faas._requirements import with_requirements
-from jupyter_faas._secrets import with_secrets
+from jupyter_faas import config as _config
+from jupyter_faas.client.function import FaasFunction
+from jupyter_faas.definition.limits import Limits
+from jupyter_faas.definition.model import check_name, from_cell
+from jupyter_faas.definition.requirements import with_requirements
+from jupyter_faas.definition.secrets import with_secrets
+from jupyter_faas.definition.signature import annotation_name
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.errors import DefinitionError, FaasError, LimitError
+from jupyter_faas.ui import widgets as _widgets
 
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _LINE_COMMANDS = ("config", "status", "shutdown")
@@ -139,6 +142,7 @@ class FaasMagics(Magics):
         try:
             name = None if args.name is None else check_name(args.name)
             limits = Limits.resolve(
+                _config.function_defaults(),
                 timeout=_unquote(args.timeout),
                 memory=_unquote(args.memory),
                 retries=_unquote(args.retries),
@@ -227,8 +231,6 @@ class FaasMagics(Magics):
 
 
 def _deployed_message(name: str, url: str, signature: inspect.Signature) -> str:
-    from jupyter_faas._endpoints import annotation_name
-
     samples = {"int": 1, "float": 1.0, "str": "text", "bool": True, "list": [], "dict": {}}
     example = {
         p.name: samples.get(annotation_name(p.annotation) or "")

@@ -2,72 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from dask.utils import format_bytes, parse_bytes, parse_timedelta
+from jupyter_faas.units import format_size, parse_count, parse_duration, parse_size
 
-DURATION_FORM = "a duration like 30s, 500ms or '2 minutes'"
-SIZE_FORM = "a size like 256MB or 1GiB"
-
-
-class LimitError(ValueError):
-    """A limit or config value that does not parse; the message names the option and the accepted form."""
-
-
-def parse_duration(value: Any, option: str, *, minimum: float = 0.0) -> float:
-    """Seconds from "30s", "500ms", "2 minutes" or a plain number of seconds."""
-    try:
-        if isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
-            raise TypeError
-        seconds = parse_timedelta(value, default="seconds")
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError):
-        raise LimitError(f"{option}: expected {DURATION_FORM}, got {value!r}") from None
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0 or seconds < minimum:
-        floor = f"at least {minimum:g}s" if minimum else "greater than zero"
-        raise LimitError(f"{option}: expected {DURATION_FORM}, {floor}; got {value!r}")
-    return float(seconds)
-
-
-def parse_size(value: Any, option: str, *, minimum: int = 1) -> int:
-    """Bytes from "256MB", "1GiB" or a plain number of bytes."""
-    try:
-        if isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
-            raise TypeError
-        size = int(value) if isinstance(value, int | float) else parse_bytes(value)
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError):
-        raise LimitError(f"{option}: expected {SIZE_FORM}, got {value!r}") from None
-    if size < minimum:
-        raise LimitError(f"{option}: expected {SIZE_FORM}, at least {format_size(minimum)}; got {value!r}")
-    return size
-
-
-def parse_count(value: Any, option: str, *, minimum: int, allow_none: bool = False) -> int | None:
-    """A whole number of at least `minimum`; None (or "none", "unlimited") where allowed."""
-    if allow_none and (value is None or (isinstance(value, str) and value.lower() in ("none", "unlimited"))):
-        return None
-    try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-        number = int(value)
-    except (TypeError, ValueError):
-        extra = " or 'unlimited'" if allow_none else ""
-        raise LimitError(f"{option}: expected a whole number{extra}, got {value!r}") from None
-    if number < minimum:
-        raise LimitError(f"{option}: expected a whole number of at least {minimum}, got {value!r}")
-    return number
-
-
-def format_size(size: int) -> str:
-    """256MB stays 256MB and 1GiB stays 1GiB: the unit the value was most likely written in."""
-    for unit, factor in (("GiB", 2**30), ("GB", 10**9), ("MiB", 2**20), ("MB", 10**6), ("KiB", 2**10)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return format_bytes(size)
-
-
-# Smallest memory limit: below this the sandbox interpreter itself does not fit.
 MIN_MEMORY = 64 * 2**20
 
 
@@ -85,6 +24,7 @@ class Limits:
     @classmethod
     def resolve(
         cls,
+        defaults: Limits,
         *,
         timeout: Any = None,
         memory: Any = None,
@@ -93,10 +33,7 @@ class Limits:
         zones: Any = None,
         option_prefix: str = "",
     ) -> Limits:
-        """Limits from user values, falling back to `faas.defaults.*` for those left as None."""
-        from jupyter_faas import _config
-
-        defaults = _config.function_defaults()
+        """Limits from user values, falling back to `defaults` (`faas.defaults.*`) for those left as None."""
         p = option_prefix
         return cls(
             timeout=defaults.timeout if timeout is None else parse_duration(timeout, f"{p}timeout"),

@@ -23,17 +23,16 @@ from typing import Any
 
 import cloudpickle
 
-from jupyter_faas._code import with_filename
-from jupyter_faas._limits import Limits
+from jupyter_faas import config as _config
+from jupyter_faas.definition.limits import Limits
+from jupyter_faas.errors import DefinitionError
+from jupyter_faas.units import format_size
+from jupyter_faas.worker.code import with_filename
 
 # Module name given to cell-defined code, so that cloudpickle always ships it by value.
 CELL_MODULE = "__faas__"
 
 _IMMUTABLE_ATOMS = (int, float, complex, str, bytes, bool, type(None), range, types.ModuleType)
-
-
-class DefinitionError(ValueError):
-    """A cell or def that cannot become a function; the message says what to write instead."""
 
 
 @dataclass(frozen=True)
@@ -222,8 +221,6 @@ def local_modules(values: Iterable[Any]) -> list[types.ModuleType]:
 
 
 def _serialize(name: str, function: types.FunctionType, captured: Mapping[str, Any]) -> bytes:
-    from jupyter_faas import _config
-
     limit = _config.capture_max_bytes()
     # Local modules travel by value, so a worker without the file can run the function.
     shipped = [
@@ -274,8 +271,6 @@ def _pickled_size(value: Any) -> int | None:
 
 
 def _too_big(name: str, captured: Mapping[str, Any], limit: int) -> DefinitionError:
-    from jupyter_faas._limits import format_size
-
     sizes = sorted(
         ((size, key) for key, value in captured.items() if (size := _pickled_size(value)) is not None),
         reverse=True,

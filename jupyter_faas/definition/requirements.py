@@ -11,8 +11,9 @@ from importlib import metadata
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from jupyter_faas import _config
-from jupyter_faas._definition import DefinitionError, FunctionDefinition
+from jupyter_faas import config as _config
+from jupyter_faas.definition.model import FunctionDefinition
+from jupyter_faas.errors import DefinitionError
 
 
 def parse(requirements: Iterable[str]) -> tuple[str, ...]:
@@ -27,7 +28,7 @@ def parse(requirements: Iterable[str]) -> tuple[str, ...]:
 
 def shares_this_environment() -> bool:
     """The embedded cluster, or the one of the Jupyter server that started this kernel: same Python, same packages."""
-    from jupyter_faas._cluster import OWNER_SCHEDULER_ENV
+    from jupyter_faas.dispatch.cluster import OWNER_SCHEDULER_ENV
 
     if os.environ.get(OWNER_SCHEDULER_ENV) and _config.share_server():
         return True

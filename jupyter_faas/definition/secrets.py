@@ -7,14 +7,10 @@ import os
 import re
 from collections.abc import Iterable
 
-from jupyter_faas._definition import DefinitionError, FunctionDefinition
-from jupyter_faas._errors import FaasError
+from jupyter_faas.definition.model import FunctionDefinition
+from jupyter_faas.errors import DefinitionError, MissingSecret
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class MissingSecret(FaasError):
-    """A function declares a secret that the environment of the process running its platform does not have."""
 
 
 def parse_names(names: Iterable[str]) -> tuple[str, ...]:

@@ -14,9 +14,10 @@ from typing import Any, Protocol
 import dask.config
 from distributed import Adaptive, Client, LocalCluster, Nanny
 
-from jupyter_faas import _config, _versions
-from jupyter_faas._errors import FaasError
-from jupyter_faas._invoker import SandboxPlugin
+from jupyter_faas import config as _config
+from jupyter_faas.dispatch import versions as _versions
+from jupyter_faas.errors import FaasError
+from jupyter_faas.worker.plugin import SandboxPlugin
 
 # Set by the server extension for the kernels its server starts: its scheduler, and its maximum.
 OWNER_SCHEDULER_ENV = "JUPYTER_FAAS_SCHEDULER"
@@ -83,7 +84,7 @@ class ClusterHandle:
         return self.mode == "server"
 
     def lease(self, busy: bool, wanted: int, wait: bool) -> dict[str, Any]:
-        """Tell the owning server's platform about our work (see jupyter_faas._shared)."""
+        """Tell the owning server's platform about our work (see jupyter_faas.dispatch.sharing)."""
         owner = self.plugin_name or ""
 
         async def send() -> Any:
@@ -213,7 +214,7 @@ def _embedded(maximum: int) -> ClusterHandle:
         host="127.0.0.1",
         dashboard_address=_config.dashboard_address(),
         silence_logs=logging.ERROR,
-        preload=["jupyter_faas._embedded_worker"],
+        preload=["jupyter_faas.worker.embedded"],
     )
     client = Client(cluster, set_as_default=False)
     return ClusterHandle("embedded", client, cluster, maximum)

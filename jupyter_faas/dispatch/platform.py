@@ -18,23 +18,26 @@ from typing import Any, Protocol
 
 import cloudpickle
 
-from jupyter_faas import _config, _secrets
-from jupyter_faas._capture import Segments, cut_marker
-from jupyter_faas._cluster import ClusterHandle, connect
-from jupyter_faas._cost import Comparison, compare
-from jupyter_faas._definition import FunctionDefinition
-from jupyter_faas._dispatch import DirectDispatcher, Job, Outcome
-from jupyter_faas._errors import (
+from jupyter_faas import config as _config
+from jupyter_faas.definition import secrets as _secrets
+from jupyter_faas.definition.model import FunctionDefinition
+from jupyter_faas.dispatch.cluster import ClusterHandle, connect
+from jupyter_faas.dispatch.transport import DirectDispatcher, Job, Outcome
+from jupyter_faas.errors import (
     FaasError,
     FaasMemoryError,
     FaasTimeout,
+    LogError,
+    NoCapacity,
     RemoteError,
     WorkerLost,
     present,
 )
-from jupyter_faas._limits import format_size
-from jupyter_faas._log import InvocationLog, LogError
-from jupyter_faas._records import MESSAGE_LIMIT, InvocationRecord, RecordStore
+from jupyter_faas.record.cost import Comparison, compare
+from jupyter_faas.record.log import InvocationLog
+from jupyter_faas.record.records import MESSAGE_LIMIT, InvocationRecord, RecordStore
+from jupyter_faas.units import format_size
+from jupyter_faas.worker.capture import Segments, cut_marker
 
 # Outcomes that count as a failure worth another attempt when retries remain.
 _RETRIED = ("error", "lost")
@@ -127,10 +130,6 @@ class _Lease:
     busy: bool
     wanted: int
     seen: float
-
-
-class NoCapacity(FaasError):
-    """An invocation found no free slot within its queue timeout, and was never sent."""
 
 
 class InvocationFuture(Future):
@@ -604,7 +603,7 @@ class Platform:
         cluster = self._cluster
         if not requirements or cluster is None or cluster.mode not in ("address", "factory"):
             return
-        from jupyter_faas._requirements import plugin_name
+        from jupyter_faas.definition.requirements import plugin_name
 
         name = plugin_name(requirements)
         with self._lock:

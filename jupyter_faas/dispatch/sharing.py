@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jupyter_faas._cluster import OWNER_MAXIMUM_ENV, OWNER_SCHEDULER_ENV
-from jupyter_faas._platform import Platform
+from jupyter_faas.dispatch.cluster import OWNER_MAXIMUM_ENV, OWNER_SCHEDULER_ENV
+from jupyter_faas.dispatch.platform import Platform
 
 # Where a kernel deploys (the server's registry folder) and the server's URL, for the endpoint it prints.
 REGISTRY_ENV = "JUPYTER_FAAS_REGISTRY"

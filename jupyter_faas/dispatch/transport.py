@@ -16,10 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jupyter_faas import _invoker, _wire
+from jupyter_faas.worker import plugin as _invoker
+from jupyter_faas.worker import wire as _wire
 
 if TYPE_CHECKING:
-    from jupyter_faas._cluster import ClusterHandle
+    from jupyter_faas.dispatch.cluster import ClusterHandle
 
 # A worker that sends nothing for this long past an invocation's timeout is taken for lost:
 # its own watchdog would have answered by then.

@@ -6,12 +6,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from jupyter_faas._errors import FaasError
-
-
-class VersionMismatch(FaasError):
-    """The client and the workers differ in a version that breaks unpickling; the message names both."""
-
+from jupyter_faas.errors import VersionMismatch
 
 # What must match for pickles to travel: Python's minor version, cloudpickle's major, and jupyter_faas
 # itself (its wire protocol). dask and distributed warn: Dask itself tolerates small differences.

@@ -11,12 +11,14 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.application import ExtensionApp
 from tornado import web
 
-from jupyter_faas import _config, _deploy, _platform
-from jupyter_faas._endpoints import Endpoints
-from jupyter_faas._handlers import routes
-from jupyter_faas._registry import Registry
-from jupyter_faas._shared import Sharing
-from jupyter_faas._triggers import TriggerStore
+from jupyter_faas import config as _config
+from jupyter_faas.client import deploy as _deploy
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.dispatch.sharing import Sharing
+from jupyter_faas.gateway.handlers import routes
+from jupyter_faas.gateway.service import Endpoints
+from jupyter_faas.gateway.triggers import TriggerStore
+from jupyter_faas.record.registry import Registry
 
 
 class _JupyterBase(APIHandler):
@@ -106,4 +108,4 @@ class FaasExtension(ExtensionApp):
 
 
 def extension_points() -> list[dict[str, Any]]:
-    return [{"module": "jupyter_faas._extension", "app": FaasExtension}]
+    return [{"module": "jupyter_faas.gateway.extension", "app": FaasExtension}]

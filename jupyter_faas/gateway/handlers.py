@@ -9,8 +9,8 @@ from typing import Any
 
 from tornado import web
 
-from jupyter_faas._endpoints import Endpoints, HttpError, Reply
-from jupyter_faas._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from jupyter_faas.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from jupyter_faas.gateway.service import Endpoints, HttpError, Reply
 
 _NAME = r"(?P<name>[^/]+)"
 _ID = r"(?P<ident>[^/]+)"

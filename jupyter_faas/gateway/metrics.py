@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from jupyter_faas._records import InvocationRecord
+from jupyter_faas.record.records import InvocationRecord
 
 if TYPE_CHECKING:
-    from jupyter_faas._platform import Platform
-    from jupyter_faas._registry import Registry
+    from jupyter_faas.dispatch.platform import Platform
+    from jupyter_faas.record.registry import Registry
 
 # Seconds; from a warm call's half millisecond to a minute-long invocation.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -7,8 +7,10 @@ import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from jupyter_faas.definition.signature import annotation_name, takes_bytes
+
 if TYPE_CHECKING:
-    from jupyter_faas._registry import Deployment
+    from jupyter_faas.record.registry import Deployment
 
 _SCHEMAS: dict[str, dict[str, Any]] = {
     "int": {"type": "integer"},
@@ -34,8 +36,6 @@ _ERRORS = {
 
 
 def _schema(annotation: Any) -> dict[str, Any]:
-    from jupyter_faas._endpoints import annotation_name
-
     name = annotation_name(annotation)
     if name == "bytes":
         return {"type": "string", "contentEncoding": "base64"}
@@ -67,8 +67,6 @@ def _request_schemas(deployment: Deployment) -> dict[str, Any]:
     if not any(p.kind == p.VAR_POSITIONAL for p in signature.parameters.values()):
         array["maxItems"] = len(positional)
     content: dict[str, Any] = {"application/json": {"schema": {"oneOf": [keywords, array]}}}
-    from jupyter_faas._endpoints import takes_bytes
-
     if takes_bytes(deployment.definition):
         content["application/octet-stream"] = {
             "schema": {"type": "string", "contentMediaType": "application/octet-stream"}

@@ -18,11 +18,15 @@ from jupyter_core.application import JupyterApp
 from tornado import httpserver, netutil, web
 from traitlets import Bool, Integer, Unicode, default
 
-from jupyter_faas import _config, _deploy, _platform
-from jupyter_faas._endpoints import Endpoints, HttpError
-from jupyter_faas._handlers import NotFound, joined, routes
-from jupyter_faas._registry import Registry
-from jupyter_faas._triggers import TriggerError, TriggerStore
+from jupyter_faas import config as _config
+from jupyter_faas.client import deploy as _deploy
+from jupyter_faas.client.function import FaasFunction
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.errors import TriggerError
+from jupyter_faas.gateway.handlers import NotFound, joined, routes
+from jupyter_faas.gateway.service import Endpoints, HttpError
+from jupyter_faas.gateway.triggers import TriggerStore
+from jupyter_faas.record.registry import Registry
 
 TOKEN_ENV = "JUPYTER_FAAS_TOKEN"
 SKIP_TAG = "faas-skip"
@@ -136,8 +140,6 @@ class ServeApp(JupyterApp):
             namespace = run_notebook(path)
         except NotebookError as e:
             self.exit_with(f"jupyter faas serve: {path.name}: {e}", 1)
-        from jupyter_faas._function import FaasFunction
-
         for value in list(namespace.values()):
             if isinstance(value, FaasFunction):
                 registry.deploy(value._definition)

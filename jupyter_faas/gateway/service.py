@@ -17,17 +17,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from jupyter_faas import _config
-from jupyter_faas._deadletters import DeadLetters
-from jupyter_faas._definition import FunctionDefinition
-from jupyter_faas._errors import FaasMemoryError, FaasTimeout, RemoteError, RemoteTraceback, WorkerLost, type_name
-from jupyter_faas._inflight import InFlight, inflight_path
-from jupyter_faas._metrics import Metrics
-from jupyter_faas._openapi import document
-from jupyter_faas._platform import NoCapacity, Platform, pack_calls
-from jupyter_faas._registry import Deployment, Registry, RegistryError
-from jupyter_faas._secrets import MissingSecret
-from jupyter_faas._triggers import TriggerRunner, TriggerSpec, TriggerStore
+from jupyter_faas import config as _config
+from jupyter_faas.definition.signature import JSON_TYPES as _JSON_TYPES
+from jupyter_faas.definition.signature import annotation_name, takes_bytes
+from jupyter_faas.dispatch.platform import Platform, pack_calls
+from jupyter_faas.errors import (
+    FaasMemoryError,
+    FaasTimeout,
+    MissingSecret,
+    NoCapacity,
+    RegistryError,
+    RemoteError,
+    RemoteTraceback,
+    WorkerLost,
+    type_name,
+)
+from jupyter_faas.gateway.metrics import Metrics
+from jupyter_faas.gateway.openapi import document
+from jupyter_faas.gateway.triggers import TriggerRunner, TriggerSpec, TriggerStore
+from jupyter_faas.record.deadletters import DeadLetters, dead_letters_path
+from jupyter_faas.record.inflight import InFlight, inflight_path
+from jupyter_faas.record.registry import Deployment, Registry
+from jupyter_faas.units import is_json
 
 log = logging.getLogger("jupyter_faas.endpoints")
 
@@ -35,20 +46,6 @@ log = logging.getLogger("jupyter_faas.endpoints")
 MAX_ASYNC_KEPT = 10_000
 # Most records one request for a function's invocations returns.
 MAX_LISTED = 1000
-
-# JSON types a plain annotation asks for; other annotations are not checked at the door.
-_JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,),
-    "float": (int, float),
-    "str": (str,),
-    "bool": (bool,),
-    "list": (list,),
-    "dict": (dict,),
-}
-
-
-def dead_letters_path(state_dir: Path) -> Path:
-    return state_dir / "dead-letters.jsonl"
 
 
 class HttpError(Exception):
@@ -88,27 +85,6 @@ class _Pending:
     future: Future
     call: _Call
     outcome: dict[str, Any] | None = None
-
-
-def annotation_name(annotation: Any) -> str | None:
-    """ "int" for int or 'int'; None for annotations that are not a plain builtin type."""
-    if isinstance(annotation, str):
-        return annotation if annotation in (*_JSON_TYPES, "bytes") else None
-    if isinstance(annotation, type) and annotation.__name__ in (*_JSON_TYPES, "bytes"):
-        return annotation.__name__
-    return None
-
-
-def takes_bytes(definition: FunctionDefinition) -> bool:
-    """Whether the function's first parameter is annotated `bytes`: it gets a file's contents, or a raw body."""
-    parameters = list(definition.signature.parameters.values())
-    return bool(parameters) and annotation_name(parameters[0].annotation) == "bytes"
-
-
-def is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    # No Content-Type at all is read as JSON too: that is what a bare `curl -d` sends to most APIs.
-    return media in ("", "application/json") or media.endswith("+json")
 
 
 def _check_types(call: _Call) -> None:

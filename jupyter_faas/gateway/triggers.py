@@ -18,9 +18,9 @@ from typing import Any
 
 from croniter import croniter
 
-from jupyter_faas._config import open_private, private_dir, write_private
-from jupyter_faas._errors import FaasError
-from jupyter_faas._limits import LimitError, parse_duration
+from jupyter_faas.config import open_private, private_dir, write_private
+from jupyter_faas.errors import LimitError, TriggerError
+from jupyter_faas.units import parse_duration
 
 log = logging.getLogger("jupyter_faas.triggers")
 
@@ -31,10 +31,6 @@ _TICK = 0.2
 _RESCAN = 2.0
 # A dropped file must keep its size and mtime this long before it is taken: its writer may not be done.
 _SETTLE = 0.2
-
-
-class TriggerError(FaasError, ValueError):
-    """A trigger that cannot be set up; the message says what to write instead."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from jupyter_faas._config import Pricing
+from jupyter_faas.config import Pricing
 
 # Billing counts memory in GB of 1024 MB, as AWS Lambda does: 1,024 MB for one second is one GB-second.
 _BYTES_PER_GB = 2**30

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from jupyter_faas._config import append_private, open_private, private_dir
+from jupyter_faas.config import append_private, open_private, private_dir
+from jupyter_faas.units import is_json
 
 # The list is bounded: past this many letters, the oldest go first.
 MAX_DEAD_LETTERS = 10_000
@@ -156,9 +157,11 @@ class DeadLetters:
             warnings.warn(f"jupyter_faas: could not update {self.path}: {e}", stacklevel=3)
 
 
-def _readable(letter: dict[str, Any]) -> Any:
-    from jupyter_faas._endpoints import is_json
+def dead_letters_path(state_dir: Path) -> Path:
+    return state_dir / "dead-letters.jsonl"
 
+
+def _readable(letter: dict[str, Any]) -> Any:
     body = base64.b64decode(letter["body"])
     if is_json(letter["content_type"]):
         try:

@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 
-from jupyter_faas._config import open_private, private_dir
+from jupyter_faas.config import open_private, private_dir
 
 
 def inflight_path(state_dir: Path) -> Path:

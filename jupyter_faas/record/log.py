@@ -22,9 +22,9 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from jupyter_faas._config import PRIVATE_FILE_MODE, open_private, private_dir
-from jupyter_faas._errors import FaasError
-from jupyter_faas._records import InvocationRecord
+from jupyter_faas.config import PRIVATE_FILE_MODE, open_private, private_dir
+from jupyter_faas.errors import LogError
+from jupyter_faas.record.records import InvocationRecord
 
 LOG_FILENAME = "invocations.sqlite"
 
@@ -63,10 +63,6 @@ _DATA_ERRORS = (
     ValueError,
     AttributeError,
 )
-
-
-class LogError(FaasError, OSError):
-    """The invocation log cannot be created, read or written; the message names the file."""
 
 
 class _Marker:

@@ -8,8 +8,8 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from jupyter_faas._config import Pricing
-from jupyter_faas._cost import gb_seconds
+from jupyter_faas.config import Pricing
+from jupyter_faas.record.cost import gb_seconds
 
 # Error messages are kept in records up to this length.
 MESSAGE_LIMIT = 500

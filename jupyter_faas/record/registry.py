@@ -13,13 +13,9 @@ from pathlib import Path
 
 import cloudpickle
 
-from jupyter_faas._config import private_dir
-from jupyter_faas._definition import DefinitionError, FunctionDefinition, check_name
-from jupyter_faas._errors import FaasError
-
-
-class RegistryError(FaasError):
-    """The registry folder cannot be read or written; the message names the path."""
+from jupyter_faas.config import private_dir
+from jupyter_faas.definition.model import FunctionDefinition, check_name
+from jupyter_faas.errors import DefinitionError, RegistryError
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from datetime import datetime
 
-from jupyter_faas._capture import Segments
-from jupyter_faas._records import InvocationRecord
+from jupyter_faas.record.records import InvocationRecord
+from jupyter_faas.worker.capture import Segments
 
 # A waiting caller wakes at least this often, to notice Ctrl-C.
 _POLL = 0.05

@@ -10,18 +10,18 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ipywidgets
 from dask.utils import format_bytes
 from IPython.display import display
 
-from jupyter_faas import _platform
+from jupyter_faas.client import deploy as _deploy
+from jupyter_faas.dispatch import platform as _platform
 
 if TYPE_CHECKING:
-    from jupyter_faas._function import FaasFunction
-    from jupyter_faas._platform import MapResults, Platform
+    from jupyter_faas.dispatch.platform import MapResults, Platform
 
 logger = logging.getLogger(__name__)
 
@@ -171,19 +171,19 @@ class _Reading:
         return self._latencies[name]
 
 
-def _header(fn: FaasFunction) -> dict[str, str]:
-    definition = fn._definition
-    return {
-        "name": fn.name,
-        "version": definition.short_version,
-        "signature": definition.describe_signature(),
-        "limits": fn.limits.describe(),
-    }
+class CardSubject(Protocol):
+    """What a function card shows of a function: its header facts, read once; the rest comes from the platform."""
+
+    def card_header(self) -> dict[str, str]:
+        """ "name", "version", "signature" and "limits", as text."""
+        ...
+
+
+def _header(fn: CardSubject) -> dict[str, str]:
+    return fn.card_header()
 
 
 def _function_summary(header: dict[str, str], reading: _Reading) -> dict[str, Any]:
-    from jupyter_faas import _deploy
-
     name = header["name"]
     counts, low, high = latency_histogram(reading.latencies(name))
     triggers = _deploy.function_triggers(name)
@@ -209,12 +209,12 @@ def _last_output(newest: list[Any]) -> dict[str, Any] | None:
     return {"id": newest[-1].id, "lines": lines[-_OUTPUT_LINES:], "hidden": max(0, len(lines) - _OUTPUT_LINES)}
 
 
-def function_summary(fn: FaasFunction) -> dict[str, Any]:
+def function_summary(fn: CardSubject) -> dict[str, Any]:
     """A function's card figures as plain Python: its header, `stats()`, and the latency histogram."""
     return _function_summary(_header(fn), _Reading(_platform.current(start=False)))
 
 
-def function_text(fn: FaasFunction) -> str:
+def function_text(fn: CardSubject) -> str:
     """The card as text, for a terminal."""
     return _card_text(function_summary(fn))
 
@@ -400,7 +400,7 @@ class _LiveView(ipywidgets.VBox):
 class FunctionCard(_LiveView):
     """One function at a glance: its definition, counts, latency, cost, peak memory and last error; kept current."""
 
-    def __init__(self, fn: FaasFunction) -> None:
+    def __init__(self, fn: CardSubject) -> None:
         # The card keeps the function's description, not the function, so it never keeps an old definition alive.
         self._header_facts = _header(fn)
         self.header = ipywidgets.HTML()
@@ -416,8 +416,6 @@ class FunctionCard(_LiveView):
         return self._header_facts["name"]
 
     def _key(self, reading: _Reading) -> Hashable:
-        from jupyter_faas import _deploy
-
         return (reading.platform, reading.platform.revision(self.name), _deploy.triggers_stamp())
 
     def _read(self, reading: _Reading) -> dict[str, Any]:
@@ -447,18 +445,10 @@ class FunctionCard(_LiveView):
 _made_lock = threading.Lock()
 
 
-def card_for(fn: FaasFunction) -> FunctionCard:
-    """The function's card, made once per function object."""
-    with _made_lock:
-        if fn._card is None:
-            fn._card = FunctionCard(fn)
-        return fn._card
-
-
-def function_mimebundle(fn: FaasFunction) -> dict[str, Any]:
-    """The card in a kernel; the card as text elsewhere, without making a widget."""
+def function_mimebundle(fn: CardSubject, card: Callable[[], FunctionCard]) -> dict[str, Any]:
+    """The card in a kernel (`card` makes or returns it); the card as text elsewhere, without making a widget."""
     if use_widgets():
-        return card_for(fn)._repr_mimebundle_()
+        return card()._repr_mimebundle_()
     return {"text/plain": function_text(fn)}
 
 

@@ -155,6 +155,7 @@ def install() -> None:
 
 def cut_marker(dropped: int, limit: int) -> str:
     """The line that ends output cut at the limit."""
-    from jupyter_faas._limits import format_size
+    # Imported here: the sandbox imports this module at start, and units brings dask.utils, which it never needs.
+    from jupyter_faas.units import format_size
 
     return f"[output cut: {dropped:,} more bytes were dropped; faas.log.max-output is {format_size(limit)}]\n"

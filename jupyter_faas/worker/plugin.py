@@ -22,8 +22,8 @@ from typing import Any
 import psutil
 from distributed import WorkerPlugin
 
-from jupyter_faas import _wire
-from jupyter_faas._limits import format_size
+from jupyter_faas.units import format_size
+from jupyter_faas.worker import wire as _wire
 
 # How often a running invocation's memory is sampled; fast calls answer before the first sample.
 _MEMORY_POLL = 0.05
@@ -44,7 +44,7 @@ OnOutput = Callable[[int, list, int], None]
 
 # -I keeps the worker's current directory off the path: the sandbox must import this very jupyter_faas.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from jupyter_faas._runner import main; main()"
+_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from jupyter_faas.worker.sandbox import main; main()"
 
 
 @dataclass(frozen=True, slots=True)

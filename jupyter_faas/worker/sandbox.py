@@ -18,8 +18,8 @@ from multiprocessing.connection import Connection
 
 import cloudpickle
 
-from jupyter_faas import _capture
-from jupyter_faas._code import with_filename
+from jupyter_faas.worker import capture as _capture
+from jupyter_faas.worker.code import with_filename
 
 # Functions kept loaded per sandbox; the oldest are dropped first.
 _CACHE_SIZE = 64
