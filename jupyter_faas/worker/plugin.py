@@ -43,7 +43,8 @@ OnOutput = Callable[[int, list, int], None]
 
 
 # -I keeps the worker's current directory off the path: the sandbox must import this very jupyter_faas.
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The folder that holds jupyter_faas/ (this file is jupyter_faas/worker/plugin.py).
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from jupyter_faas.worker.sandbox import main; main()"
 
 
