@@ -10,7 +10,7 @@ import pytest
 
 import jupyter_faas
 from jupyter_faas import function
-from jupyter_faas._platform import Platform
+from jupyter_faas.dispatch.platform import Platform
 
 
 @function

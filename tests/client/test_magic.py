@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dask
 import pytest
-from conftest import run_ok
 from hypothesis import given
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_faas import FaasFunction
-from jupyter_faas._magic import split_line
+from jupyter_faas.client.magic import split_line
+from tests.helpers import run_ok
 
 
 def usage_error(shell: InteractiveShell, cell: str) -> str:

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jupyter_faas._definition import DefinitionError, cell_filename, from_callable, from_cell
-from jupyter_faas._limits import Limits
+from jupyter_faas.definition.limits import Limits
+from jupyter_faas.definition.model import cell_filename, from_callable, from_cell
+from jupyter_faas.errors import DefinitionError
 
 LIMITS = Limits(timeout=10.0, memory=256 * 10**6, retries=0, concurrency=None)
 

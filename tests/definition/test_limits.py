@@ -5,7 +5,9 @@ from __future__ import annotations
 import dask
 import pytest
 
-from jupyter_faas._limits import LimitError, Limits, format_size, parse_count, parse_duration, parse_size
+from jupyter_faas.definition.limits import Limits
+from jupyter_faas.errors import LimitError
+from jupyter_faas.units import format_size, parse_count, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

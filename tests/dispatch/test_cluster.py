@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
 
-from jupyter_faas import FaasError, _platform, function
-from jupyter_faas._config import ConfigError
-from jupyter_faas._platform import Platform
+from jupyter_faas import FaasError, function
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.dispatch.platform import Platform
+from jupyter_faas.errors import ConfigError
+from tests.helpers import wait_for
 
 
 @function
@@ -125,7 +126,7 @@ def test_two_platforms_share_one_scheduler_without_locking_each_other_out(
     wait_for(lambda: first.workers == 1, 60, "the external worker")
     assert where(2)[0] == 4
     # A second notebook connecting to the same cluster: its own client, plugin and token.
-    from jupyter_faas._platform import Platform as PlatformClass
+    from jupyter_faas.dispatch.platform import Platform as PlatformClass
 
     second = PlatformClass()
     try:
@@ -193,7 +194,7 @@ def test_workers_without_jupyter_faas_are_a_clear_error_at_connect(
 def test_a_call_waiting_for_workers_that_never_start_jupyter_faas_fails_clearly(
     own_platform: Callable[..., Platform], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jupyter_faas import _dispatch
+    from jupyter_faas.dispatch import transport as _dispatch
 
     monkeypatch.setattr(_dispatch, "SETUP_DEADLINE", 2.0)
     scheduler, address = _scheduler(tmp_path)
@@ -215,7 +216,7 @@ def test_a_call_waiting_for_workers_that_never_start_jupyter_faas_fails_clearly(
 
 
 def test_a_workers_zone_comes_from_a_resource_or_its_name() -> None:
-    from jupyter_faas._cluster import zone_of
+    from jupyter_faas.dispatch.cluster import zone_of
 
     assert zone_of({"name": "x", "resources": {"zone-eu1": 1}}) == "eu1"
     assert zone_of({"name": "b/3", "resources": {}}) == "b"

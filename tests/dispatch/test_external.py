@@ -14,12 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import stop_process_group, wait_for
 from distributed import Client
-from test_serve import AUTH, invocations_of, start_serve, write_notebook
 
-from jupyter_faas._function import FaasFunction, function
-from jupyter_faas._platform import Platform
+from jupyter_faas.client.function import FaasFunction, function
+from jupyter_faas.dispatch.platform import Platform
+from tests.helpers import AUTH, invocations_of, start_serve, stop_process_group, wait_for, write_notebook
 
 DASK = str(Path(sys.executable).parent / "dask")
 
@@ -315,8 +314,8 @@ def test_a_local_helpers_module_travels_to_a_worker_that_does_not_have_it(
 ) -> None:
     import importlib
 
-    from jupyter_faas._definition import from_cell
-    from jupyter_faas._limits import Limits
+    from jupyter_faas.definition.limits import Limits
+    from jupyter_faas.definition.model import from_cell
 
     folder = tmp_path / "notebook_folder"
     folder.mkdir()
@@ -342,7 +341,7 @@ def test_installed_packages_and_jupyter_are_never_shipped(tmp_path: Path, monkey
     import IPython
 
     import jupyter_faas
-    from jupyter_faas._definition import local_modules
+    from jupyter_faas.definition.model import local_modules
 
     (tmp_path / "faas_local_pkg").mkdir()
     (tmp_path / "faas_local_pkg" / "__init__.py").write_text("")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import dask
 import pytest
-from conftest import wait_for
 
 from jupyter_faas import FaasError, FaasMemoryError, FaasTimeout, WorkerLost, function
-from jupyter_faas._platform import Platform
+from jupyter_faas.dispatch.platform import Platform
+from tests.helpers import wait_for
 
 
 @function
@@ -255,7 +255,8 @@ def hold(seconds: float) -> float:
 
 
 def test_a_queue_timeout_ends_an_invocation_that_never_got_a_slot_and_it_never_runs(platform: Platform) -> None:
-    from jupyter_faas._platform import NoCapacity, pack_calls
+    from jupyter_faas.dispatch.platform import pack_calls
+    from jupyter_faas.errors import NoCapacity
 
     definition = hold._definition
     busy = platform.invoke(definition, pack_calls("hold", [((2.0,), {})]))
@@ -272,7 +273,7 @@ def test_a_queue_timeout_ends_an_invocation_that_never_got_a_slot_and_it_never_r
 
 
 def test_a_queue_timeout_does_not_apply_once_the_invocation_was_sent(platform: Platform) -> None:
-    from jupyter_faas._platform import pack_calls
+    from jupyter_faas.dispatch.platform import pack_calls
 
     future = platform.invoke(nap._definition, pack_calls("nap", [((1.0,), {})]), queue_timeout=0.3)
     began, ended = future.result(timeout=30)

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from distributed import Client, LocalCluster
 
-from jupyter_faas._versions import VersionMismatch, compare, verify
+from jupyter_faas.dispatch.versions import compare, verify
+from jupyter_faas.errors import VersionMismatch
 
 
 @pytest.fixture(scope="module")

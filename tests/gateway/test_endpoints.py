@@ -10,11 +10,11 @@ from typing import Any
 import dask
 import pytest
 
-from jupyter_faas._definition import from_cell
-from jupyter_faas._endpoints import Endpoints, HttpError
-from jupyter_faas._limits import Limits
-from jupyter_faas._platform import Platform
-from jupyter_faas._registry import Registry
+from jupyter_faas.definition.limits import Limits
+from jupyter_faas.definition.model import from_cell
+from jupyter_faas.dispatch.platform import Platform
+from jupyter_faas.gateway.service import Endpoints, HttpError
+from jupyter_faas.record.registry import Registry
 
 JSON = "application/json"
 

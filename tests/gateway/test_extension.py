@@ -17,11 +17,11 @@ from typing import Any
 import dask
 import httpx
 import pytest
-from conftest import stop_process_group, wait_for
 from tornado.httpclient import HTTPClientError
 
-from jupyter_faas import _platform
-from jupyter_faas._shared import _ENV_KEYS
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.dispatch.sharing import _ENV_KEYS
+from tests.helpers import stop_process_group, wait_for
 
 
 @pytest.fixture
@@ -250,7 +250,7 @@ async def test_the_server_never_retires_workers_under_a_kernels_invocations(
 
 @pytest.fixture
 def fast_pruning(monkeypatch: pytest.MonkeyPatch) -> None:
-    from jupyter_faas import _shared
+    from jupyter_faas.dispatch import sharing as _shared
 
     monkeypatch.setattr(_shared, "PRUNE_INTERVAL", 0.2)
     monkeypatch.setattr(_shared, "PRUNE_GRACE", 0.5)

@@ -4,28 +4,32 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import nbformat
 import pytest
-from conftest import stop_process_group, wait_for
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
-from jupyter_faas._serve import code_cells
+from jupyter_faas.gateway.serve import code_cells
+from tests.helpers import (
+    AUTH,
+    TOKEN,
+    Served,
+    invocations_of,
+    start_serve,
+    stop_process_group,
+    wait_for,
+    wait_for_outcome,
+    write_notebook,
+)
 
-TOKEN = "serve-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 JSON = {**AUTH, "Content-Type": "application/json"}
 
 CELLS = [
@@ -41,76 +45,6 @@ CELLS = [
     # Neither of these runs: one is tagged faas-skip, the other says so on its first line.
     "# faas: skip\nraise RuntimeError('this cell must not run')",
 ]
-
-
-def write_notebook(path: Path, sources: list[str], skip_tagged: str | None = None) -> Path:
-    cells = [nbformat.v4.new_code_cell(source) for source in sources]
-    cells.insert(1, nbformat.v4.new_markdown_cell("Markdown cells are not run."))
-    if skip_tagged is not None:
-        cells.append(nbformat.v4.new_code_cell(skip_tagged, metadata={"tags": ["faas-skip"]}))
-    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
-    return path
-
-
-@dataclass
-class Served:
-    url: str
-    process: subprocess.Popen
-    output: list[str]
-    reader: threading.Thread
-
-    def post(self, name: str, **kwargs: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}faas/functions/{name}", timeout=60, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=60, **kwargs)
-
-
-def _read_lines(stream: Any, lines: queue.Queue, kept: list[str]) -> None:
-    for line in stream:
-        kept.append(line)
-        lines.put(line)
-
-
-def start_serve(
-    notebook: Path,
-    state: Path,
-    *extra: str,
-    env: dict[str, str] | None = None,
-    umask: int = -1,
-    token: str = TOKEN,
-) -> Served:
-    """Start serve on a free port and wait for its announcement; the caller stops it with stop_process_group.
-
-    `umask` is the one serve runs under (-1: this process's own).
-    """
-    environment = {**os.environ, "DASK_FAAS__STATE_DIR": str(state), **(env or {})}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_faas._app", "serve", str(notebook), "--port", "0", "--token", token, *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=environment,
-        start_new_session=True,
-        umask=umask,
-    )
-    lines: queue.Queue = queue.Queue()
-    kept: list[str] = []
-    reader = threading.Thread(target=_read_lines, args=(process.stdout, lines, kept), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.5)
-        except queue.Empty:
-            if process.poll() is not None:
-                break
-            continue
-        found = re.search(r"function\(s\) of .* at (http://\S+/)", line)
-        if found:
-            return Served(found.group(1), process, kept, reader)
-    stop_process_group(process)
-    pytest.fail("jupyter faas serve did not start:\n" + "".join(kept))
 
 
 @pytest.fixture(scope="module")
@@ -277,16 +211,6 @@ def test_504_when_the_function_times_out(served: Served) -> None:
 # -- asynchronous invocations and dead letters ---------------------------------------------------------
 
 
-def wait_for_outcome(served: Served, invocation_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while True:
-        state = served.get(f"faas/api/invocations/{invocation_id}", headers=AUTH).json()
-        if state["status"] not in ("queued", "running"):
-            return state
-        assert time.monotonic() < deadline, state
-        time.sleep(0.05)
-
-
 def test_async_answers_202_with_an_id_then_the_result(served: Served) -> None:
     response = served.post("square", params={"async": "true"}, json={"x": 12}, headers=AUTH)
     assert response.status_code == 202
@@ -398,11 +322,6 @@ def test_metrics_are_prometheus_text_with_counts_errors_latency_and_workers(serv
 # -- starting up, public mode and scale from zero ------------------------------------------------------
 
 
-def invocations_of(server: Served, name: str) -> list[dict[str, Any]]:
-    response = server.get(f"faas/api/functions/{name}/invocations", params={"limit": 1000}, headers=AUTH)
-    return response.json()["invocations"] if response.status_code == 200 else []
-
-
 def triggers_of(server: Served) -> dict[str, dict[str, Any]]:
     return {t["id"]: t for t in server.get("faas/api/triggers", headers=AUTH).json()["triggers"]}
 
@@ -445,7 +364,7 @@ def test_schedules_and_file_drops_fire_in_serve_and_survive_a_restart(tmp_path: 
 def test_a_failing_cell_exits_non_zero_naming_the_cell_and_the_error(tmp_path: Path) -> None:
     notebook = write_notebook(tmp_path / "bad.ipynb", ["x = 1", "1 / 0", "y = 2"])
     result = subprocess.run(
-        [sys.executable, "-m", "jupyter_faas._app", "serve", str(notebook), "--port", "0"],
+        [sys.executable, "-m", "jupyter_faas.cli", "serve", str(notebook), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -462,7 +381,7 @@ def test_a_failing_cell_exits_non_zero_naming_the_cell_and_the_error(tmp_path: P
 )
 def test_bad_command_lines_exit_2_with_a_message(tmp_path: Path, arguments: list[str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "jupyter_faas._app", "serve", *arguments],
+        [sys.executable, "-m", "jupyter_faas.cli", "serve", *arguments],
         capture_output=True,
         text=True,
         timeout=60,

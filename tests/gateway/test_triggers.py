@@ -12,16 +12,18 @@ from typing import Any
 
 import dask
 import pytest
-from conftest import wait_for
 
-from jupyter_faas import _deploy
-from jupyter_faas._definition import from_cell
-from jupyter_faas._endpoints import Endpoints, dead_letters_path
-from jupyter_faas._function import FaasFunction
-from jupyter_faas._limits import Limits
-from jupyter_faas._platform import Platform
-from jupyter_faas._registry import Registry
-from jupyter_faas._triggers import TriggerError, TriggerSpec, TriggerStore, file_spec, next_time, schedule_spec
+from jupyter_faas.client import deploy as _deploy
+from jupyter_faas.client.function import FaasFunction
+from jupyter_faas.definition.limits import Limits
+from jupyter_faas.definition.model import from_cell
+from jupyter_faas.dispatch.platform import Platform
+from jupyter_faas.errors import TriggerError
+from jupyter_faas.gateway.service import Endpoints
+from jupyter_faas.gateway.triggers import TriggerSpec, TriggerStore, file_spec, next_time, schedule_spec
+from jupyter_faas.record.deadletters import dead_letters_path
+from jupyter_faas.record.registry import Registry
+from tests.helpers import wait_for
 
 
 class Owner:
@@ -264,7 +266,7 @@ def test_without_a_server_triggers_say_how_to_get_one(platform: Platform) -> Non
 
 
 def test_the_card_shows_what_fires_the_function(owner: Owner, tmp_path: Path) -> None:
-    from jupyter_faas._widgets import FunctionCard, function_text
+    from jupyter_faas.ui.widgets import FunctionCard, function_text
 
     fn = define("1", "shown")
     assert "runs" not in function_text(fn)

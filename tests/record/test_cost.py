@@ -5,9 +5,9 @@ from __future__ import annotations
 import dask
 import pytest
 
-from jupyter_faas import _config
-from jupyter_faas._config import Pricing
-from jupyter_faas._cost import billed_ms, compare, gb_seconds, invocation_cost
+from jupyter_faas import config as _config
+from jupyter_faas.config import Pricing
+from jupyter_faas.record.cost import billed_ms, compare, gb_seconds, invocation_cost
 
 LAMBDA = Pricing(gb_second=0.0000166667, request=0.0000002, server_hour=0.085)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_faas import _deadletters
-from jupyter_faas._deadletters import DeadLetters
+from jupyter_faas.record import deadletters as _deadletters
+from jupyter_faas.record.deadletters import DeadLetters
 
 ERROR = {"type": "ValueError", "message": "boom"}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_faas._inflight import InFlight
+from jupyter_faas.record.inflight import InFlight
 
 
 def test_an_entry_lives_from_begin_to_end_and_is_private(tmp_path: Path) -> None:
@@ -27,7 +27,7 @@ def test_an_entry_lives_from_begin_to_end_and_is_private(tmp_path: Path) -> None
 
 def test_entries_of_a_process_that_died_are_orphans(tmp_path: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from jupyter_faas._inflight import InFlight; "
+        "import sys; from pathlib import Path; from jupyter_faas.record.inflight import InFlight; "
         "InFlight(Path(sys.argv[1])).begin('cd34-1', 'nap', 'v2', 'text/plain', b'raw \\xff body')"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "in-flight")], check=True)

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 
-from jupyter_faas import _log
-from jupyter_faas._log import LOG_FILENAME, InvocationLog, LogError, read_invocations
-from jupyter_faas._records import InvocationRecord
+from jupyter_faas.errors import LogError
+from jupyter_faas.record import log as _log
+from jupyter_faas.record.log import LOG_FILENAME, InvocationLog, read_invocations
+from jupyter_faas.record.records import InvocationRecord
+from tests.helpers import wait_for
 
 T0 = 1_700_000_000.0
 
@@ -64,8 +65,8 @@ def integrity(path: Path) -> str:
 CHILD = r"""
 import sys, time
 from pathlib import Path
-from jupyter_faas._log import InvocationLog
-from jupyter_faas._records import InvocationRecord
+from jupyter_faas.record.log import InvocationLog
+from jupyter_faas.record.records import InvocationRecord
 
 state_dir, tag, count, mode, interval = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_faas._config import Pricing
-from jupyter_faas._records import InvocationRecord, RecordStore, percentile
+from jupyter_faas.config import Pricing
+from jupyter_faas.record.records import InvocationRecord, RecordStore, percentile
 
 PRICES = Pricing(gb_second=0.0000166667, request=0.0000002, server_hour=0.085)
 
@@ -59,7 +59,7 @@ def with_output(n: int, output: str) -> InvocationRecord:
 
 
 def test_output_is_kept_for_the_newest_records_within_a_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("jupyter_faas._records.OUTPUT_KEPT_BYTES", 25)
+    monkeypatch.setattr("jupyter_faas.record.records.OUTPUT_KEPT_BYTES", 25)
     store = RecordStore(max_records=100)
     for n in range(5):
         store.add(with_output(n, f"out{n}-----\n"))  # 10 characters each

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_faas._definition import FunctionDefinition, from_cell
-from jupyter_faas._limits import Limits
-from jupyter_faas._registry import Registry, RegistryError
+from jupyter_faas.definition.limits import Limits
+from jupyter_faas.definition.model import FunctionDefinition, from_cell
+from jupyter_faas.errors import RegistryError
+from jupyter_faas.record.registry import Registry
 
 
 def define(source: str, name: str = "square") -> FunctionDefinition:

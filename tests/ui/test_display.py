@@ -7,12 +7,13 @@ from pathlib import Path
 
 import dask
 import pytest
-from conftest import outputs, run_cells
 from IPython.utils.capture import capture_output
 
-from jupyter_faas import _platform, function
-from jupyter_faas._log import read_invocations
-from jupyter_faas._platform import MAP_OUTPUT_LINES
+from jupyter_faas import function
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.dispatch.platform import MAP_OUTPUT_LINES
+from jupyter_faas.record.log import read_invocations
+from tests.helpers import outputs, run_cells
 
 
 @function

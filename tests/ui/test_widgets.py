@@ -13,11 +13,14 @@ from typing import Any
 import cloudpickle
 import ipywidgets
 import pytest
-from conftest import run_ok, wait_for
 from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_faas
-from jupyter_faas import _function, _platform, _widgets, function
+from jupyter_faas import function
+from jupyter_faas.client import function as _function
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.ui import widgets as _widgets
+from tests.helpers import run_ok, wait_for
 
 
 def figures(card: _widgets.FunctionCard) -> dict[str, str]:

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from jupyter_faas import _capture
-from jupyter_faas._capture import Captured, CapturingStream, cut_marker
+from jupyter_faas.worker import capture as _capture
+from jupyter_faas.worker.capture import Captured, CapturingStream, cut_marker
 
 
 def test_writes_are_kept_in_order_and_merged_per_stream() -> None:

@@ -12,9 +12,9 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from jupyter_faas._definition import from_cell
-from jupyter_faas._invoker import Batch, Invoker
-from jupyter_faas._limits import Limits
+from jupyter_faas.definition.limits import Limits
+from jupyter_faas.definition.model import from_cell
+from jupyter_faas.worker.plugin import Batch, Invoker
 
 LIMITS = Limits(timeout=10.0, memory=256 * 10**6, retries=0, concurrency=None)
 
