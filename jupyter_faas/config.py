@@ -10,9 +10,8 @@ from typing import Any
 import dask.config
 import yaml
 
-from jupyter_faas.definition.limits import MIN_MEMORY, Limits
 from jupyter_faas.errors import ConfigError, LimitError
-from jupyter_faas.units import parse_count, parse_duration, parse_size
+from jupyter_faas.units import MIN_MEMORY, parse_count, parse_duration, parse_size
 
 _DEFAULTS_FILE = Path(__file__).with_name("faas.yaml")
 with _DEFAULTS_FILE.open() as _f:
@@ -257,9 +256,19 @@ def pricing() -> Pricing:
     )
 
 
-def function_defaults() -> Limits:
+@dataclass(frozen=True)
+class FunctionDefaults:
+    """`faas.defaults.*`: the limits a function gets for those it leaves unset (see `Limits.resolve`)."""
+
+    timeout: float
+    memory: int
+    retries: int
+    concurrency: int | None
+
+
+def function_defaults() -> FunctionDefaults:
     """`faas.defaults.*`, validated; a bad value names its config key."""
-    return Limits(
+    return FunctionDefaults(
         timeout=_checked("faas.defaults.timeout", lambda v: parse_duration(v, "faas.defaults.timeout")),
         memory=_checked("faas.defaults.memory", lambda v: parse_size(v, "faas.defaults.memory", minimum=MIN_MEMORY)),
         retries=_checked("faas.defaults.retries", lambda v: parse_count(v, "faas.defaults.retries", minimum=0)),

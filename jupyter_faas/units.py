@@ -11,6 +11,8 @@ from jupyter_faas.errors import LimitError
 
 DURATION_FORM = "a duration like 30s, 500ms or '2 minutes'"
 SIZE_FORM = "a size like 256MB or 1GiB"
+# Smallest memory limit: below this the sandbox interpreter itself does not fit.
+MIN_MEMORY = 64 * 2**20
 
 
 def parse_duration(value: Any, option: str, *, minimum: float = 0.0) -> float:
@@ -62,9 +64,6 @@ def format_size(size: int) -> str:
         if size >= factor and size % factor == 0:
             return f"{size // factor}{unit}"
     return format_bytes(size)
-
-
-# Smallest memory limit: below this the sandbox interpreter itself does not fit.
 
 
 def is_json(content_type: str) -> bool:

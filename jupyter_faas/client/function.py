@@ -305,14 +305,7 @@ def function(
     Free names are captured by value now, as `%%faas` does for a cell. `secrets` names environment
     variables each call gets from the environment of the process that runs the platform.
     """
-    limits = Limits.resolve(
-        _config.function_defaults(),
-        timeout=timeout,
-        memory=memory,
-        retries=retries,
-        concurrency=concurrency,
-        zones=zones,
-    )
+    limits = Limits.resolve(timeout=timeout, memory=memory, retries=retries, concurrency=concurrency, zones=zones)
 
     def wrap(target: Callable[..., Any]) -> FaasFunction:
         definition = from_callable(target, limits, name)

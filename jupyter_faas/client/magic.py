@@ -142,7 +142,6 @@ class FaasMagics(Magics):
         try:
             name = None if args.name is None else check_name(args.name)
             limits = Limits.resolve(
-                _config.function_defaults(),
                 timeout=_unquote(args.timeout),
                 memory=_unquote(args.memory),
                 retries=_unquote(args.retries),

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jupyter_faas.units import format_size, parse_count, parse_duration, parse_size
-
-MIN_MEMORY = 64 * 2**20
+from jupyter_faas import config as _config
+from jupyter_faas.units import MIN_MEMORY, format_size, parse_count, parse_duration, parse_size
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,6 @@ class Limits:
     @classmethod
     def resolve(
         cls,
-        defaults: Limits,
         *,
         timeout: Any = None,
         memory: Any = None,
@@ -33,7 +31,8 @@ class Limits:
         zones: Any = None,
         option_prefix: str = "",
     ) -> Limits:
-        """Limits from user values, falling back to `defaults` (`faas.defaults.*`) for those left as None."""
+        """Limits from user values, falling back to `faas.defaults.*` for those left as None."""
+        defaults = _config.function_defaults()
         p = option_prefix
         return cls(
             timeout=defaults.timeout if timeout is None else parse_duration(timeout, f"{p}timeout"),
