@@ -28,6 +28,7 @@ def parse(requirements: Iterable[str]) -> tuple[str, ...]:
 
 def shares_this_environment() -> bool:
     """The embedded cluster, or the one of the Jupyter server that started this kernel: same Python, same packages."""
+    # Imported here: a definition does not load distributed (dispatch.cluster does) until it asks this.
     from jupyter_faas.dispatch.cluster import OWNER_SCHEDULER_ENV
 
     if os.environ.get(OWNER_SCHEDULER_ENV) and _config.share_server():
