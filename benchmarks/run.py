@@ -137,7 +137,7 @@ def describe_child(cmdline: str) -> str:
     for marker, label in (
         ("forkserver", "forkserver"),
         ("resource_tracker", "resource tracker"),
-        ("jupyter_faas._runner", "sandbox"),
+        ("jupyter_faas.worker.sandbox", "sandbox"),
         ("spawn_main", "worker"),
     ):
         if marker in cmdline:

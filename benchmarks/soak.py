@@ -104,7 +104,7 @@ def write_notebook(folder: Path, inbox: Path) -> Path:
 def start_serve(notebook: Path, state: Path, token: str) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "DASK_FAAS__STATE_DIR": str(state), "JUPYTER_FAAS_TOKEN": token}
     process = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_faas._app", "serve", str(notebook), "--port", "0"],
+        [sys.executable, "-m", "jupyter_faas.cli", "serve", str(notebook), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -138,7 +138,7 @@ def stop(process: subprocess.Popen) -> None:
 
 def run(seconds: float, sample_every: float) -> dict[str, Any]:
     import jupyter_faas
-    from jupyter_faas import _function
+    from jupyter_faas.client import function as _function
 
     _function.PROGRESS_AFTER = float("inf")  # a map's progress bar would only clutter the report
 

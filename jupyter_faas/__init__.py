@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 from jupyter_faas._version import __version__ as __version__  # the one place it is written
 
 if TYPE_CHECKING:
-    from jupyter_faas._errors import FaasError, FaasMemoryError, FaasTimeout, RemoteError, WorkerLost
-    from jupyter_faas._function import FaasFunction, function
-    from jupyter_faas._platform import Platform
-    from jupyter_faas._records import InvocationRecord
-    from jupyter_faas._widgets import dashboard
+    from jupyter_faas.client.function import FaasFunction, function
+    from jupyter_faas.dispatch.platform import Platform
+    from jupyter_faas.errors import FaasError, FaasMemoryError, FaasTimeout, RemoteError, WorkerLost
+    from jupyter_faas.record.records import InvocationRecord
+    from jupyter_faas.ui.widgets import dashboard
 
 __all__ = [
     "FaasError",
@@ -31,22 +31,22 @@ __all__ = [
 
 # Public names load on first access, so a worker's sandbox process can import the package cheaply.
 _LAZY = {
-    "FaasError": "jupyter_faas._errors",
-    "FaasMemoryError": "jupyter_faas._errors",
-    "FaasTimeout": "jupyter_faas._errors",
-    "RemoteError": "jupyter_faas._errors",
-    "WorkerLost": "jupyter_faas._errors",
-    "FaasFunction": "jupyter_faas._function",
-    "function": "jupyter_faas._function",
-    "InvocationRecord": "jupyter_faas._records",
-    "invocations": "jupyter_faas._history",
-    "dashboard": "jupyter_faas._widgets",
+    "FaasError": "jupyter_faas.errors",
+    "FaasMemoryError": "jupyter_faas.errors",
+    "FaasTimeout": "jupyter_faas.errors",
+    "RemoteError": "jupyter_faas.errors",
+    "WorkerLost": "jupyter_faas.errors",
+    "FaasFunction": "jupyter_faas.client.function",
+    "function": "jupyter_faas.client.function",
+    "InvocationRecord": "jupyter_faas.record.records",
+    "invocations": "jupyter_faas.client.history",
+    "dashboard": "jupyter_faas.ui.widgets",
 }
 
 
 def triggers() -> list[dict[str, Any]]:
     """The schedules and file triggers set on the platform that owns this one (the server's, or serve's)."""
-    from jupyter_faas import _deploy
+    from jupyter_faas.client import deploy as _deploy
 
     return _deploy.triggers()
 
@@ -64,20 +64,20 @@ def __dir__() -> list[str]:
 
 def platform() -> Platform:
     """The running platform of this process: started on first use, with its elastic cluster."""
-    from jupyter_faas import _platform
+    from jupyter_faas.dispatch import platform as _platform
 
     return _platform.current()
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext jupyter_faas`: registers the %%faas magic."""
-    from jupyter_faas._magic import FaasMagics
+    from jupyter_faas.client.magic import FaasMagics
 
     ipython.register_magics(FaasMagics)
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     """Jupyter server's entry point: the extension that owns the server's platform and endpoints."""
-    from jupyter_faas._extension import extension_points
+    from jupyter_faas.gateway.extension import extension_points
 
     return extension_points()

@@ -10,7 +10,7 @@ from pathlib import Path
 import dask
 import pytest
 
-from jupyter_faas import _config
+from jupyter_faas import config as _config
 
 
 def test_defaults_are_registered_under_faas() -> None:
@@ -23,7 +23,7 @@ def test_defaults_are_registered_under_faas() -> None:
 
 
 def _read_in_fresh_process(expression: str, env: dict[str, str]) -> str:
-    code = f"import jupyter_faas._config as c; print({expression})"
+    code = f"import jupyter_faas.config as c; print({expression})"
     done = subprocess.run(
         [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
     )

@@ -22,10 +22,11 @@ import httpx
 import nbformat
 import psutil
 import pytest
-from conftest import stop_process_group, wait_for
 from jupyter_client.asynchronous import AsyncKernelClient
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+
+from tests.helpers import stop_process_group, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

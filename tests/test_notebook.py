@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import outputs, run_cells
+
+from tests.helpers import outputs, run_cells
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -26,7 +27,7 @@ def test_a_notebook_shows_the_card_the_result_the_dashboard_and_progress(tmp_pat
         "    time.sleep(0.05)\n"
         "square.card.summary['invocations'], '<svg' in square.card.histogram.value",
         "%faas",
-        "from jupyter_faas import _function\n_function.PROGRESS_AFTER = 0.2",
+        "from jupyter_faas.client import function as _function\n_function.PROGRESS_AFTER = 0.2",
         "%%faas nap x --concurrency 2\nimport time\ntime.sleep(0.25)\nx",
         "nap.map(range(6))",
     ]

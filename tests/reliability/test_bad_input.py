@@ -11,9 +11,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import wait_for
 
-from reliability._serving import AUTH, CELLS, TOKEN, Served, error_of, serving
+from tests.helpers import RELIABILITY_AUTH as AUTH
+from tests.helpers import RELIABILITY_CELLS as CELLS
+from tests.helpers import RELIABILITY_TOKEN as TOKEN
+from tests.helpers import StateServed as Served
+from tests.helpers import error_of, serving, wait_for
 
 JSON = {**AUTH, "Content-Type": "application/json"}
 READ_TIMEOUT = 2.0

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import stop_process_group, wait_for
-from test_serve import AUTH, start_serve, write_notebook
+
+from tests.helpers import AUTH, start_serve, stop_process_group, wait_for, write_notebook
 
 BURST = 200
 

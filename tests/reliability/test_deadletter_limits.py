@@ -14,9 +14,11 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from conftest import stop_process_group, wait_for
 
-from reliability._serving import AUTH, Served, error_of, start_serve, write_notebook
+from tests.helpers import RELIABILITY_AUTH as AUTH
+from tests.helpers import StateServed as Served
+from tests.helpers import error_of, stop_process_group, wait_for, write_notebook
+from tests.helpers import start_reliability_serve as start_serve
 
 BOUND = 4 * 2**20
 ENV = {

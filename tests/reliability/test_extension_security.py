@@ -17,10 +17,10 @@ from typing import Any
 import dask
 import pytest
 
-from jupyter_faas import _platform
-from jupyter_faas._definition import from_cell
-from jupyter_faas._limits import Limits
-from jupyter_faas._registry import Registry
+from jupyter_faas.definition.limits import Limits
+from jupyter_faas.definition.model import from_cell
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.record.registry import Registry
 
 ROUTES = [
     ("POST", ("faas", "functions", "square")),

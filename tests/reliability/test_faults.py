@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
 
 from jupyter_faas import WorkerLost, function
-from jupyter_faas._platform import Platform
+from jupyter_faas.dispatch.platform import Platform
+from tests.helpers import wait_for
 
 FULL = os.environ.get("FAAS_RELIABILITY_FULL") == "1"
 # The scale-down churn runs this long: 60 s at full size, 15 s in CI.

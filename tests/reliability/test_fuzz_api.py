@@ -29,7 +29,10 @@ from schemathesis.checks import (
 )
 from schemathesis.core.failures import FailureGroup
 
-from reliability._serving import AUTH, CELLS, Served, serving
+from tests.helpers import RELIABILITY_AUTH as AUTH
+from tests.helpers import RELIABILITY_CELLS as CELLS
+from tests.helpers import StateServed as Served
+from tests.helpers import serving
 
 EXAMPLES = int(os.environ.get("FAAS_FUZZ_EXAMPLES", "25"))
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance, response_headers_conformance]

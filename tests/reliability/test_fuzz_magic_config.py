@@ -11,15 +11,16 @@ from typing import Any
 
 import dask
 import pytest
-from conftest import faas_shell
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from jupyter_faas import _config, _deploy
-from jupyter_faas._registry import Registry
-from jupyter_faas._triggers import TriggerStore
+from jupyter_faas import config as _config
+from jupyter_faas.client import deploy as _deploy
+from jupyter_faas.gateway.triggers import TriggerStore
+from jupyter_faas.record.registry import Registry
+from tests.helpers import faas_shell
 
 # Examples per test; FAAS_FUZZ_LOCAL_EXAMPLES=20000 is the full run.
 EXAMPLES = int(os.environ.get("FAAS_FUZZ_LOCAL_EXAMPLES", "500"))

@@ -14,9 +14,12 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import stop_process_group, wait_for
 
-from reliability._serving import AUTH, CELLS, Served, error_of, start_serve, write_notebook
+from tests.helpers import RELIABILITY_AUTH as AUTH
+from tests.helpers import RELIABILITY_CELLS as CELLS
+from tests.helpers import StateServed as Served
+from tests.helpers import error_of, stop_process_group, wait_for, write_notebook
+from tests.helpers import start_reliability_serve as start_serve
 
 # Just under faas.http.max-body (6 MiB), as the attacker of the issue sent: each body would be accepted if whole.
 BODY = 6 * 2**20 - 10

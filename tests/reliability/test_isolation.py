@@ -11,9 +11,10 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from jupyter_faas import FaasMemoryError, FaasTimeout, RemoteError, _platform, function
-from jupyter_faas._limits import LimitError
-from jupyter_faas._platform import Platform
+from jupyter_faas import FaasMemoryError, FaasTimeout, RemoteError, function
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.dispatch.platform import Platform
+from jupyter_faas.errors import LimitError
 
 
 @pytest.fixture(scope="module")

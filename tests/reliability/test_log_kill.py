@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_faas._log import LOG_FILENAME, read_invocations
+from jupyter_faas.record.log import LOG_FILENAME, read_invocations
 
 KILLS = int(os.environ.get("FAAS_LOG_KILLS", "20"))
 # The log commits a batch every second; a batch under way when the kill lands is lost with it, so a
@@ -25,8 +25,8 @@ LOSS_BOUND_S = 2.0
 WRITER = textwrap.dedent(
     """
     import sys, time
-    from jupyter_faas._log import InvocationLog
-    from jupyter_faas._records import InvocationRecord
+    from jupyter_faas.record.log import InvocationLog
+    from jupyter_faas.record.records import InvocationRecord
 
     log = InvocationLog(sys.argv[1], max_records=10**7)
     start = int(sys.argv[2])

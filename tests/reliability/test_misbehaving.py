@@ -7,12 +7,12 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import run_ok, wait_for
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_faas import FaasMemoryError, FaasTimeout, RemoteError, function
-from jupyter_faas._platform import Platform
+from jupyter_faas.dispatch.platform import Platform
+from tests.helpers import run_ok, wait_for
 
 
 @function(name="bystander")

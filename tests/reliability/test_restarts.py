@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import stop_process_group, wait_for
-from test_serve import AUTH, Served, start_serve, write_notebook
 
-from jupyter_faas._log import read_invocations
+from jupyter_faas.record.log import read_invocations
+from tests.helpers import AUTH, Served, start_serve, stop_process_group, wait_for, write_notebook
 
 CELLS = [
     "%%faas square x:int\nx * x",

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import run_ok, stop_process_group
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
-from test_serve import AUTH, Served, start_serve, wait_for_outcome, write_notebook
 
 from jupyter_faas import RemoteError, function
-from jupyter_faas._registry import Registry
-from jupyter_faas._secrets import MissingSecret
+from jupyter_faas.errors import MissingSecret
+from jupyter_faas.record.registry import Registry
+from tests.helpers import AUTH, Served, run_ok, start_serve, stop_process_group, wait_for_outcome, write_notebook
 
 PLANTED = "planted-secret-7f3a9c51e2"
 LEAKY = (

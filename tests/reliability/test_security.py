@@ -15,10 +15,14 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from conftest import stop_process_group, wait_for
 
-from jupyter_faas import _serve
-from reliability._serving import AUTH, CELLS, TOKEN, Served, error_of, start_serve, write_notebook
+from jupyter_faas.gateway import serve as _serve
+from tests.helpers import RELIABILITY_AUTH as AUTH
+from tests.helpers import RELIABILITY_CELLS as CELLS
+from tests.helpers import RELIABILITY_TOKEN as TOKEN
+from tests.helpers import StateServed as Served
+from tests.helpers import error_of, stop_process_group, wait_for, write_notebook
+from tests.helpers import start_reliability_serve as start_serve
 
 # Every route, with a path that reaches its handler; none of them may answer without the token but health.
 API_ROUTES = [

@@ -1,0 +1,1 @@
+"""What the notebook holds: the function object, the magic, deployment and history."""

@@ -1,0 +1,323 @@
+"""The function object users call, and the `function` decorator that makes one from a def."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, overload
+
+from jupyter_faas import config as _config
+from jupyter_faas.client import deploy as _deploy
+from jupyter_faas.definition.limits import Limits
+from jupyter_faas.definition.model import FunctionDefinition, from_callable
+from jupyter_faas.definition.requirements import with_requirements
+from jupyter_faas.definition.secrets import with_secrets
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.errors import LogError, type_name
+from jupyter_faas.gateway import triggers as _triggers
+from jupyter_faas.record.deadletters import DeadLetters, dead_letters_path
+from jupyter_faas.record.log import read_invocations
+from jupyter_faas.record.records import InvocationRecord
+from jupyter_faas.ui.output import CallOutput, logs_text, show_map_output
+
+if TYPE_CHECKING:
+    from jupyter_faas.ui.widgets import FunctionCard
+
+# Makes each function's card once, also when two threads ask at the same time.
+_card_made = threading.Lock()
+
+# A map still running after this many seconds shows its progress; faster ones show nothing at all.
+PROGRESS_AFTER = 2.0
+
+
+class FaasFunction:
+    """A stateless function that runs on the platform's workers.
+
+    Call it like the function it wraps; `submit` returns a future, `map` runs many calls,
+    and `local` runs it here, for debugging, with the same stateless semantics.
+    """
+
+    def __init__(self, definition: FunctionDefinition) -> None:
+        self._definition = definition
+        self.__name__ = definition.name
+        self.__doc__ = definition.load().__doc__
+        self.__signature__ = definition.signature
+        self._card: FunctionCard | None = None
+
+    @property
+    def name(self) -> str:
+        return self._definition.name
+
+    @property
+    def version(self) -> str:
+        """Content hash of the serialized function; a new definition with other code or captures changes it."""
+        return self._definition.version
+
+    @property
+    def signature(self) -> inspect.Signature:
+        return self._definition.signature
+
+    @property
+    def limits(self) -> Limits:
+        return self._definition.limits
+
+    def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            self._definition.signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{self.name}(): {e}") from None
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future:
+        """Start one invocation; the concurrent.futures.Future ends with its result or error."""
+        self._check_arguments(args, kwargs)
+        blob = _platform.pack_calls(self.name, [(args, kwargs)])
+        return _platform.current().invoke(self._definition, blob)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        self._check_arguments(args, kwargs)
+        blob = _platform.pack_calls(self.name, [(args, kwargs)])
+        output = CallOutput(self.name)
+        future = _platform.current().invoke(self._definition, blob, on_output=output.collect)
+        try:
+            # What the function prints appears here as it runs, as it would for a local call.
+            output.wait(future)
+            return future.result()
+        except BaseException as error:
+            if not future.done():
+                future.cancel()
+                raise
+            # Drop the frames of concurrent.futures, so the traceback is the caller's and the function's.
+            raise error.with_traceback(None) from error.__cause__
+
+    def map(self, iterable: Iterable[Any], *iterables: Iterable[Any], return_exceptions: bool = False) -> list[Any]:
+        """Results in input order; with return_exceptions, a failed item gives its exception in place."""
+        __tracebackhide__ = True
+        calls = [(items, {}) for items in zip(iterable, *iterables, strict=False)]
+        if calls:
+            # Every item has the same number of positional arguments, so one check covers them all.
+            self._check_arguments(calls[0][0], {})
+        began = time.monotonic()
+        results = _platform.current().map(self._definition, calls)
+        try:
+            if not results.wait(PROGRESS_AFTER):
+                # Imported only now: widgets cost nothing to maps that finish within the threshold.
+                from jupyter_faas.ui import widgets as _widgets
+
+                _widgets.wait_with_progress(self.name, results, began)
+        except KeyboardInterrupt:
+            # Invocations not yet started are dropped; those already running finish and are recorded.
+            results.cancelled = True
+            raise
+        if results.with_output:
+            show_map_output(self.name, results.shown, results.with_output, results.output_lines)
+        if return_exceptions:
+            pairs = zip(results.values, results.errors, strict=True)
+            return [value if error is None else error for value, error in pairs]
+        for error in results.errors:
+            if error is not None:
+                raise error.with_traceback(None) from error.__cause__
+        return results.values
+
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        """Run here in the notebook process, on a fresh copy, as a worker would; limits are not enforced."""
+        self._check_arguments(args, kwargs)
+        return self._definition.load()(*args, **kwargs)
+
+    def deploy(self) -> str:
+        """Deploy this version as an HTTP endpoint: POST {base_url}faas/functions/NAME. Returns its URL.
+
+        Deploying again switches the name to the new version; requests under way finish on the old one.
+        """
+        return _deploy.deploy(self._definition)
+
+    def undeploy(self) -> bool:
+        """Remove the endpoint; False if it was not deployed."""
+        return _deploy.undeploy(self.name)
+
+    def schedule(self, every: Any = None, cron: str | None = None) -> dict[str, Any]:
+        """Invoke on a schedule: `every="30s"` or `cron="*/5 * * * *"`, from the server that owns the platform.
+
+        A function without parameters is called with none; otherwise with the scheduled time (a UTC
+        datetime). Ticks missed while the server was down are skipped, not replayed. This deploys the
+        current version, which the schedule fires.
+        """
+        spec = _triggers.schedule_spec(self.name, every=every, cron=cron)
+        _deploy.add_trigger(self._definition, spec)
+        return spec.to_dict()
+
+    def unschedule(self) -> bool:
+        """Stop the schedule; False if there was none."""
+        return _deploy.remove_trigger(self.name, "schedule")
+
+    def on_file(self, directory: Any, pattern: str = "*") -> dict[str, Any]:
+        """Invoke once for every file in `directory` matching `pattern`: those there now, and each new one.
+
+        The function gets the file's path, or its bytes when its first parameter is annotated `bytes`.
+        A file is marked done once its invocation succeeds; a failure goes to the dead letters.
+        """
+        spec = _triggers.file_spec(self.name, directory, pattern)
+        _deploy.add_trigger(self._definition, spec)
+        return spec.to_dict()
+
+    def off_file(self) -> bool:
+        """Stop the file trigger; False if there was none. What was handled stays recorded."""
+        return _deploy.remove_trigger(self.name, "file")
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> str:
+        """Fire and forget: start one invocation and return its id at once.
+
+        Retries follow the function's setting; an invocation that still fails is written to the
+        dead-letter list, which `GET {base_url}faas/api/dead-letters` shows.
+        """
+        self._check_arguments(args, kwargs)
+        blob = _platform.pack_calls(self.name, [(args, kwargs)])
+        future = _platform.current().invoke(self._definition, blob, trigger="queue")
+        future.add_done_callback(lambda done: _dead_letter_if_failed(self._definition, args, kwargs, done))
+        return future.id
+
+    @property
+    def invocations(self) -> list[InvocationRecord]:
+        """Records of this function's invocations, newest last."""
+        return _platform.current(start=False).records(self.name)
+
+    def logs(self, n: int = 20) -> str:
+        """What the newest `n` invocations that wrote anything printed or logged, oldest first, as text.
+
+        Output no longer kept in memory is read back from the durable log.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{self.name}.logs(): n must be a positive whole number, got {n!r}")
+        platform = _platform.current(start=False)
+        records = [record for record in platform.records(self.name) if record.output != ""][-n:]
+        if any(record.output is None for record in records):
+            records = _with_logged_output(self.name, records)
+        return logs_text(self.name, records)
+
+    def stats(self) -> dict[str, Any]:
+        """Invocations, errors, cold starts and end-to-end latency percentiles (ms)."""
+        return _platform.current(start=False).stats(self.name)
+
+    @property
+    def card(self) -> FunctionCard:
+        """A live ipywidgets card of this function's figures: made on first use, kept current as invocations end."""
+        # ipywidgets loads only when a card is asked for: a worker that unpickles a function never pays for it.
+        from jupyter_faas.ui import widgets as _widgets
+
+        with _card_made:
+            if self._card is None:
+                self._card = _widgets.FunctionCard(self)
+            return self._card
+
+    def card_header(self) -> dict[str, str]:
+        """The card's header facts: name, version, signature and limits, as text."""
+        definition = self._definition
+        return {
+            "name": self.name,
+            "version": definition.short_version,
+            "signature": definition.describe_signature(),
+            "limits": self.limits.describe(),
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The card is a widget of this process, with its comm and locks; a copy makes its own when asked.
+        return {**self.__dict__, "_card": None}
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        # The card in a kernel, the same figures as text in a terminal; repr() stays one line.
+        # Imported here for the same reason as in `card`.
+        from jupyter_faas.ui import widgets as _widgets
+
+        return _widgets.function_mimebundle(self, lambda: self.card)
+
+    def __repr__(self) -> str:
+        return (
+            f"<faas function {self._definition.describe_signature()} "
+            f"version {self._definition.short_version}: {self.limits.describe()}>"
+        )
+
+
+def _dead_letter_if_failed(
+    definition: FunctionDefinition, args: tuple[Any, ...], kwargs: dict[str, Any], future: Future
+) -> None:
+    error = future.exception()
+    if error is None:
+        return
+    # In the JSON form an HTTP replay can send: positional arguments as an array, keywords as an object.
+    body = json.dumps(list(args) if not kwargs else {**kwargs}, default=repr).encode()
+    kind = type_name(error)
+    DeadLetters(dead_letters_path(_config.state_dir())).add(
+        future.id,  # type: ignore[attr-defined]
+        definition.name, definition.version, "application/json", body, {"type": kind, "message": str(error)},
+    )  # fmt: skip
+
+
+def _with_logged_output(name: str, records: list[InvocationRecord]) -> list[InvocationRecord]:
+    """The records, with output that memory no longer holds read back from the durable log where it can be."""
+    try:
+        since = min(record.submitted for record in records)
+        logged = {r.id: r.output for r in read_invocations(_config.state_dir(), name, since=since)}
+    except (LogError, _config.ConfigError):
+        return records
+    for record in records:
+        if record.output is None:
+            record.output = logged.get(record.id)
+    return records
+
+
+@overload
+def function(fn: Callable[..., Any], /) -> FaasFunction: ...
+
+
+@overload
+def function(
+    *,
+    name: str | None = None,
+    timeout: Any = None,
+    memory: Any = None,
+    retries: Any = None,
+    concurrency: Any = None,
+    zones: Any = None,
+    isolation: Any = None,
+    requirements: Iterable[str] = (),
+    secrets: Iterable[str] = (),
+) -> Callable[[Callable[..., Any]], FaasFunction]: ...
+
+
+def function(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: Any = None,
+    memory: Any = None,
+    retries: Any = None,
+    concurrency: Any = None,
+    zones: Any = None,
+    isolation: Any = None,
+    requirements: Iterable[str] = (),
+    secrets: Iterable[str] = (),
+) -> FaasFunction | Callable[[Callable[..., Any]], FaasFunction]:
+    """Make a def a serverless function: `@function` or `@function(timeout="5s", memory="128MB")`.
+
+    Free names are captured by value now, as `%%faas` does for a cell. `secrets` names environment
+    variables each call gets from the environment of the process that runs the platform. `isolation="fresh"`
+    runs each call in a new process forked for it.
+    """
+    limits = Limits.resolve(
+        timeout=timeout, memory=memory, retries=retries, concurrency=concurrency, zones=zones, isolation=isolation
+    )
+
+    def wrap(target: Callable[..., Any]) -> FaasFunction:
+        definition = from_callable(target, limits, name)
+        if requirements:
+            definition = with_requirements(definition, requirements)
+        if secrets:
+            definition = with_secrets(definition, secrets)
+        return FaasFunction(definition)
+
+    return wrap if fn is None else wrap(fn)

@@ -1,0 +1,249 @@
+"""The %%faas cell magic and the %faas line magic."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.display import display
+
+from jupyter_faas import config as _config
+from jupyter_faas.client.function import FaasFunction
+from jupyter_faas.definition.limits import Limits
+from jupyter_faas.definition.model import check_name, from_cell
+from jupyter_faas.definition.requirements import with_requirements
+from jupyter_faas.definition.secrets import with_secrets
+from jupyter_faas.definition.signature import annotation_name
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.errors import DefinitionError, FaasError, LimitError
+from jupyter_faas.ui import widgets as _widgets
+
+_OPENERS = {"(": ")", "[": "]", "{": "}"}
+_LINE_COMMANDS = ("config", "status", "shutdown")
+
+
+def split_line(line: str) -> list[str]:
+    """Split on spaces outside quotes and brackets, keeping each token's text as written.
+
+    `greeting="hello world"` and `xs=[1, 2]` stay one token each, quotes and all,
+    so parameter defaults reach the Python parser unchanged.
+    """
+    tokens: list[str] = []
+    current: list[str] = []
+    closers: list[str] = []
+    quote: str | None = None
+    escaped = False
+    for char in line:
+        if quote is not None:
+            current.append(char)
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = None
+            continue
+        if char.isspace() and not closers:
+            if current:
+                tokens.append("".join(current))
+                current = []
+            continue
+        current.append(char)
+        if char in "'\"":
+            quote = char
+        elif char in _OPENERS:
+            closers.append(_OPENERS[char])
+        elif closers and char == closers[-1]:
+            closers.pop()
+    if quote is not None:
+        raise UsageError(f"%%faas: unterminated {quote} quote in {line.strip()!r}")
+    if closers:
+        raise UsageError(f"%%faas: unclosed bracket in {line.strip()!r}; expected {closers[-1]!r}")
+    if current:
+        tokens.append("".join(current))
+    return tokens
+
+
+def _unquote(value: str | None) -> str | None:
+    if value and value[0] in "'\"":
+        try:
+            return str(ast.literal_eval(value))
+        except (ValueError, SyntaxError):
+            raise UsageError(f"%%faas: cannot read the quoted value {value}") from None
+    return value
+
+
+@magics_class
+class FaasMagics(Magics):
+    """`%%faas` makes a cell a stateless function on the platform; `%faas` shows and configures it."""
+
+    @magic_arguments()
+    @argument(
+        "name",
+        nargs="?",
+        help="The function's name. With parameters (or a cell that is not a single def), the cell is its body.",
+    )
+    @argument("params", nargs="*", help="Parameters, one per token as in a def: text min_len=1 x:int")
+    @argument("--timeout", help="Hard time limit, e.g. 30s, 500ms, '2 minutes' (default faas.defaults.timeout).")
+    @argument("--memory", help="Memory limit, e.g. 256MB, 1GiB (default faas.defaults.memory).")
+    @argument("--retries", help="Retries on an exception or a lost worker (default faas.defaults.retries).")
+    @argument("--concurrency", help="Most invocations running at once (default: unlimited).")
+    @argument("--zones", help="Spread invocations over this many zones of workers, and keep one warm in each.")
+    @argument(
+        "--isolation",
+        help="warm: reuse a sandbox, restored after each call; fresh: a new process forked for each call "
+        "(default faas.defaults.isolation).",
+    )
+    @argument(
+        "--requirements",
+        nargs="+",
+        metavar="REQ",
+        help='Packages the function needs, e.g. "pillow>=10" numpy: checked here, installed on other clusters.',
+    )
+    @argument(
+        "--secret",
+        action="append",
+        dest="secrets",
+        metavar="NAME",
+        help="Pass environment variable NAME from the platform's environment to each call (repeatable).",
+    )
+    @argument(
+        "--http",
+        action="store_true",
+        help="Also deploy it as an HTTP endpoint of this notebook's Jupyter server (or of `jupyter faas serve`).",
+    )
+    @argument("--every", help="Invoke it on a schedule, e.g. 30s or '5 minutes'.")
+    @argument("--cron", help="Invoke it on a cron schedule, e.g. '*/5 * * * *'.")
+    @argument("--on-file", dest="on_file", help="Invoke it once for each file dropped in this folder.")
+    @argument("--pattern", help="With --on-file: only the files matching this glob, e.g. '*.png'.")
+    @line_cell_magic
+    def faas(self, line: str, cell: str | None = None) -> Any:
+        """Turn the cell into a stateless function that runs on an elastic Dask cluster.
+
+        Form 1, the cell is the body and its last expression the return value:
+
+            %%faas word_count text min_len=1
+            len([w for w in text.split() if len(w) >= min_len])
+
+        Form 2, the cell defines one function (imports and constants beside it travel with it):
+
+            %%faas --timeout 5s
+            import hashlib
+            def sha(data: bytes) -> str:
+                return hashlib.sha256(data).hexdigest()
+
+        As a line magic: `%faas` shows the platform's dashboard, `%faas status` one line about it,
+        `%faas config [key=value ...]` reads or sets `faas.*` config, `%faas shutdown` stops the cluster.
+        """
+        if cell is None:
+            return self._line(line)
+        tokens = split_line(line)
+        args = self.faas.parser.parse_intermixed_args(tokens)
+        try:
+            name = None if args.name is None else check_name(args.name)
+            limits = Limits.resolve(
+                timeout=_unquote(args.timeout),
+                memory=_unquote(args.memory),
+                retries=_unquote(args.retries),
+                concurrency=_unquote(args.concurrency),
+                zones=_unquote(args.zones),
+                isolation=_unquote(args.isolation),
+                option_prefix="--",
+            )
+            definition = from_cell(
+                cell,
+                self.shell.user_ns,
+                limits,
+                name=name,
+                params=args.params,
+                magic_line=line.strip(),
+            )
+            if args.requirements:
+                definition = with_requirements(definition, [_unquote(r) or "" for r in args.requirements])
+            if args.secrets:
+                definition = with_secrets(definition, [_unquote(n) or "" for n in args.secrets])
+        except (LimitError, DefinitionError) as e:
+            raise UsageError(str(e)) from None
+        function = FaasFunction(definition)
+        self.shell.user_ns[definition.name] = function
+        if args.http:
+            try:
+                url = function.deploy()
+            except FaasError as e:
+                raise UsageError(f"%%faas --http: {e}") from None
+            print(_deployed_message(definition.name, url, definition.signature))
+        if args.pattern is not None and args.on_file is None:
+            raise UsageError("%%faas --pattern goes with --on-file FOLDER")
+        try:
+            if args.every is not None or args.cron is not None:
+                spec = function.schedule(every=_unquote(args.every), cron=_unquote(args.cron))
+                print(f"{definition.name} runs {spec['description']}")
+            if args.on_file is not None:
+                spec = function.on_file(_unquote(args.on_file), _unquote(args.pattern) or "*")
+                print(f"{definition.name} runs for {spec['description']}")
+        except FaasError as e:
+            raise UsageError(f"%%faas: {e}") from None
+        if _widgets.use_widgets():
+            display(function.card)
+            return None
+        print(
+            f"{definition.describe_signature()} is a serverless function ({definition.short_version}): "
+            f"{limits.describe()}"
+        )
+        return None
+
+    def _line(self, line: str) -> Any:
+        words = split_line(line)
+        if not words:
+            _widgets.show_dashboard()
+            return None
+        command = words[0]
+        if command == "status":
+            platform = _platform.current(start=False)
+            print(repr(platform))
+            return None
+        if command == "shutdown":
+            _platform.current(start=False).shutdown()
+            print("jupyter_faas platform shut down; it starts again on the next invocation")
+            return None
+        if command == "config":
+            return self._config(words[1:])
+        raise UsageError(
+            f"%faas: unknown command {command!r}; use one of: {', '.join(_LINE_COMMANDS)} "
+            "(or %%faas as a cell magic to define a function)"
+        )
+
+    def _config(self, assignments: list[str]) -> None:
+        if not assignments:
+            for key, value in _config.current().items():
+                print(f"{key} = {value!r}")
+            return
+        for assignment in assignments:
+            key, equals, raw = assignment.partition("=")
+            if not equals or not key:
+                raise UsageError(f"%faas config: expected key=value, got {assignment!r}")
+            try:
+                value = _config.set_value(key.strip(), raw.strip())
+            except _config.ConfigError as e:
+                raise UsageError(str(e)) from None
+            full_key = key if key.startswith("faas.") else f"faas.{key}"
+            print(f"{full_key} = {value!r}")
+
+
+def _deployed_message(name: str, url: str, signature: inspect.Signature) -> str:
+    samples = {"int": 1, "float": 1.0, "str": "text", "bool": True, "list": [], "dict": {}}
+    example = {
+        p.name: samples.get(annotation_name(p.annotation) or "")
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty
+    }
+    return (
+        f"{name} is deployed at {url}\n"
+        f"  curl -X POST {url} -H 'Authorization: token YOUR_TOKEN' "
+        f"-H 'Content-Type: application/json' -d '{json.dumps(example)}'"
+    )

@@ -1,0 +1,59 @@
+"""Parsing and validation of per-function limits: timeout, memory, retries, concurrency, isolation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from jupyter_faas import config as _config
+from jupyter_faas.units import MIN_MEMORY, format_size, parse_count, parse_duration, parse_isolation, parse_size
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one function may use per invocation, and how it is retried and throttled."""
+
+    timeout: float
+    memory: int
+    retries: int
+    concurrency: int | None
+    # Spread invocations over this many zones of workers, and keep a worker in each while warm.
+    zones: int | None = None
+    isolation: str = "warm"
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        timeout: Any = None,
+        memory: Any = None,
+        retries: Any = None,
+        concurrency: Any = None,
+        zones: Any = None,
+        isolation: Any = None,
+        option_prefix: str = "",
+    ) -> Limits:
+        """Limits from user values, falling back to `faas.defaults.*` for those left as None."""
+        defaults = _config.function_defaults()
+        p = option_prefix
+        return cls(
+            timeout=defaults.timeout if timeout is None else parse_duration(timeout, f"{p}timeout"),
+            memory=defaults.memory if memory is None else parse_size(memory, f"{p}memory", minimum=MIN_MEMORY),
+            retries=defaults.retries if retries is None else parse_count(retries, f"{p}retries", minimum=0),
+            concurrency=(
+                defaults.concurrency
+                if concurrency is None
+                else parse_count(concurrency, f"{p}concurrency", minimum=1, allow_none=True)
+            ),
+            zones=None if zones is None else parse_count(zones, f"{p}zones", minimum=1, allow_none=True),
+            isolation=defaults.isolation if isolation is None else parse_isolation(isolation, f"{p}isolation"),
+        )
+
+    def describe(self) -> str:
+        concurrency = "unlimited" if self.concurrency is None else str(self.concurrency)
+        zones = f", zones {self.zones}" if self.zones and self.zones > 1 else ""
+        zones += ", isolation fresh" if self.isolation == "fresh" else ""
+        return (
+            f"timeout {self.timeout:g}s, memory {format_size(self.memory)}, "
+            f"retries {self.retries}, concurrency {concurrency}{zones}"
+        )

@@ -1,0 +1,367 @@
+"""The transport seam: jobs of invocations go straight to a worker's invocation stream, answers come back.
+
+Dask decides which workers exist (membership, scaling, where they run); this module spreads jobs over
+their free slots and talks to each worker over a direct, token-authenticated stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from jupyter_faas.worker import plugin as _invoker
+from jupyter_faas.worker import wire as _wire
+
+if TYPE_CHECKING:
+    from jupyter_faas.dispatch.cluster import ClusterHandle
+
+# A worker that sends nothing for this long past an invocation's timeout is taken for lost:
+# its own watchdog would have answered by then.
+_SILENCE_GRACE = 30.0
+# A worker that has not started its sandboxes this long after joining never will (jupyter-faas is
+# missing or broken there); calls waiting with no usable worker then fail instead of hanging.
+SETUP_DEADLINE = 60.0
+# How often workers are looked for while jobs wait for a slot, and when nothing waits.
+_DISCOVER_WAITING = 0.01
+_DISCOVER_IDLE = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A worker's answer to one invocation attempt, or the news that no answer will come."""
+
+    status: str  # "ok", "error", "timeout", "memory", "lost", or "setup" (no worker can run it)
+    value: bytes = b""
+    started: float | None = None
+    finished: float | None = None
+    fresh: bool = False
+    peak_memory: int | None = None
+    error: tuple[str, str, str, bytes | None] | None = None
+    worker: str | None = None
+    worker_started: float | None = None
+    # (segments of output not streamed before, bytes dropped), or None when the worker sent none.
+    output: tuple[list[tuple[str, str]], int] | None = None
+
+
+@dataclass(slots=True)
+class Job:
+    """Invocations of one function that share one blob of arguments, run in order in one slot."""
+
+    name: str
+    version: str
+    package: tuple[bytes, str, str, bool]
+    blob: bytes
+    indices: list[int]
+    timeout: float
+    memory: int
+    deliver: Callable[[int, Outcome], None]
+    keep: Callable[[int], bool]
+    # Spread this function's jobs over this many zones (None or 1: no spreading).
+    zones: int | None = None
+    # Bytes of output each invocation keeps; and where output of a running invocation goes.
+    max_output: int = 0
+    stream: Callable[[int, list[tuple[str, str]], int], None] | None = None
+    # The values of the function's secrets, read from this process's environment; sent, never stored.
+    secrets: dict[str, str] | None = None
+    # "warm" or "fresh": how the worker makes the process each call runs in.
+    isolation: str = "warm"
+
+
+def _end(job: Job, outcome: Outcome) -> None:
+    """Every call of the job still unanswered ends with this outcome."""
+    for index in job.indices:
+        job.deliver(index, outcome)
+
+
+def _end_as_lost(job: Job, message: str, worker: str | None = None) -> None:
+    """Lost: the platform retries it or reports it."""
+    _end(job, Outcome("lost", error=("WorkerLost", message, "", None), worker=worker))
+
+
+def _request(job: Job, with_package: bool) -> tuple:
+    package = job.package if with_package else None
+    return (
+        "run", job.name, job.version, package, job.blob, job.indices, job.timeout, job.memory, job.max_output,
+        job.secrets, job.isolation,
+    )  # fmt: skip
+
+
+class _Link:
+    """One worker's invocation stream: where it listens, its slots, and its open connections."""
+
+    def __init__(self, worker: str, endpoint: tuple[str, int], slots: int, token: bytes) -> None:
+        self.worker = worker
+        self.endpoint = endpoint
+        self.slots = slots
+        self.busy = 0
+        self.alive = True
+        self.known: set[str] = set()
+        self.worker_started: float | None = None
+        self.zone: str | None = None
+        self._token = token
+        self._idle: list[socket.socket] = []
+        self._in_use: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def take(self) -> socket.socket:
+        with self._lock:
+            if self._idle:
+                sock = self._idle.pop()
+                self._in_use.add(sock)
+                return sock
+        sock = socket.create_connection(self.endpoint, timeout=10)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _wire.send_token(sock, self._token)
+            _, self.worker_started, _ = _wire.receive(sock)
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        with self._lock:
+            self._in_use.add(sock)
+        return sock
+
+    def give_back(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._in_use.discard(sock)
+            if self.alive:
+                self._idle.append(sock)
+                return
+        sock.close()
+
+    def discard(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._in_use.discard(sock)
+        sock.close()
+
+    def close(self, interrupt: bool = False) -> None:
+        """Close idle connections; with interrupt, also break those in use, so their waits end now."""
+        with self._lock:
+            self.alive = False
+            idle, self._idle = self._idle, []
+            in_use = list(self._in_use) if interrupt else []
+        for sock in idle:
+            sock.close()
+        for sock in in_use:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _NotSent(Exception):
+    """The job never reached the worker, so it can go elsewhere without counting as an attempt."""
+
+
+class DirectDispatcher:
+    """Sends each job to the worker with the most free slots; jobs wait here while none is free."""
+
+    def __init__(self, cluster: ClusterHandle, token: str) -> None:
+        self._cluster = cluster
+        self._token = token.encode()
+        self._links: dict[str, _Link] = {}
+        # Since when calls have waited while workers were there but none could run them.
+        self._unusable_since: float | None = None
+        self._pending: deque[Job] = deque()
+        self._zone_turns: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="faas-dispatch")
+        self._discovery = threading.Thread(target=self._discover, name="faas-discovery", daemon=True)
+        self._discovery.start()
+
+    # -- what the platform calls ---------------------------------------------------------------------
+
+    def send(self, job: Job) -> None:
+        if self._closed:
+            _end_as_lost(job, "the platform was shut down before it ran")
+            return
+        with self._lock:
+            self._pending.append(job)
+            self._assign()
+            waiting = bool(self._pending)
+        if waiting:
+            self._wake.set()
+
+    def capacity(self) -> int:
+        """Slots on the workers known now."""
+        with self._lock:
+            return sum(link.slots for link in self._links.values() if link.alive)
+
+    def forget_workers(self, interrupt: bool = False) -> None:
+        """Drop every link; used after the platform retired all workers, and at shutdown."""
+        with self._lock:
+            links, self._links = list(self._links.values()), {}
+        for link in links:
+            link.close(interrupt)
+
+    def close(self) -> None:
+        """Stop: jobs still waiting for a slot end as lost, and jobs under way end as soon as their streams break."""
+        self._closed = True
+        self._wake.set()
+        with self._lock:
+            waiting, self._pending = list(self._pending), deque()
+        for job in waiting:
+            _end_as_lost(job, "the platform was shut down before it ran")
+        self.forget_workers(interrupt=True)
+        self._pool.shutdown(wait=False)
+
+    # -- placing jobs --------------------------------------------------------------------------------
+
+    def _assign(self) -> None:
+        """Hand waiting jobs to free slots; the caller holds the lock."""
+        while self._pending:
+            free = [link for link in self._links.values() if link.alive and link.busy < link.slots]
+            if not free:
+                return
+            job = self._pending.popleft()
+            if job.zones and job.zones > 1:
+                free = self._in_next_zone(job.name, free)
+            link = max(free, key=lambda candidate: candidate.slots - candidate.busy)
+            link.busy += 1
+            self._pool.submit(self._run, link, job)
+
+    def _in_next_zone(self, name: str, free: list[_Link]) -> list[_Link]:
+        """The free links of the zone whose turn it is for this function: its jobs go round the zones."""
+        zones = sorted({link.zone or "" for link in free})
+        turn = self._zone_turns.get(name, 0)
+        self._zone_turns[name] = turn + 1
+        # Among the zones that have a free slot now: a full zone's turn passes, it never makes a job wait.
+        chosen = zones[turn % len(zones)]
+        return [link for link in free if (link.zone or "") == chosen]
+
+    def _run(self, link: _Link, job: Job) -> None:
+        try:
+            self._exchange(link, job)
+        except _NotSent:
+            self._drop_link(link)
+            if self._closed:
+                _end_as_lost(job, "the platform was shut down before it ran")
+                return
+            with self._lock:
+                self._pending.appendleft(job)
+        except Exception as error:  # a broken stream after the job was sent: its unanswered calls are lost
+            self._drop_link(link)
+            message = f"the worker running it was lost ({link.worker}): {type(error).__name__}: {error}"
+            _end_as_lost(job, message, link.worker)
+        finally:
+            with self._lock:
+                link.busy -= 1
+                self._assign()
+                waiting = bool(self._pending)
+            if waiting:
+                self._wake.set()
+
+    def _exchange(self, link: _Link, job: Job) -> None:
+        job.indices = [index for index in job.indices if job.keep(index)]
+        if not job.indices:
+            return
+        try:
+            sock = link.take()
+            _wire.send(sock, _request(job, with_package=job.version not in link.known))
+        except (OSError, _wire.ConnectionLost) as error:
+            raise _NotSent from error
+        # The worker answers in the order of job.indices, so what is unanswered is always a tail.
+        answered = 0
+        try:
+            sock.settimeout(job.timeout + _SILENCE_GRACE)
+            while True:
+                kind, *rest = _wire.receive(sock)
+                if kind == "missing":
+                    _wire.send(sock, _request(job, with_package=True))
+                    continue
+                if kind == "output":
+                    if job.stream is not None:
+                        job.stream(*rest)
+                    continue
+                link.known.add(job.version)
+                for index, answer in rest[0]:
+                    status, value, started, finished, fresh, peak, error, output = answer
+                    outcome = Outcome(
+                        status, value, started, finished, fresh, peak, error, link.worker, link.worker_started, output
+                    )
+                    job.deliver(index, outcome)
+                    answered += 1
+                if kind == "done":
+                    break
+        except BaseException:
+            job.indices = job.indices[answered:]
+            link.discard(sock)
+            raise
+        sock.settimeout(None)
+        link.give_back(sock)
+
+    def _fail_if_no_worker_can_start(self, unready: list[str]) -> None:
+        """Calls that have waited SETUP_DEADLINE while workers were there but none started its sandboxes
+        end with a clear error. Workers that crash and come back under new addresses do not reset the clock."""
+        now = time.monotonic()
+        with self._lock:
+            if self._links or not self._pending:
+                self._unusable_since = None
+                return
+            if not unready and self._unusable_since is None:
+                return  # no worker yet: a cluster may take minutes to start one, and that is no failure
+            if self._unusable_since is None:
+                self._unusable_since = now
+            if now - self._unusable_since < SETUP_DEADLINE:
+                return
+            self._unusable_since = None
+            stuck = sorted(unready) or ["workers that have since left"]
+            waiting, self._pending = list(self._pending), deque()
+        from jupyter_faas import __version__
+
+        message = (
+            f"no worker started jupyter-faas's sandboxes within {SETUP_DEADLINE:.0f} s of joining "
+            f"({', '.join(stuck)}). Is jupyter-faas installed there? pip install jupyter-faas=={__version__}"
+        )
+        failed = Outcome("setup", error=("FaasError", message, "", None))
+        for job in waiting:
+            _end(job, failed)
+
+    def _drop_link(self, link: _Link) -> None:
+        link.close()
+        with self._lock:
+            if self._links.get(link.worker) is link:
+                del self._links[link.worker]
+
+    # -- finding workers -----------------------------------------------------------------------------
+
+    def _discover(self) -> None:
+        while not self._closed:
+            with self._lock:
+                waiting = bool(self._pending)
+            self._wake.wait(_DISCOVER_WAITING if waiting else _DISCOVER_IDLE)
+            self._wake.clear()
+            if self._closed:
+                return
+            with contextlib.suppress(Exception):  # the cluster may be starting or stopping; look again soon
+                self._refresh()
+
+    def _refresh(self) -> None:
+        info = self._cluster.worker_info()
+        slots = {address: count for address, (count, _) in info.items()}
+        with self._lock:
+            gone = [link for address, link in self._links.items() if address not in slots]
+            new = [address for address in slots if address not in self._links]
+        for link in gone:
+            self._drop_link(link)
+        self._fail_if_no_worker_can_start(new)
+        if not new:
+            return
+        # One call to the scheduler; a worker whose plugin has not published yet is found on a later round.
+        endpoints: dict[str, Any] = self._cluster.client.get_metadata([_invoker.ENDPOINTS_KEY], default={})
+        with self._lock:
+            for address in new:
+                endpoint = endpoints.get(address)
+                if endpoint is not None and address not in self._links:
+                    link = _Link(address, (endpoint[0], int(endpoint[1])), slots[address], self._token)
+                    link.zone = info[address][1]
+                    self._links[address] = link
+            self._assign()

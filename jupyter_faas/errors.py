@@ -1,0 +1,123 @@
+"""Every exception a user can see, and how a remote failure is raised again in the notebook.
+
+Our exception hierarchy:
+
+* FaasError
+  + FaasTimeout (also TimeoutError)
+  + FaasMemoryError (also MemoryError)
+  + WorkerLost
+  + RemoteError
+  + NoCapacity
+  + VersionMismatch
+  + MissingSecret
+  + DefinitionError (also ValueError)
+  + LimitError (also ValueError)
+    - ConfigError
+  + TriggerError (also ValueError)
+  + InputRefused
+  + RegistryError
+  + LogError (also OSError)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+
+class FaasError(Exception):
+    """Base class of jupyter-faas's own errors."""
+
+
+class FaasTimeout(FaasError, TimeoutError):
+    """An invocation ran past its timeout and was stopped."""
+
+
+class FaasMemoryError(FaasError, MemoryError):
+    """An invocation went over its memory limit and was stopped."""
+
+
+class WorkerLost(FaasError):
+    """The worker running an invocation went away before it answered."""
+
+
+class RemoteError(FaasError):
+    """An exception raised in a function whose type could not be rebuilt in the notebook."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+
+
+class NoCapacity(FaasError):
+    """An invocation found no free slot within its queue timeout, and was never sent."""
+
+
+class VersionMismatch(FaasError):
+    """The client and the workers differ in a version that breaks unpickling; the message names both."""
+
+
+class MissingSecret(FaasError):
+    """A function declares a secret that the environment of the process running its platform does not have."""
+
+
+class DefinitionError(FaasError, ValueError):
+    """A cell or def that cannot become a function; the message says what to write instead."""
+
+
+class LimitError(FaasError, ValueError):
+    """A limit or config value that does not parse; the message names the option and the accepted form."""
+
+
+class ConfigError(LimitError):
+    """A `faas.*` config value that is missing, unknown or malformed."""
+
+
+class TriggerError(FaasError, ValueError):
+    """A trigger that cannot be set up; the message says what to write instead."""
+
+
+class InputRefused(FaasError):
+    """A dropped file that is not given to the function: past the call size limit, or not a regular file."""
+
+
+class RegistryError(FaasError):
+    """The registry folder cannot be read or written; the message names the path (never shown to an HTTP caller)."""
+
+
+class LogError(FaasError, OSError):
+    """The invocation log cannot be created, read or written; the message names the file."""
+
+
+def type_name(error: BaseException) -> str:
+    """The name of the error's type as the function raised it, also when it could not be rebuilt here."""
+    return error.type_name if isinstance(error, RemoteError) else type(error).__name__
+
+
+class RemoteTraceback(Exception):
+    """Carries the function's own traceback text, chained as the cause of the re-raised error."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\nThe function's traceback, on the worker:\n\n{self.text}"
+
+
+def present(error: BaseException, function: str, worker: str | None, traceback_text: str) -> BaseException:
+    """Make a remote error read like a local one: the function's own traceback, not the platform's frames.
+
+    Plain Python shows the function's traceback as the chained cause; IPython shows only it,
+    through its `_render_traceback_` protocol.
+    """
+    if traceback_text:
+        error.__cause__ = RemoteTraceback(traceback_text)
+        body = traceback_text.rstrip("\n").splitlines()
+    else:
+        body = [f"{type(error).__qualname__}: {error}"]
+    where = f" on worker {worker}" if worker else ""
+    lines = [f"{function} failed{where}:", *body]
+    with contextlib.suppress(AttributeError, TypeError):
+        error._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
+    return error

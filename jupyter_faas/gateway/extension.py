@@ -1,0 +1,130 @@
+"""The Jupyter server extension: it owns the server's platform, its registry and its endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+from jupyter_server.auth.decorator import allow_unauthenticated
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.utils import origin_matches_pat
+from tornado import web
+
+from jupyter_faas import config as _config
+from jupyter_faas.client import deploy as _deploy
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.dispatch.sharing import Sharing
+from jupyter_faas.gateway.handlers import routes, settings_for
+from jupyter_faas.gateway.service import Endpoints, HttpError
+from jupyter_faas.gateway.triggers import TriggerStore
+from jupyter_faas.record.registry import Registry
+
+
+class _JupyterBase(APIHandler):
+    """The server's own authentication and authorization, on the resource "faas".
+
+    CORS only as the server is configured for it (`allow_origin`, `allow_origin_pat`, or an
+    Access-Control-Allow-Origin in its `headers`): not jupyter_server's default of echoing any Origin
+    to a token-authenticated request, nor allow headers on every preflight.
+
+    The server checks the Host itself. A request from a web page of another origin is refused on every faas
+    route, token or not, unless the server's CORS settings allow that origin.
+    """
+
+    auth_resource = "faas"
+
+    def faas_admit(self) -> None:
+        origin = self.request.headers.get("Origin")
+        # A preflight runs nothing; options() answers it (405 unless CORS is configured).
+        if origin is None or self.allow_origin == "*" or self.request.method == "OPTIONS":
+            return
+        origin = origin.strip().lower()
+        if urlsplit(origin).netloc and urlsplit(origin).netloc == self.request.headers.get("Host", "").lower():
+            return
+        if self.allow_origin and self.allow_origin == origin:
+            return
+        if self.allow_origin_pat and origin_matches_pat(self.allow_origin_pat, origin):
+            return
+        raise HttpError(403, "OriginNotAllowed", "requests from the web pages of other origins are refused")
+
+    def _cors_configured(self) -> bool:
+        return bool(
+            self.allow_origin
+            or self.allow_origin_pat
+            or "Access-Control-Allow-Origin" in self.settings.get("headers", {})
+        )
+
+    def set_cors_headers(self) -> None:
+        if self._cors_configured():
+            super().set_cors_headers()
+
+    @allow_unauthenticated
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        if not self._cors_configured():
+            raise web.HTTPError(405)
+        super().options(*args, **kwargs)
+
+    def faas_guard(self, public: bool = False) -> None:
+        user = self.current_user
+        if not user:
+            raise web.HTTPError(403, "log in, or send Authorization: token YOUR_TOKEN")
+        action = "read" if self.request.method in ("GET", "HEAD") else "write"
+        if not self.authorizer.is_authorized(self, user, action, self.auth_resource):
+            raise web.HTTPError(403, f"not allowed to {action} faas")
+
+
+class FaasExtension(ExtensionApp):
+    """Serverless functions for this Jupyter server: `%%faas NAME --http` in any of its kernels deploys one."""
+
+    name = "jupyter_faas"
+    description = "Serverless functions on an elastic Dask cluster, as HTTP endpoints of this server."
+    load_other_extensions = True
+
+    def initialize_settings(self) -> None:
+        platform = _platform.current(start=False)
+        failure: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                platform.start()
+            except BaseException as e:
+                failure.append(e)
+
+        # Dask's synchronous API must not run on the thread of the server's event loop.
+        starter = threading.Thread(target=start, name="faas-start")
+        starter.start()
+        starter.join()
+        if failure:
+            raise failure[0]
+        state_dir = _config.state_dir()
+        registry = Registry(state_dir / "registry")
+        self._platform = platform
+        url = self.serverapp.connection_url
+        self._endpoints = Endpoints(platform, registry, state_dir, self.serverapp.base_url, url)
+        triggers = TriggerStore(state_dir / "triggers")
+        self._endpoints.start_triggers(triggers)
+        self._sharing = Sharing(platform, state_dir / "registry", url, state_dir)
+        _deploy.serve_here(registry, url, triggers)
+        self.settings.update(settings_for(self._endpoints))
+        self.log.info(
+            "jupyter-faas: %d function(s) deployed, cluster at %s (up to %d workers)",
+            len(registry.deployments()), platform.scheduler_address, platform.maximum,
+        )  # fmt: skip
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(routes(_JupyterBase, "", mark_public=allow_unauthenticated))
+
+    async def stop_extension(self) -> None:
+        sharing = getattr(self, "_sharing", None)
+        if sharing is not None:
+            sharing.close()
+            self._endpoints.close()
+            _deploy.serve_here(None)
+            await asyncio.to_thread(self._platform.shutdown)
+
+
+def extension_points() -> list[dict[str, Any]]:
+    return [{"module": "jupyter_faas.gateway.extension", "app": FaasExtension}]

@@ -1,0 +1,373 @@
+"""The OpenAPI 3.1 document of the deployed functions, with request schemas from their signatures."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from jupyter_faas.definition.signature import annotation_name, takes_bytes
+
+if TYPE_CHECKING:
+    from jupyter_faas.record.registry import Deployment
+
+_SCHEMAS: dict[str, dict[str, Any]] = {
+    "int": {"type": "integer"},
+    "float": {"type": "number"},
+    "str": {"type": "string"},
+    "bool": {"type": "boolean"},
+    "list": {"type": "array"},
+    "dict": {"type": "object"},
+}
+
+_ERRORS = {
+    "400": "The body is not valid JSON.",
+    "401": "No token was given.",
+    "403": "The token is wrong.",
+    "404": "No function of that name is deployed.",
+    "413": "The body is larger than faas.http.max-body.",
+    "431": "The request headers are too large.",
+    "422": "The arguments do not fit the function's signature.",
+    "500": "The function raised, ran out of memory, or returned what JSON cannot carry.",
+    "503": "No free slot within faas.http.queue-timeout.",
+    "504": "The function ran past its timeout.",
+}
+
+
+def _schema(annotation: Any) -> dict[str, Any]:
+    name = annotation_name(annotation)
+    if name == "bytes":
+        return {"type": "string", "contentEncoding": "base64"}
+    return dict(_SCHEMAS.get(name or "", {}))
+
+
+def _request_schemas(deployment: Deployment) -> dict[str, Any]:
+    """Keyword arguments as an object, positional ones as an array; bytes when the first parameter asks."""
+    signature: inspect.Signature = deployment.definition.signature
+    named = [
+        parameter
+        for parameter in signature.parameters.values()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    ]
+    keywords: dict[str, Any] = {
+        "type": "object",
+        "properties": {parameter.name: _schema(parameter.annotation) for parameter in named},
+        "required": [parameter.name for parameter in named if parameter.default is parameter.empty],
+        "additionalProperties": any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()),
+    }
+    positional = [
+        parameter
+        for parameter in signature.parameters.values()
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    array: dict[str, Any] = {"type": "array", "minItems": sum(p.default is p.empty for p in positional)}
+    if positional:  # JSON Schema wants a non-empty prefixItems, or none
+        array["prefixItems"] = [_schema(parameter.annotation) for parameter in positional]
+    if not any(p.kind == p.VAR_POSITIONAL for p in signature.parameters.values()):
+        array["maxItems"] = len(positional)
+    content: dict[str, Any] = {"application/json": {"schema": {"oneOf": [keywords, array]}}}
+    if takes_bytes(deployment.definition):
+        content["application/octet-stream"] = {
+            "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
+        }
+    return content
+
+
+def _responses(deployment: Deployment) -> dict[str, Any]:
+    returns = deployment.definition.signature.return_annotation
+    result = _schema(returns) if returns is not inspect.Signature.empty else {}
+    responses: dict[str, Any] = {
+        "200": {
+            "description": "The function's return value, as JSON; bytes come as application/octet-stream.",
+            "content": {
+                "application/json": {"schema": result},
+                "application/octet-stream": {"schema": {"type": "string"}},
+            },
+        },
+        "202": {
+            "description": "With ?async=true: queued; poll faas/api/invocations/{id}.",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Queued"}}},
+        },
+    }
+    for status, description in _ERRORS.items():
+        responses[status] = _error(description)
+    return responses
+
+
+def _operation(deployment: Deployment) -> dict[str, Any]:
+    definition = deployment.definition
+    doc = inspect.cleandoc(definition.load().__doc__ or "") if definition.payload else ""
+    return {
+        "operationId": f"invoke_{deployment.name}",
+        "summary": f"{definition.describe_signature()} (version {definition.short_version})",
+        "description": doc or f"Invoke {deployment.name}.",
+        "parameters": [
+            {
+                "name": "async",
+                "in": "query",
+                "required": False,
+                "description": "true: answer 202 with an invocation id at once, instead of waiting for the result.",
+                "schema": {"type": "boolean"},
+            }
+        ],
+        "requestBody": {"required": False, "content": _request_schemas(deployment)},
+        "responses": _responses(deployment),
+    }
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _api(
+    summary: str, status: str, schema: dict[str, Any] | None, *errors: str, secured: bool = True
+) -> dict[str, Any]:
+    """One operation of the REST API: its answer, and the errors it may give besides."""
+    answer: dict[str, Any] = {"description": summary}
+    if schema is not None:
+        answer["content"] = {"application/json": {"schema": schema}}
+    responses = {status: answer, "431": _error(_ERRORS["431"])}
+    if secured:
+        responses["401"] = _error(_ERRORS["401"])
+        responses["403"] = _error(_ERRORS["403"])
+    for code in errors:
+        responses[code] = _error(_API_ERRORS[code])
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if not secured:
+        operation["security"] = []
+    return operation
+
+
+_API_ERRORS = {
+    "400": "A query parameter is malformed.",
+    "404": "No such function, invocation or dead letter.",
+    "410": "The async result is no longer kept (past faas.http.async-results-max-bytes); "
+    "the error's invocation_status is its status.",
+    "422": "The dead letter's input no longer fits the function's signature, or cannot be read back.",
+    "500": "The registry cannot be read.",
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _list_of(key: str, item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": [key], "properties": {key: {"type": "array", "items": item}}}
+
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+
+_COMPONENTS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    },
+    "Queued": {
+        "type": "object",
+        "required": ["id"],
+        "properties": {"id": {"type": "string"}, "status": {"type": "string"}},
+    },
+    "Function": {
+        "type": "object",
+        "required": ["name", "version", "signature", "parameters", "limits", "url", "stats"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "deployed_at": {"type": "number"},
+            "signature": {"type": "string"},
+            "parameters": {"type": "array", "items": {"type": "object"}},
+            "limits": {"type": "object"},
+            "url": {"type": "string"},
+            "stats": {"type": "object"},
+            "last_invoked": _NUMBER_OR_NULL,
+        },
+    },
+    "InvocationRecord": {
+        "type": "object",
+        "required": ["id", "function", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "function": {"type": "string"},
+            "status": {"type": "string"},
+            "trigger": {"type": "string"},
+            "latency_ms": _NUMBER_OR_NULL,
+            "output": {"type": ["string", "null"]},
+        },
+    },
+    "Invocation": {
+        "type": "object",
+        "required": ["id", "function", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "function": {"type": "string"},
+            "status": {"enum": ["queued", "running", "ok", "error", "timeout", "memory"]},
+            "result": {},
+            "error": {"type": "object"},
+            "output": {"type": ["string", "null"]},
+            "record": {"type": "object"},
+        },
+    },
+    "Platform": {
+        "type": "object",
+        "required": ["workers", "maximum", "idle_timeout_s", "scale_events", "dashboard_link"],
+        "properties": {
+            "workers": {"type": "integer"},
+            "maximum": {"type": "integer"},
+            "idle_timeout_s": {"type": "number"},
+            "seconds_to_scale_to_zero": _NUMBER_OR_NULL,
+            "scale_events": {"type": "array", "items": {"type": "object"}},
+            "dashboard_link": {"type": "string"},
+        },
+    },
+    "DeadLetter": {
+        "type": "object",
+        "required": ["id", "function", "content_type", "bytes", "error"],
+        "properties": {
+            "id": {"type": "string"},
+            "function": {"type": "string"},
+            "version": {"type": "string"},
+            "failed_at": {"type": "number"},
+            "content_type": {"type": "string"},
+            "bytes": {"type": "integer", "description": "Size of the input kept on disk."},
+            "error": {"type": "object", "description": "Why the invocation failed."},
+            "input": {
+                "description": "In the list: the input if it is JSON of at most 4 KiB, else {bytes}. In one "
+                "letter's GET: the whole input, JSON decoded, or {base64, bytes}."
+            },
+            "source": {"type": "object", "description": "A file event's {trigger: file, path}: replay reads it."},
+            "input_dropped": {"type": "string", "description": "Why the input was not kept (past the bound)."},
+            "damaged": {"type": "string", "description": "Why the input cannot be read back; no replay."},
+        },
+    },
+    "DeadLetterPage": {
+        "type": "object",
+        "required": ["dead_letters", "next", "total", "skipped", "damaged"],
+        "properties": {
+            "dead_letters": {"type": "array", "items": {"$ref": "#/components/schemas/DeadLetter"}},
+            "next": {"type": ["string", "null"], "description": "Pass as ?after= for the next page; null at the end."},
+            "total": {"type": "integer", "description": "Letters in all."},
+            "skipped": {"type": "integer", "description": "Damaged index lines skipped (kept aside on disk)."},
+            "damaged": {"type": "array", "items": {"type": "string"}, "description": "Ids on this page flagged."},
+        },
+    },
+}
+
+
+def document(deployments: Sequence[Deployment], base_url: str, version: str) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for deployment in deployments:
+        paths[f"{base_url}faas/functions/{deployment.name}"] = {"post": _operation(deployment)}
+    api = f"{base_url}faas/api"
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    ident = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    paths[f"{api}/functions"] = {"get": _api("Deployed functions.", "200", _list_of("functions", _ref("Function")))}
+    paths[f"{api}/functions/{{name}}"] = {
+        "parameters": [name],
+        "get": _api("One deployed function.", "200", _ref("Function"), "404", "500"),
+        "delete": _api("Undeploy a function.", "204", None, "404", "500"),
+    }
+    paths[f"{api}/functions/{{name}}/invocations"] = {
+        "parameters": [
+            name,
+            {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "default": 20}},
+        ],
+        "get": _api(
+            "A function's newest invocation records, newest first.",
+            "200",
+            _list_of("invocations", _ref("InvocationRecord")),
+            "400",
+            "404",
+            "500",
+        ),
+    }
+    paths[f"{api}/platform"] = {"get": _api("Workers, maximum, keep-alive and scale events.", "200", _ref("Platform"))}
+    paths[f"{api}/invocations/{{id}}"] = {
+        "parameters": [ident],
+        "get": _api(
+            "An invocation's status, its result or error, and its output.", "200", _ref("Invocation"), "404", "410"
+        ),
+    }
+    page_query = [
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        },
+        {
+            "name": "after",
+            "in": "query",
+            "required": False,
+            "description": "The `next` of the page before; the list goes on from there, oldest first.",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "function",
+            "in": "query",
+            "required": False,
+            "description": "Only this function's letters.",
+            "schema": {"type": "string"},
+        },
+    ]
+    paths[f"{api}/dead-letters"] = {
+        "parameters": page_query,
+        "get": _api(
+            "Invocations that failed after their retries: one page, oldest first, without their inputs.",
+            "200",
+            _ref("DeadLetterPage"),
+            "400",
+        ),
+    }
+    paths[f"{api}/dead-letters/{{id}}"] = {
+        "parameters": [ident],
+        "get": _api("One dead letter with its whole input.", "200", _ref("DeadLetter"), "404"),
+        "delete": _api("Discard it.", "204", None, "404"),
+    }
+    paths[f"{api}/dead-letters/{{id}}/replay"] = {
+        "parameters": [ident],
+        "post": _api(
+            "Run it again, asynchronously; a file event reads its file again, as its trigger does.",
+            "202",
+            _ref("Queued"),
+            "404",
+            "422",
+            "500",
+        ),
+    }
+    paths[f"{api}/triggers"] = {
+        "get": _api("Every schedule and file trigger.", "200", _list_of("triggers", {"type": "object"}))
+    }
+    paths[f"{api}/openapi.json"] = {"get": _api("This document.", "200", {"type": "object"})}
+    paths[f"{api}/health"] = {
+        "get": _api(
+            "Liveness; needs no token.",
+            "200",
+            {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+            secured=False,
+        )
+    }
+    metrics = _api("Prometheus metrics of the invocations and the workers.", "200", None)
+    metrics["responses"]["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    paths[f"{base_url}faas/metrics"] = {"get": metrics}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "jupyter-faas functions", "version": version},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "token": {"type": "apiKey", "in": "header", "name": "Authorization"},
+            },
+            "schemas": copy.deepcopy(_COMPONENTS),
+        },
+        "security": [{"bearer": []}, {"token": []}],
+    }

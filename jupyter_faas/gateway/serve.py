@@ -1,0 +1,411 @@
+"""`jupyter faas serve NOTEBOOK.ipynb`: run a notebook once, then serve its functions over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import nbformat
+import psutil
+from jupyter_core.application import JupyterApp
+from tornado import httpserver, iostream, netutil, web
+from traitlets import Bool, Integer, List, Unicode, default
+
+from jupyter_faas import config as _config
+from jupyter_faas.client import deploy as _deploy
+from jupyter_faas.client.function import FaasFunction
+from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.errors import TriggerError
+from jupyter_faas.gateway.handlers import RETRY_AFTER, NotFound, joined, routes, settings_for
+from jupyter_faas.gateway.service import Endpoints, HttpError
+from jupyter_faas.gateway.triggers import TriggerStore
+from jupyter_faas.record.registry import Registry
+
+TOKEN_ENV = "JUPYTER_FAAS_TOKEN"
+SKIP_TAG = "faas-skip"
+SKIP_LINE = "# faas: skip"
+# Request headers up to this size are read (and get 431 past _handlers.MAX_HEADER_BYTES); more drops the connection.
+MAX_CONNECTION_HEADER_BYTES = 256 * 2**10
+
+
+# How long a connection refused for faas.http.max-connections is drained after its 503, so that closing it
+# with the request still unread does not reset it before the answer is read; and how many drain at once.
+REFUSAL_DRAIN_SECONDS = 1.0
+MAX_DRAINING = 64
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """("name", port) of a Host header or an Origin's netloc, lowercased, IPv6 in brackets; None if malformed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, bracket, rest = value.partition("]")
+        if not bracket:
+            return None
+        name += "]"
+        port_text = rest[1:] if rest.startswith(":") else (None if not rest else "")
+    else:
+        name, colon, port_text = value.partition(":")
+        port_text = port_text if colon else None
+        if ":" in (port_text or ""):
+            return None
+    if port_text is None:
+        return (name, None) if name else None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return None
+    return (name, int(port_text)) if name else None
+
+
+class HostPolicy:
+    """The Hosts (and so the Origins) `serve` answers to: the addresses it listens on, with its port, plus the
+    names of `--allow-host` / `faas.http.allow-hosts` (NAME: any port; NAME:PORT; `*`: any Host at all).
+
+    A browser on any web page can send a request to 127.0.0.1 (a text/plain or form POST needs no CORS
+    preflight), and DNS rebinding makes a foreign name resolve to it: such requests carry a foreign Host or
+    Origin, and are refused.
+    """
+
+    def __init__(self, ip: str, port: int, allowed: tuple[str, ...] = ()) -> None:
+        self.port = port
+        names = {_bracketed(ip)}
+        if ip in ("", "0.0.0.0", "::"):
+            # Listening everywhere: every address of this machine, and its own names.
+            for addresses in psutil.net_if_addrs().values():
+                for address in addresses:
+                    if address.family in (socket.AF_INET, socket.AF_INET6):
+                        names.add(_bracketed(address.address.split("%", 1)[0]))
+            names.update({socket.gethostname().lower(), socket.getfqdn().lower()})
+        if ip in ("", "0.0.0.0", "::", "localhost") or _is_loopback(ip):
+            names.update({"127.0.0.1", "localhost", "[::1]"})
+        self.listening = frozenset(names)
+        self.any_host = "*" in allowed
+        self.any_port: set[str] = set()
+        self.exact: set[tuple[str, int]] = set()
+        for entry in allowed:
+            if entry == "*":
+                continue
+            split = _split_host(entry)
+            if split is None:
+                raise _config.ConfigError(f"faas.http.allow-hosts / --allow-host: {entry!r} is not NAME or NAME:PORT")
+            name, entry_port = split
+            if entry_port is None:
+                self.any_port.add(name)
+            else:
+                self.exact.add((name, entry_port))
+
+    def allows(self, name: str, port: int | None, default_port: int = 80) -> bool:
+        if self.any_host or name in self.any_port:
+            return True
+        port = default_port if port is None else port
+        return (name in self.listening and port == self.port) or (name, port) in self.exact
+
+    def host_allowed(self, host: str | None) -> bool:
+        if host is None:
+            return True  # not a browser: every browser sends a Host
+        split = _split_host(host)
+        return split is not None and self.allows(*split)
+
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        if origin is None:
+            return True  # not a browser's cross-origin request: browsers send Origin with every POST
+        parts = urlsplit(origin.strip().lower())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return False  # "null" (sandboxed frames, file: pages) and the like
+        if host is not None and parts.netloc == host.strip().lower():
+            return True  # same origin; the Host itself was checked
+        split = _split_host(parts.netloc)
+        return split is not None and self.allows(*split, default_port=443 if parts.scheme == "https" else 80)
+
+
+def _bracketed(ip: str) -> str:
+    return f"[{ip.lower()}]" if ":" in ip else ip.lower()
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+class _ServeBase(web.RequestHandler):
+    """A known Host and Origin, then a token in the Authorization header: `Bearer TOKEN` or `token TOKEN`."""
+
+    def faas_admit(self) -> None:
+        policy: HostPolicy = self.settings["faas_hosts"]
+        host = self.request.headers.get("Host")
+        if not policy.host_allowed(host):
+            raise HttpError(
+                403,
+                "HostNotAllowed",
+                f"this server does not answer to the Host {(host or '')[:100]!r}; "
+                "start it with --allow-host NAME (or set faas.http.allow-hosts) to serve that name",
+            )
+        # A preflight runs nothing, and gets 405 without allow headers: serve answers no CORS at all.
+        origin = None if self.request.method == "OPTIONS" else self.request.headers.get("Origin")
+        if not policy.origin_allowed(origin, host):
+            raise HttpError(403, "OriginNotAllowed", "requests from the web pages of other origins are refused")
+
+    def faas_guard(self, public: bool = False) -> None:
+        if public and self.settings["faas_public"]:
+            return
+        scheme, _, given = self.request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() not in ("bearer", "token") or not given.strip():
+            raise HttpError(401, "Unauthorized", "send the token: Authorization: Bearer TOKEN")
+        if not hmac.compare_digest(given.strip().encode(), self.settings["faas_token"].encode()):
+            raise HttpError(403, "Forbidden", "the token is wrong")
+
+
+class NotebookError(Exception):
+    """A cell of the served notebook failed; the message names the cell."""
+
+
+def code_cells(notebook: Any) -> list[tuple[int, str]]:
+    """(cell number from 1, source) of the code cells to run: not tagged faas-skip, not starting `# faas: skip`."""
+    cells = []
+    for number, cell in enumerate(notebook.cells, start=1):
+        if cell.cell_type != "code":
+            continue
+        source = cell.source
+        first_line = source.lstrip().split("\n", 1)[0].strip().lower()
+        if SKIP_TAG in cell.get("metadata", {}).get("tags", []) or first_line.replace(" ", "") == "#faas:skip":
+            continue
+        cells.append((number, source))
+    return cells
+
+
+def run_notebook(path: Path) -> dict[str, Any]:
+    """Run the notebook's code cells once, top to bottom, in a fresh namespace; that namespace."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    try:
+        notebook = nbformat.read(path, as_version=4)
+    except (OSError, ValueError, nbformat.reader.NotJSONError) as e:
+        raise NotebookError(f"cannot read {path}: {e}") from None
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "jupyter_faas")
+    for number, source in code_cells(notebook):
+        result = shell.run_cell(source, store_history=False)
+        if not result.success:
+            error = result.error_in_exec or result.error_before_exec
+            first = source.strip().split("\n", 1)[0][:60]
+            raise NotebookError(f"cell {number} ({first!r}) failed: {type(error).__name__}: {error}")
+    return shell.user_ns
+
+
+class ServeApp(JupyterApp):
+    """Serve every %%faas function of a notebook at POST /faas/functions/NAME, with the REST API beside it."""
+
+    name = "jupyter-faas-serve"
+    description = (
+        "Run a notebook's code cells once, top to bottom, then serve each of its %%faas functions as an "
+        "HTTP endpoint on an elastic Dask cluster that scales to zero."
+    )
+    examples = "jupyter faas serve notebook.ipynb --port 8765 --token s3cret"
+
+    ip = Unicode("127.0.0.1", config=True, help="The address to listen on.")
+    port = Integer(8765, config=True, help="The port to listen on; 0 picks a free one.")
+    token = Unicode(config=True, help=f"The token requests must send (also ${TOKEN_ENV}); one is made if unset.")
+    public = Bool(False, config=True, help="No token for the function endpoints (the REST API still needs it).")
+    allow_host = List(
+        Unicode(),
+        config=True,
+        help="A Host name to answer to besides the listening address (repeatable): NAME, NAME:PORT, or *.",
+    )
+
+    aliases = {
+        "ip": "ServeApp.ip",
+        "port": "ServeApp.port",
+        "token": "ServeApp.token",
+        "allow-host": "ServeApp.allow_host",
+    }
+    flags = {
+        "public": (
+            {"ServeApp": {"public": True}},
+            "Serve the function endpoints without a token (a warning is printed).",
+        ),
+    }
+
+    @default("token")
+    def _token_default(self) -> str:
+        return os.environ.get(TOKEN_ENV, "")
+
+    def start(self) -> None:
+        if len(self.extra_args) != 1:
+            self.exit_with("jupyter faas serve: give exactly one notebook, e.g. jupyter faas serve notebook.ipynb", 2)
+        path = Path(self.extra_args[0]).resolve()
+        if not path.is_file():
+            self.exit_with(f"jupyter faas serve: no notebook at {path}", 2)
+        try:
+            _config.validate_all()
+            allowed = (*_config.http_allow_hosts(), *self.allow_host)
+            HostPolicy(self.ip, self.port, allowed)  # a bad --allow-host fails before anything starts
+            sockets = netutil.bind_sockets(self.port, address=self.ip)
+        except (_config.ConfigError, OSError) as e:
+            self.exit_with(f"jupyter faas serve: {e}", 2)
+        port = sockets[0].getsockname()[1]
+        self._hosts = HostPolicy(self.ip, port, allowed)
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        url = f"http://{host}:{port}/"
+        registry = Registry(None)
+        state = _config.state_dir() / "serve" / f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+        try:
+            triggers = TriggerStore(state / "triggers")
+        except TriggerError as e:
+            self.exit_with(f"jupyter faas serve: {e}", 2)
+        # The notebook is the source of truth: its run sets the triggers again. What files were handled stays.
+        triggers.clear()
+        _deploy.serve_here(registry, url, triggers)
+        os.chdir(path.parent)  # as a kernel does: relative paths in the notebook mean its own folder
+        try:
+            namespace = run_notebook(path)
+        except NotebookError as e:
+            self.exit_with(f"jupyter faas serve: {path.name}: {e}", 1)
+        for value in list(namespace.values()):
+            if isinstance(value, FaasFunction):
+                registry.deploy(value._definition)
+        token = self.token or secrets.token_urlsafe(24)
+        platform = _platform.current()
+        endpoints = Endpoints(platform, registry, state, url=url)
+        endpoints.start_triggers(triggers)
+        self._announce(path, url, token, registry)
+        # What start-up built (the notebook's namespace, parsers, grammars) lives as long as we do: moved out
+        # of the collector's sight, full collections stop walking hundreds of thousands of objects mid-request.
+        gc.collect()
+        gc.freeze()
+        try:
+            asyncio.run(self._serve(sockets, endpoints, token))
+        finally:
+            endpoints.close()
+            platform.shutdown()
+
+    def exit_with(self, message: str, code: int) -> None:
+        print(message, file=sys.stderr, flush=True)
+        self.exit(code)
+
+    def _announce(self, path: Path, url: str, token: str, registry: Registry) -> None:
+        deployments = registry.deployments()
+        print(f"jupyter faas serve: {len(deployments)} function(s) of {path.name} at {url}", flush=True)
+        for deployment in deployments:
+            print(f"  POST {url}faas/functions/{deployment.name}    {deployment.definition.describe_signature()}")
+        print(f"  token: {token}    (send it as: Authorization: Bearer {token})")
+        if self.public:
+            print(
+                "  WARNING: --public: the function endpoints answer anyone who can reach this address, "
+                "without a token. The REST API still needs the token.",
+                file=sys.stderr,
+            )
+        print(f"  API: {url}faas/api/functions, {url}faas/api/openapi.json, {url}faas/metrics", flush=True)
+
+    async def _serve(self, sockets: list[Any], endpoints: Endpoints, token: str) -> None:
+        settings = {
+            **settings_for(endpoints),
+            "faas_token": token,
+            "faas_public": self.public,
+            "faas_hosts": self._hosts,
+        }
+        app = web.Application(routes(_ServeBase, "/"), default_handler_class=joined(NotFound, _ServeBase), **settings)
+        read_timeout = _config.http_read_timeout()
+        server = _BoundedServer(
+            app,
+            max_connections=_config.http_max_connections(),
+            # Bodies over faas.http.max-body get a 413 from the handler; this only bounds what is read at all.
+            max_body_size=max(endpoints.max_body() * 4, 64 * 2**20),
+            # Headers past MAX_HEADER_BYTES get a 431 from the handler; far past it, the connection is dropped.
+            max_header_size=MAX_CONNECTION_HEADER_BYTES,
+            # A client that dribbles its headers or its body (slowloris) is cut off; others are served meanwhile.
+            idle_connection_timeout=read_timeout,
+            body_timeout=read_timeout,
+            xheaders=False,
+        )
+        server.add_sockets(sockets)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        print("jupyter faas serve: stopping", flush=True)
+        server.stop()
+        await server.close_all_connections()
+
+
+def _busy_answer() -> bytes:
+    body = json.dumps(
+        {
+            "error": {
+                "type": "Busy",
+                "message": "the server has as many connections open as it keeps (faas.http.max-connections); "
+                "try again shortly",
+            }
+        }
+    ).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"Retry-After: {RETRY_AFTER}\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        f"X-Request-Id: {uuid.uuid4().hex}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class _BoundedServer(httpserver.HTTPServer):
+    """At most `max_connections` open at once (`faas.http.max-connections`): past it, a connection is answered
+    503 with Retry-After and closed at once, before anything of its request is read."""
+
+    def initialize(self, *args: Any, max_connections: int, **kwargs: Any) -> None:  # type: ignore[override]
+        # HTTPServer is a tornado Configurable: its constructor's arguments go to initialize().
+        super().initialize(*args, **kwargs)
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self._draining = 0
+        self._refusals: set[asyncio.Task] = set()
+
+    def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
+        if self.open_connections >= self.max_connections:
+            task = asyncio.ensure_future(self._refuse(stream))
+            self._refusals.add(task)
+            task.add_done_callback(self._refusals.discard)
+            return
+        self.open_connections += 1
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: object) -> None:
+        self.open_connections -= 1
+        super().on_close(server_conn)
+
+    async def _refuse(self, stream: iostream.IOStream) -> None:
+        with contextlib.suppress(iostream.StreamClosedError, OSError):
+            await stream.write(_busy_answer())
+            if self._draining < MAX_DRAINING:
+                self._draining += 1
+                try:
+                    # Half-close, then read and drop what the client still sends, so that the close does not
+                    # reset the connection (and lose the answer) while its request is unread.
+                    stream.socket.shutdown(socket.SHUT_WR)
+                    deadline = asyncio.get_running_loop().time() + REFUSAL_DRAIN_SECONDS
+                    while True:
+                        remaining = deadline - asyncio.get_running_loop().time()
+                        if remaining <= 0:
+                            break
+                        await asyncio.wait_for(stream.read_bytes(65536, partial=True), remaining)
+                except (asyncio.TimeoutError, iostream.StreamClosedError, OSError):
+                    pass
+                finally:
+                    self._draining -= 1
+        stream.close()

@@ -1,0 +1,1 @@
+"""Records, cost, the durable log, the registry, dead letters and the in-flight journal."""

@@ -1,0 +1,1 @@
+"""Figures, text, HTML, widget views and progress."""
