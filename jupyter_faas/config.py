@@ -207,6 +207,16 @@ def call_max_bytes() -> int:
     return _checked("faas.call.max-bytes", lambda v: parse_size(v, "faas.call.max-bytes", minimum=1))
 
 
+def queue_max_pending() -> int:
+    value = _checked("faas.queue.max-pending", lambda v: parse_count(v, "faas.queue.max-pending", minimum=1))
+    return int(value)
+
+
+def queue_max_pending_per_function() -> int:
+    key = "faas.queue.max-pending-per-function"
+    return int(_checked(key, lambda v: parse_count(v, key, minimum=1)))
+
+
 def deadletters_max_bytes() -> int:
     return _checked("faas.deadletters.max-bytes", lambda v: parse_size(v, "faas.deadletters.max-bytes", minimum=1024))
 
@@ -335,6 +345,8 @@ _VALIDATORS = {
     "faas.log.max-output": log_max_output,
     "faas.capture.max-bytes": capture_max_bytes,
     "faas.call.max-bytes": call_max_bytes,
+    "faas.queue.max-pending": queue_max_pending,
+    "faas.queue.max-pending-per-function": queue_max_pending_per_function,
     "faas.deadletters.max-bytes": deadletters_max_bytes,
     "faas.http.max-body": http_max_body,
     "faas.http.async-results-max-bytes": http_async_results_max_bytes,

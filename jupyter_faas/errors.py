@@ -15,6 +15,9 @@ Our exception hierarchy:
     - ConfigError
   + TriggerError (also ValueError)
   + InputRefused
+  + ArgumentsTooLarge (also ValueError)
+  + QueueFull
+  + ResultTooLarge
   + RegistryError
   + LogError (also OSError)
 """
@@ -79,6 +82,22 @@ class TriggerError(FaasError, ValueError):
 
 class InputRefused(FaasError):
     """A dropped file that is not given to the function: past the call size limit, or not a regular file."""
+
+
+class ArgumentsTooLarge(FaasError, ValueError):
+    """A call's arguments, serialized, are past `faas.call.max-bytes`: refused before anything is sent."""
+
+
+class QueueFull(FaasError):
+    """Too many invocations that nobody waits on are pending: refused, never run; try again after `retry_after` s."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ResultTooLarge(FaasError):
+    """A function's result, serialized, is past `faas.call.max-bytes`: dropped in the sandbox, never sent."""
 
 
 class RegistryError(FaasError):

@@ -250,3 +250,13 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     assert {"type", "message"} <= set(body["error"]), body
     assert "Traceback" not in response.text
     return body["error"]
+
+
+def shared_prefix(first: str, second: str) -> int:
+    """How many leading characters two strings have in common."""
+    count = 0
+    for a, b in zip(first, second):  # noqa: B905 - stops at the shorter on purpose
+        if a != b:
+            break
+        count += 1
+    return count

@@ -39,6 +39,10 @@ EXCEPTIONS = {
     "LimitError": (errors.FaasError, ValueError),
     "ConfigError": (errors.LimitError,),
     "TriggerError": (errors.FaasError, ValueError),
+    "InputRefused": (errors.FaasError,),
+    "ArgumentsTooLarge": (errors.FaasError, ValueError),
+    "ResultTooLarge": (errors.FaasError,),
+    "QueueFull": (errors.FaasError,),
     "RegistryError": (errors.FaasError,),
     "LogError": (errors.FaasError, OSError),
 }

@@ -176,7 +176,7 @@ class FaasFunction:
         """
         self._check_arguments(args, kwargs)
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
-        future = _platform.current().invoke(self._definition, blob, trigger="queue")
+        future = _platform.current().invoke(self._definition, blob, trigger="queue", background=True)
         future.add_done_callback(lambda done: _dead_letter_if_failed(self._definition, args, kwargs, done))
         return future.id
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import itertools
 import math
+import os
 import secrets
 import threading
 import time
@@ -24,11 +24,13 @@ from jupyter_faas.definition.model import FunctionDefinition
 from jupyter_faas.dispatch.cluster import ClusterHandle, connect
 from jupyter_faas.dispatch.transport import DirectDispatcher, Job, Outcome
 from jupyter_faas.errors import (
+    ArgumentsTooLarge,
     FaasError,
     FaasMemoryError,
     FaasTimeout,
     LogError,
     NoCapacity,
+    QueueFull,
     RemoteError,
     WorkerLost,
     present,
@@ -89,6 +91,10 @@ class _Invocation:
     trigger: str = "call"
     max_output: int = 0
     secrets: dict[str, str] | None = None
+    # faas.call.max-bytes when it was submitted: the largest result it may send back.
+    max_bytes: int = 2**62
+    # Nobody waits on it (?async=true, the queue, a trigger): it yields to invocations somebody waits on.
+    background: bool = False
     # Output of the current attempt so far, and the bytes it dropped past max_output.
     output: Segments | None = None
     dropped: int = 0
@@ -276,18 +282,41 @@ def _rebuild_error(definition: FunctionDefinition, outcome: Outcome) -> BaseExce
     return present(rebuilt, definition.name, outcome.worker, traceback_text)
 
 
-def pack_calls(name: str, calls: Sequence[tuple[tuple, dict]]) -> bytes:
-    """One blob for many calls' arguments; an argument that cannot travel is named by its position."""
+def new_ids(count: int) -> list[str]:
+    """Invocation ids: 64 random bits each, so an id tells nothing of how many came before it or will follow."""
+    # One read of the system's random source for a whole map: ids are made 100,000 at a time.
+    raw = os.urandom(8 * count).hex()
+    return [raw[i : i + 16] for i in range(0, 16 * count, 16)]
+
+
+def pack_calls(name: str, calls: Sequence[tuple[tuple, dict]], limit: int | None = None, offset: int = 0) -> bytes:
+    """One blob for many calls' arguments; an argument that cannot travel is named by its position.
+
+    A call whose arguments are past `limit` (`faas.call.max-bytes`) once serialized is refused with
+    ArgumentsTooLarge before anything is sent. A blob of many calls may be past it while each call is within.
+    """
+    limit = _config.call_max_bytes() if limit is None else limit
     try:
-        return cloudpickle.dumps(list(calls), protocol=5)
+        blob = cloudpickle.dumps(list(calls), protocol=5)
     except Exception:
         for position, call in enumerate(calls):
             try:
                 cloudpickle.dumps(call, protocol=5)
             except Exception as e:
-                where = f" (item {position})" if len(calls) > 1 else ""
+                where = f" (item {offset + position})" if len(calls) > 1 or offset else ""
                 raise TypeError(f"{name}(): an argument{where} cannot be sent to a worker: {e}") from None
         raise
+    if len(blob) > limit:
+        sizes = [len(blob)] if len(calls) == 1 else [len(cloudpickle.dumps(call, protocol=5)) for call in calls]
+        for position, size in enumerate(sizes):
+            if size > limit:
+                where = f" (item {offset + position})" if len(calls) > 1 or offset else ""
+                raise ArgumentsTooLarge(
+                    f"{name}(): its arguments{where} are {format_size(size)} serialized; the limit is "
+                    f"faas.call.max-bytes = {format_size(limit)}. Nothing was sent. Pass a path or a URL to "
+                    "the data instead, or raise faas.call.max-bytes"
+                )
+    return blob
 
 
 class Platform:
@@ -309,8 +338,6 @@ class Platform:
         self._controller: threading.Thread | None = None
         self._started_at: float | None = None
         self._log: InvocationLog | None = None
-        self._id_prefix = secrets.token_hex(4)
-        self._ids = itertools.count(1)
         self._closed = False
         # Invocations with a queue timeout, not yet sent: id -> (deadline, sink, function name).
         self._queued: dict[str, tuple[float, _FutureSink, str]] = {}
@@ -318,6 +345,9 @@ class Platform:
         self._leases: dict[str, _Lease] = {}
         self._retirements = 0
         self._zone_floor = 1
+        # Background invocations not yet ended, per function and in all.
+        self._backlog: dict[str, int] = {}
+        self._backlog_total = 0
         # Requirement sets already installed on this platform's cluster (their PipInstall plugin names).
         self._installed: set[str] = set()
         # Kernel side: when this platform last told its server about its work, and what it said.
@@ -517,6 +547,7 @@ class Platform:
         queue_timeout: float | None = None,
         trigger: str = "call",
         on_output: Callable[[Segments], None] | None = None,
+        background: bool = False,
     ) -> InvocationFuture:
         """One invocation of the single call packed in `blob`; the future ends with its result or error.
 
@@ -524,17 +555,23 @@ class Platform:
         slot, or no worker yet) ends with NoCapacity, and is never run. `trigger` names what made it
         run, in its record. `on_output` gets its output, (stream, text) pieces, while it runs (from a
         platform thread), and the rest before the future ends.
+
+        A `background` invocation is one nobody waits on: it is sent only when no waited-on one waits
+        for a slot, and past `faas.queue.max-pending` of them (all functions) or
+        `faas.queue.max-pending-per-function` (this one) it is refused with QueueFull, never run.
         """
-        max_output = _config.log_max_output()
+        max_output, max_bytes = _config.log_max_output(), _config.call_max_bytes()
         secrets = _secrets.values_for(definition)
         self.start()
         self._ensure_requirements(definition)
         future = InvocationFuture()
-        future.id = f"{self._id_prefix}-{next(self._ids)}"
+        future.id = new_ids(1)[0]
+        if background:
+            self._join_backlog(definition.name, future)
         sink = _FutureSink(future, on_output)
         invocation = _Invocation(
             future.id, definition, blob, 0, time.time(), time.perf_counter(), sink, 0, trigger=trigger,
-            max_output=max_output, secrets=secrets,
+            max_output=max_output, secrets=secrets, max_bytes=max_bytes, background=background,
         )  # fmt: skip
         if queue_timeout is not None:
             with self._lock:
@@ -546,9 +583,31 @@ class Platform:
             self._launch([invocation])
         return future
 
+    def _join_backlog(self, name: str, future: InvocationFuture) -> None:
+        """Count a background invocation until it ends, or refuse it when the backlog is full."""
+        total_limit, own_limit = _config.queue_max_pending(), _config.queue_max_pending_per_function()
+        with self._lock:
+            own = self._backlog.get(name, 0)
+            if own >= own_limit or self._backlog_total >= total_limit:
+                which = (
+                    f"{name} has {own} pending (faas.queue.max-pending-per-function is {own_limit})"
+                    if own >= own_limit
+                    else f"{self._backlog_total} are pending (faas.queue.max-pending is {total_limit})"
+                )
+                raise QueueFull(f"{name}: too many invocations that nobody waits on: {which}. Try again later")
+            self._backlog[name] = own + 1
+            self._backlog_total += 1
+
+        def leave(_: Future) -> None:
+            with self._lock:
+                self._backlog[name] -= 1
+                self._backlog_total -= 1
+
+        future.add_done_callback(leave)
+
     def map(self, definition: FunctionDefinition, calls: Sequence[tuple[tuple, dict]]) -> MapResults:
         """Invocations of many calls, sent in batches; results arrive in a MapResults in input order."""
-        max_output = _config.log_max_output()
+        max_output, max_bytes = _config.log_max_output(), _config.call_max_bytes()
         secrets = _secrets.values_for(definition)
         self.start()
         self._ensure_requirements(definition)
@@ -561,27 +620,36 @@ class Platform:
         # Four batches a slot keeps the slots busy to the end; a concurrency limit needs single calls.
         size = 1 if limited else max(1, min(_MAX_BATCH, math.ceil(len(calls) / (4 * slots))))
         # Submitted together, so one clock reading serves every invocation of the map.
-        submitted, clock, prefix, ids = time.time(), time.perf_counter(), self._id_prefix, self._ids
+        submitted, clock = time.time(), time.perf_counter()
+        ids = iter(new_ids(len(calls)))
         batches: list[list[_Invocation]] = []
         for first in range(0, len(calls), size):
             chunk = calls[first : first + size]
-            blob = pack_calls(definition.name, chunk)
-            batch = [
-                _Invocation(
-                    f"{prefix}-{next(ids)}",
-                    definition,
-                    blob,
-                    at,
-                    submitted,
-                    clock,
-                    results,
-                    first + at,
-                    max_output=max_output,
-                    secrets=secrets,
-                )
-                for at in range(len(chunk))
-            ]
-            batches.append(batch)
+            name = definition.name
+            blob = pack_calls(name, chunk, max_bytes, offset=first)
+            # Every call is within the limit but not the batch: each goes alone, so no frame is past it.
+            parts = [(blob, first, len(chunk))]
+            if len(blob) > max_bytes:
+                alone = [[call] for call in chunk]
+                parts = [(pack_calls(name, one, max_bytes, first + at), first + at, 1) for at, one in enumerate(alone)]
+            for part, start, count in parts:
+                batch = [
+                    _Invocation(
+                        next(ids),
+                        definition,
+                        part,
+                        at,
+                        submitted,
+                        clock,
+                        results,
+                        start + at,
+                        max_output=max_output,
+                        secrets=secrets,
+                        max_bytes=max_bytes,
+                    )
+                    for at in range(count)
+                ]
+                batches.append(batch)
         if not limited:
             for batch in batches:
                 self._launch(batch)
@@ -663,6 +731,8 @@ class Platform:
                 max_output=first.max_output,
                 secrets=first.secrets,
                 isolation=definition.limits.isolation,
+                max_result=first.max_bytes,
+                background=first.background,
                 stream=lambda index, segments, dropped: self._on_stream(by_index[index], segments, dropped),
             )
         )

@@ -72,6 +72,10 @@ class Job:
     secrets: dict[str, str] | None = None
     # "warm" or "fresh": how the worker makes the process each call runs in.
     isolation: str = "warm"
+    # Largest result, serialized, the sandbox may send back (faas.call.max-bytes).
+    max_result: int = 2**62
+    # Nobody waits on it now (?async=true, the queue, triggers): it goes after every job somebody waits on.
+    background: bool = False
 
 
 def _end(job: Job, outcome: Outcome) -> None:
@@ -89,7 +93,7 @@ def _request(job: Job, with_package: bool) -> tuple:
     package = job.package if with_package else None
     return (
         "run", job.name, job.version, package, job.blob, job.indices, job.timeout, job.memory, job.max_output,
-        job.secrets, job.isolation,
+        job.secrets, job.isolation, job.max_result,
     )  # fmt: skip
 
 
@@ -155,8 +159,40 @@ class _Link:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
+class _JobQueue:
+    """Jobs waiting for a slot: those a caller waits on first, then background ones, each in order.
+
+    So a backlog of asynchronous invocations delays a synchronous call by at most one slot's current job.
+    """
+
+    def __init__(self) -> None:
+        self._waited_on: deque[Job] = deque()
+        self._background: deque[Job] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._waited_on or self._background)
+
+    def _lane(self, job: Job) -> deque[Job]:
+        return self._background if job.background else self._waited_on
+
+    def append(self, job: Job) -> None:
+        self._lane(job).append(job)
+
+    def appendleft(self, job: Job) -> None:
+        self._lane(job).appendleft(job)
+
+    def popleft(self) -> Job:
+        return self._waited_on.popleft() if self._waited_on else self._background.popleft()
+
+    def drain(self) -> list[Job]:
+        jobs = [*self._waited_on, *self._background]
+        self._waited_on.clear()
+        self._background.clear()
+        return jobs
+
+
 class _NotSent(Exception):
-    """The job never reached the worker, so it can go elsewhere without counting as an attempt."""
+    """Not one byte of the job left this process, so it can go elsewhere without counting as an attempt."""
 
 
 class DirectDispatcher:
@@ -168,7 +204,7 @@ class DirectDispatcher:
         self._links: dict[str, _Link] = {}
         # Since when calls have waited while workers were there but none could run them.
         self._unusable_since: float | None = None
-        self._pending: deque[Job] = deque()
+        self._pending = _JobQueue()
         self._zone_turns: dict[str, int] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -207,7 +243,7 @@ class DirectDispatcher:
         self._closed = True
         self._wake.set()
         with self._lock:
-            waiting, self._pending = list(self._pending), deque()
+            waiting = self._pending.drain()
         for job in waiting:
             _end_as_lost(job, "the platform was shut down before it ran")
         self.forget_workers(interrupt=True)
@@ -265,9 +301,17 @@ class DirectDispatcher:
             return
         try:
             sock = link.take()
-            _wire.send(sock, _request(job, with_package=job.version not in link.known))
         except (OSError, _wire.ConnectionLost) as error:
             raise _NotSent from error
+        try:
+            _wire.send(sock, _request(job, with_package=job.version not in link.known))
+        except _wire.SendFailed as error:
+            link.discard(sock)
+            if error.sent == 0:
+                raise _NotSent from error
+            # Part of the frame left: the worker may have begun on it, so this was an attempt. It ends as
+            # lost, and the platform retries it only within the function's retries.
+            raise
         # The worker answers in the order of job.indices, so what is unanswered is always a tail.
         answered = 0
         try:
@@ -314,7 +358,7 @@ class DirectDispatcher:
                 return
             self._unusable_since = None
             stuck = sorted(unready) or ["workers that have since left"]
-            waiting, self._pending = list(self._pending), deque()
+            waiting = self._pending.drain()
         from jupyter_faas import __version__
 
         message = (

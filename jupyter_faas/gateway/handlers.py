@@ -32,8 +32,7 @@ class Busy(HttpError):
     """503: the server is at a limit of its own (named in the message); the caller may retry after a while."""
 
     def __init__(self, message: str, retry_after: int = RETRY_AFTER) -> None:
-        super().__init__(503, "Busy", message)
-        self.retry_after = retry_after
+        super().__init__(503, "Busy", message, retry_after=retry_after)
 
 
 class BodyBudget:
@@ -175,9 +174,8 @@ class _Faas(web.RequestHandler):
             self.set_header("Connection", "close")  # Tornado closes it, its body unread: say so to keep-alive clients
         if isinstance(error, HttpError):
             self.set_status(error.status)
-            retry_after = getattr(error, "retry_after", None)
-            if retry_after is not None:
-                self.set_header("Retry-After", str(retry_after))
+            if error.retry_after is not None:
+                self.set_header("Retry-After", str(error.retry_after))
             if error.status == 401:
                 self.set_header("WWW-Authenticate", 'Bearer realm="jupyter-faas"')
             body = error.body()

@@ -22,10 +22,12 @@ from jupyter_faas.definition.signature import JSON_TYPES as _JSON_TYPES
 from jupyter_faas.definition.signature import annotation_name, takes_bytes
 from jupyter_faas.dispatch.platform import Platform, pack_calls
 from jupyter_faas.errors import (
+    ArgumentsTooLarge,
     FaasMemoryError,
     FaasTimeout,
     MissingSecret,
     NoCapacity,
+    QueueFull,
     RegistryError,
     RemoteError,
     RemoteTraceback,
@@ -50,8 +52,10 @@ MAX_LISTED = 1000
 class HttpError(Exception):
     """An answer other than success: its status, a short type name and a message for the caller."""
 
-    def __init__(self, status: int, kind: str, message: str, **extra: Any) -> None:
+    def __init__(self, status: int, kind: str, message: str, retry_after: int | None = None, **extra: Any) -> None:
         super().__init__(message)
+        # Sent as the Retry-After header (429, 503), never in the body.
+        self.retry_after = retry_after
         self.status = status
         self.kind = kind
         self.message = message
@@ -201,12 +205,12 @@ class Endpoints:
             args = ()  # a function without parameters is called with none
         try:
             blob = pack_calls(name, [(args, {})])
-        except TypeError as e:
+        except (TypeError, ArgumentsTooLarge) as e:
             log.warning("jupyter-faas: %s trigger of %s: %s", kind, name, e)
             return False
         try:
-            future = self.platform.invoke(definition, blob, trigger=kind)
-        except MissingSecret as e:
+            future = self.platform.invoke(definition, blob, trigger=kind, background=True)
+        except (MissingSecret, QueueFull) as e:
             log.warning("jupyter-faas: %s trigger of %s waits: %s", kind, name, e)
             return False
         future.add_done_callback(on_done)
@@ -291,16 +295,22 @@ class Endpoints:
             raise
         return call
 
-    def _submit(self, call: _Call, queue_timeout: float | None) -> Future:
+    def _submit(self, call: _Call, queue_timeout: float | None, background: bool = False) -> Future:
         definition = call.deployment.definition
         try:
             blob = pack_calls(definition.name, [(call.args, call.kwargs)])
         except TypeError as e:
             raise HttpError(422, "ArgumentError", str(e)) from None
+        except ArgumentsTooLarge as e:
+            raise HttpError(413, "PayloadTooLarge", str(e)) from None
         try:
-            return self.platform.invoke(definition, blob, queue_timeout=queue_timeout, trigger="http")
+            return self.platform.invoke(
+                definition, blob, queue_timeout=queue_timeout, trigger="http", background=background
+            )
         except MissingSecret as e:
             raise HttpError(500, "MissingSecret", str(e)) from None
+        except QueueFull as e:
+            raise HttpError(429, "QueueFull", str(e), retry_after=e.retry_after) from None
 
     async def invoke(
         self, name: str, content_type: str, body: bytes, on_submit: Callable[[str], None] | None = None
@@ -324,7 +334,7 @@ class Endpoints:
         return self._queue(self.prepare(name, content_type, body))
 
     def _queue(self, call: _Call, source: dict[str, Any] | None = None) -> Reply:
-        future = self._submit(call, None)
+        future = self._submit(call, None, background=True)
         pending = _Pending(call.deployment.name, future, call, source)
         # Journaled before the 202: an invocation a caller was told about is never silently forgotten.
         invocation_id: str = future.id  # type: ignore[attr-defined]

@@ -91,6 +91,8 @@ class Batch:
     secrets: dict[str, str] | None = None
     # "fresh": each call runs in a process the sandbox forks for it and that ends with it.
     isolation: str = "warm"
+    # Largest result, serialized, a call may send back; past it the call fails with ResultTooLarge.
+    max_result: int = 2**62
 
 
 class SandboxGone(Exception):
@@ -255,7 +257,7 @@ class Sandbox:
         package = batch.package if with_package else None
         request = (
             "run", batch.version, package, batch.blob, indices, batch.memory, batch.max_output, batch.secrets,
-            batch.isolation,
+            batch.isolation, batch.max_result,
         )  # fmt: skip
         try:
             self.conn.send_bytes(pickle.dumps(request, protocol=5))
@@ -431,6 +433,7 @@ class InvokerServer:
         _, name, version, package, blob, indices, timeout, memory, max_output, secrets = request[:10]
         # Clients of before --isolation send no eleventh item.
         isolation = request[10] if len(request) > 10 else "warm"
+        max_result = request[11] if len(request) > 11 else Batch.max_result
         with self._packages_lock:
             if package is not None:
                 self._packages[version] = package
@@ -458,7 +461,7 @@ class InvokerServer:
             # At once: the caller of a running invocation is waiting to see it.
             _wire.send(sock, ("output", index, segments, dropped))
 
-        batch = Batch(name, version, package, blob, timeout, memory, max_output, secrets, isolation)
+        batch = Batch(name, version, package, blob, timeout, memory, max_output, secrets, isolation, max_result)
         self.invoker.invoke(batch, indices, on_answer, on_output)
         _wire.send(sock, ("done", pending))
 

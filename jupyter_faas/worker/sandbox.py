@@ -22,6 +22,7 @@ from typing import Any
 
 import cloudpickle
 
+from jupyter_faas.errors import ResultTooLarge
 from jupyter_faas.worker import capture as _capture
 from jupyter_faas.worker.code import with_filename
 
@@ -331,7 +332,7 @@ _MISSING = object()
 def _call(
     loaded: _Loaded,
     call: tuple[tuple, dict],
-    memory_limit: int,
+    limits: tuple[int, int],
     fresh: bool,
     meter: _PeakMeter,
     state: _ProcessState,
@@ -340,7 +341,9 @@ def _call(
     """One invocation, answered as (status, value, started, finished, fresh, peak, error).
 
     Its secrets are in the environment only while it runs; afterwards the process is as it was before it.
+    `limits` are the memory limit and the largest result, serialized, that may be sent back.
     """
+    memory_limit, max_result = limits
     started = time.time()
     status, value, error = "ok", b"", None
     if secrets:
@@ -359,6 +362,17 @@ def _call(
             message = f"the result ({type(result).__name__}) cannot be sent back: {e}"
             message = _capture.redact(message, secrets) if secrets else message
             status, error = "error", ("TypeError", message, f"TypeError: {message}\n", None)
+        else:
+            if len(value) > max_result:
+                # Dropped here: a frame that size would go through the worker's memory, and could cost the
+                # worker itself, not just this call.
+                too_large = ResultTooLarge(
+                    f"the result ({type(result).__name__}) is {len(value):,} bytes serialized; the limit is "
+                    f"faas.call.max-bytes = {max_result:,} bytes. Write a large result to a file or a store, "
+                    "and return its path"
+                )
+                value = b""
+                status, error = "error", _describe_error(too_large, 0, secrets)
     finally:
         _stop_strays()
         state.restore()
@@ -374,7 +388,7 @@ def _call_in_fork(
     loaded: _Loaded,
     call: tuple[tuple, dict],
     index: int,
-    limits: tuple[int, int],
+    limits: tuple[int, int, int],
     fresh: bool,
     state: _ProcessState,
     secrets: dict[str, str] | None,
@@ -385,7 +399,7 @@ def _call_in_fork(
     it died without answering.
     """
     global _SANDBOX_PID
-    memory_limit, max_output = limits
+    memory_limit, max_output, max_result = limits
     started = time.time()
     answered_read, answered_write = os.pipe()
     # Under the lock, so the child's copy of the socket holds no frame half-sent by the output streamer.
@@ -405,7 +419,7 @@ def _call_in_fork(
             channel.running = (index, captured)
             _capture.current.captured = captured
             threading.Thread(target=channel.stream, name="faas-output", daemon=True).start()
-            channel.answer(_call(loaded, call, memory_limit, fresh, _PeakMeter(), state, secrets))
+            channel.answer(_call(loaded, call, (memory_limit, max_result), fresh, _PeakMeter(), state, secrets))
             os.write(answered_write, b"1")
             code = 0
         finally:
@@ -422,7 +436,7 @@ def _call_in_fork(
 
 
 def serve(conn: Connection) -> None:
-    """Answer ("run", version, package, blob, indices, memory, max_output, secrets, isolation) with one
+    """Answer ("run", version, package, blob, indices, memory, max_output, secrets, isolation, max_result) with one
     message per index.
 
     While a call runs, its new output goes out as ("output", index, segments, dropped) messages.
@@ -439,7 +453,7 @@ def serve(conn: Connection) -> None:
             request = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
-        _, version, package, blob, indices, memory_limit, max_output, secrets, isolation = request
+        _, version, package, blob, indices, memory_limit, max_output, secrets, isolation, max_result = request
         fresh = False
         loaded = cache.get(version)
         if loaded is None:
@@ -464,14 +478,15 @@ def serve(conn: Connection) -> None:
             continue
         for index in indices:
             if isolation == "fresh":
-                _call_in_fork(channel, loaded, calls[index], index, (memory_limit, max_output), fresh, state, secrets)
+                limits = (memory_limit, max_output, max_result)
+                _call_in_fork(channel, loaded, calls[index], index, limits, fresh, state, secrets)
                 fresh = False
                 continue
             captured = _capture.Captured(max_output, secrets)
             with channel.lock:
                 channel.running = (index, captured)
                 _capture.current.captured = captured
-            answer = _call(loaded, calls[index], memory_limit, fresh, meter, state, secrets)
+            answer = _call(loaded, calls[index], (memory_limit, max_result), fresh, meter, state, secrets)
             fresh = False
             channel.answer(answer)
 

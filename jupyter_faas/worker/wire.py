@@ -16,6 +16,14 @@ class ConnectionLost(ConnectionError):
     """The peer closed the stream, or it broke."""
 
 
+class SendFailed(ConnectionLost):
+    """Sending a frame failed after `sent` of its bytes had left (0: none did)."""
+
+    def __init__(self, sent: int, error: OSError) -> None:
+        super().__init__(f"sending failed after {sent} bytes: {error}")
+        self.sent = sent
+
+
 def _receive_exactly(sock: socket.socket, size: int) -> bytes:
     buffer = bytearray(size)
     view = memoryview(buffer)
@@ -30,7 +38,14 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytes:
 
 def send(sock: socket.socket, message: Any) -> None:
     payload = pickle.dumps(message, protocol=5)
-    sock.sendall(_HEADER.pack(len(payload)) + payload)
+    frame = memoryview(_HEADER.pack(len(payload)) + payload)
+    sent = 0
+    # sendall() cannot say how much left before a failure; the caller needs to know whether any did.
+    try:
+        while sent < len(frame):
+            sent += sock.send(frame[sent:])
+    except OSError as error:
+        raise SendFailed(sent, error) from error
 
 
 def receive(sock: socket.socket) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import pickle
 import sqlite3
 import stat
@@ -21,7 +22,7 @@ from tests.helpers import RELIABILITY_AUTH as AUTH
 from tests.helpers import RELIABILITY_CELLS as CELLS
 from tests.helpers import RELIABILITY_TOKEN as TOKEN
 from tests.helpers import StateServed as Served
-from tests.helpers import error_of, stop_process_group, wait_for, write_notebook
+from tests.helpers import error_of, shared_prefix, stop_process_group, wait_for, write_notebook
 from tests.helpers import start_reliability_serve as start_serve
 
 # Every route, with a path that reaches its handler; none of them may answer without the token but health.
@@ -402,3 +403,22 @@ def test_the_request_id_of_an_invocation_is_its_record_id(served: Served) -> Non
     other = {check_headers(send(served, "GET", "faas/api/functions", headers=AUTH)) for _ in range(5)}
     assert len(other) == 5
     assert not other & set(records_of(served, "square"))
+
+
+# -- invocation ids ------------------------------------------------------------------------------------
+
+
+def test_anonymous_callers_cannot_count_invocations_from_their_request_ids(public: Served) -> None:
+    """Under --public anyone sees X-Request-Id: it must not be a counter, nor share a prefix a caller could read."""
+    ids = []
+    for x in range(12):
+        response = public.post("square", json={"x": x})
+        assert response.status_code == 200
+        ids.append(check_headers(response))
+    assert len(set(ids)) == len(ids)
+    for earlier, later in itertools.pairwise(ids):
+        shared = shared_prefix(earlier, later)
+        # 64 random bits in hex: two ids share more than 4 leading characters about once in 65,000 pairs.
+        assert shared <= 4, (earlier, later)
+        assert not later.rstrip("0123456789").endswith("-"), later
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids), ids
