@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -205,7 +206,18 @@ class Endpoints:
             args = ()  # a function without parameters is called with none
         try:
             blob = pack_calls(name, [(args, {})])
-        except (TypeError, ArgumentsTooLarge) as e:
+        except ArgumentsTooLarge as e:
+            log.warning("jupyter-faas: %s trigger of %s: %s", kind, name, e)
+            if kind != "file":
+                return False
+            # A file within the limit on disk but not once serialized: it fails now, as a file past it does,
+            # so it is dead-lettered and marked, never left waiting for a call that cannot be made.
+            refused: Future = Future()
+            refused.id = uuid.uuid4().hex  # type: ignore[attr-defined]
+            refused.set_exception(InputRefused(str(e)))
+            on_done(refused)
+            return True
+        except TypeError as e:
             log.warning("jupyter-faas: %s trigger of %s: %s", kind, name, e)
             return False
         try:

@@ -176,15 +176,20 @@ def test_a_file_past_the_call_limit_is_dead_lettered_unread_and_never_run(owner:
     sized = define("len(data)", "sized", ["data:bytes"])
     with dask.config.set({"faas.call.max-bytes": 1024}):
         sized.on_file(inbox)
-        drop(inbox, "fits.bin", b"x" * 1024)
+        drop(inbox, "fits.bin", b"x" * 900)
         drop(inbox, "over.bin", b"x" * 1025)
-        wait_for(lambda: sum(owner.count("sized", what) for what in ("files_done", "files_failed")) == 2, 30, "both")
-    assert len(owner.records("sized", "file")) == 1  # the file past the limit never ran
-    assert owner.count("sized", "files_failed") == 1
-    (letter,) = owner.endpoints.dead_letters.list()
-    assert letter["error"]["type"] == "InputRefused"
-    assert "over.bin is 1025 bytes; the limit is faas.call.max-bytes = 1024 bytes" in letter["error"]["message"]
-    assert letter["source"] == {"trigger": "file", "path": str(inbox / "over.bin")}
+        # Within the limit on disk, past it once serialized with the call: refused the same way.
+        drop(inbox, "edge.bin", b"x" * 1020)
+        done = ("files_done", "files_failed")
+        wait_for(lambda: sum(owner.count("sized", what) for what in done) == 3, 30, "all three")
+    assert len(owner.records("sized", "file")) == 1  # the files past the limit never ran
+    assert owner.count("sized", "files_failed") == 2
+    letters = {Path(letter["source"]["path"]).name: letter for letter in owner.endpoints.dead_letters.list()}
+    assert set(letters) == {"over.bin", "edge.bin"}
+    assert all(letter["error"]["type"] == "InputRefused" for letter in letters.values())
+    over = letters["over.bin"]["error"]["message"]
+    assert "over.bin is 1025 bytes; the limit is faas.call.max-bytes = 1024 bytes" in over
+    assert "the limit is faas.call.max-bytes = 1KiB" in letters["edge.bin"]["error"]["message"]
 
 
 def test_nothing_is_handled_twice_or_skipped_across_a_restart(platform: Platform, tmp_path: Path) -> None:
