@@ -1,322 +1,64 @@
-"""The one platform object: it owns the cluster, dispatches invocations, retries them and records them."""
+"""The platform facade: it owns the cluster, dispatches invocations, retries them and records them.
+
+Past 400 lines because it is the one object every entry point holds: its life cycle, the queries users read and
+the launch path stay together; admission, keep-alive policy, outcomes and the lease protocol live in their modules.
+"""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
 import math
-import os
 import secrets
 import threading
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import cloudpickle
+from typing import Any
 
 from jupyter_faas import config as _config
 from jupyter_faas.definition import secrets as _secrets
 from jupyter_faas.definition.model import FunctionDefinition
-from jupyter_faas.dispatch.cluster import ClusterHandle, connect
-from jupyter_faas.dispatch.transport import DirectDispatcher, Job, Outcome
-from jupyter_faas.errors import (
-    ArgumentsTooLarge,
-    FaasError,
-    FaasMemoryError,
-    FaasTimeout,
-    LogError,
-    NoCapacity,
+from jupyter_faas.dispatch import keepalive as _keepalive
+from jupyter_faas.dispatch.admission import (
+    Backlog,
+    Call,
+    FutureSink,
+    Gate,
+    Invocation,
+    InvocationFuture,
     QueueFull,
-    RemoteError,
-    WorkerLost,
-    present,
+    QueueTimeouts,
+    map_batches,
+    new_ids,
+    pack_calls,
 )
+from jupyter_faas.dispatch.cluster import ClusterHandle, connect
+from jupyter_faas.dispatch.lease import KernelLease, Leases
+from jupyter_faas.dispatch.outcomes import MAP_OUTPUT_LINES, MapResults, conclude, on_stream, should_retry
+from jupyter_faas.dispatch.transport import DirectDispatcher, Job, Outcome
+from jupyter_faas.errors import ConfigError, FaasError, LogError
 from jupyter_faas.record.cost import Comparison, compare
 from jupyter_faas.record.log import InvocationLog
-from jupyter_faas.record.records import MESSAGE_LIMIT, InvocationRecord, RecordStore
-from jupyter_faas.units import format_size
-from jupyter_faas.worker.capture import Segments, cut_marker
+from jupyter_faas.record.records import InvocationRecord, RecordStore
+from jupyter_faas.worker.capture import Segments
 
-# Outcomes that count as a failure worth another attempt when retries remain.
-_RETRIED = ("error", "lost")
+# Names other modules import from here.
+__all__ = [
+    "MAP_OUTPUT_LINES",
+    "Call",
+    "InvocationFuture",
+    "MapResults",
+    "Platform",
+    "QueueFull",
+    "current",
+    "new_ids",
+    "pack_calls",
+]
+
 # Most calls of a map sent to one slot at once; a batch runs its calls in order, each with its own limits.
 _MAX_BATCH = 1000
-# Lines of output a map keeps to show under it; the rest stays in the records.
-MAP_OUTPUT_LINES = 20
-
-
-class _Sink(Protocol):
-    """Where invocations' results go: a future for one call, a MapResults for many."""
-
-    def start(self) -> bool:
-        """Called once before an invocation's first attempt; False means it was cancelled."""
-        ...
-
-    def wanted(self) -> bool:
-        """Checked again just before sending; False drops it (a map interrupted while it waited)."""
-        ...
-
-    def drop(self) -> None:
-        """A dropped invocation will never complete."""
-        ...
-
-    def stream(self, slot: int, segments: Segments) -> None:
-        """Output of an invocation as it arrives, while it runs and then the rest of it (a worker thread)."""
-        ...
-
-    def output(self, slot: int, invocation_id: str, text: str) -> None:
-        """All of a finished invocation's output, when it had any, just before it completes."""
-        ...
-
-    def complete(self, slot: int, value: Any, error: BaseException | None) -> None: ...
-
-
-@dataclass(eq=False, slots=True)
-class _Invocation:
-    id: str
-    definition: FunctionDefinition
-    blob: bytes
-    index: int
-    submitted: float
-    started_clock: float
-    sink: _Sink
-    slot: int
-    attempts: int = 0
-    begun: bool = False
-    gate: _Gate | None = None
-    trigger: str = "call"
-    max_output: int = 0
-    secrets: dict[str, str] | None = None
-    # faas.call.max-bytes when it was submitted: the largest result it may send back.
-    max_bytes: int = 2**62
-    # Nobody waits on it (?async=true, the queue, a trigger): it yields to invocations somebody waits on.
-    background: bool = False
-    # Output of the current attempt so far, and the bytes it dropped past max_output.
-    output: Segments | None = None
-    dropped: int = 0
-
-
-@dataclass(eq=False)
-class _Gate:
-    """The concurrency limit of one function: at most `limit` invocations in flight, the rest wait here."""
-
-    limit: int | None
-    running: int = 0
-    waiting: deque[_Invocation] = field(default_factory=deque)
-
-    def admit(self, invocation: _Invocation) -> bool:
-        if self.limit is None or self.running < self.limit:
-            self.running += 1
-            return True
-        self.waiting.append(invocation)
-        return False
-
-    def release(self) -> _Invocation | None:
-        """Frees one place; hands it straight to the next waiting invocation, if any."""
-        if self.waiting:
-            return self.waiting.popleft()
-        self.running -= 1
-        return None
-
-
-# A kernel renews its lease this often while it runs invocations on its server's cluster; a lease not
-# renewed for _LEASE_TTL is from a kernel that died, and no longer keeps workers up.
-_LEASE_RENEW = 0.5
-_LEASE_TTL = 10.0
-
-
-@dataclass(slots=True)
-class _Lease:
-    """What a kernel sharing this platform's cluster last said: whether it runs invocations, and how many."""
-
-    busy: bool
-    wanted: int
-    seen: float
-
-
-class InvocationFuture(Future):
-    """The future of one invocation, carrying the invocation's id."""
-
-    id: str
-
-
-class _FutureSink:
-    """One call's result goes to its concurrent.futures.Future, and its output to `on_output`, if given."""
-
-    __slots__ = ("expired", "future", "lock", "on_output", "sent")
-
-    def __init__(self, future: Future, on_output: Callable[[Segments], None] | None = None) -> None:
-        self.future = future
-        self.on_output = on_output
-        self.lock = threading.Lock()
-        self.sent = False
-        self.expired = False
-
-    def start(self) -> bool:
-        with self.lock:
-            return not self.expired and self.future.set_running_or_notify_cancel()
-
-    def wanted(self) -> bool:
-        with self.lock:
-            # Once sent, the queue timeout no longer applies: the function's own timeout does.
-            self.sent = not self.expired
-            return self.sent
-
-    def drop(self) -> None:
-        pass
-
-    def stream(self, slot: int, segments: Segments) -> None:
-        if self.on_output is not None:
-            self.on_output(segments)
-
-    def output(self, slot: int, invocation_id: str, text: str) -> None:
-        pass
-
-    def expire(self, error: BaseException) -> None:
-        """The queue timeout passed: end the future now, unless the invocation was already sent."""
-        with self.lock:
-            if self.sent or self.future.done():
-                return
-            self.expired = True
-            self.future.set_exception(error)
-
-    def complete(self, slot: int, value: Any, error: BaseException | None) -> None:
-        if error is None:
-            self.future.set_result(value)
-        else:
-            self.future.set_exception(error)
-
-
-class MapResults:
-    """Collects a map's results in input order as they arrive, from any thread."""
-
-    def __init__(self, count: int) -> None:
-        self.total = count
-        self.values: list[Any] = [None] * count
-        self.errors: list[BaseException | None] = [None] * count
-        self.cancelled = False
-        # Progress, for a progress bar to read: results in so far, and how many of them are errors.
-        self.done = 0
-        self.failed = 0
-        # The first lines of output, to show under the map: (input position, invocation id, text).
-        self.shown: list[tuple[int, str, str]] = []
-        self.shown_lines = 0
-        # Invocations that wrote any output, and how many lines they wrote in all.
-        self.with_output = 0
-        self.output_lines = 0
-        self._remaining = count
-        self._done = threading.Condition()
-
-    def start(self) -> bool:
-        return not self.cancelled
-
-    wanted = start
-
-    def stream(self, slot: int, segments: Segments) -> None:
-        pass  # a map shows its output once it ends: thousands of invocations must not flood the cell
-
-    def output(self, slot: int, invocation_id: str, text: str) -> None:
-        lines = text.splitlines(keepends=True)
-        with self._done:
-            self.with_output += 1
-            self.output_lines += len(lines)
-            room = MAP_OUTPUT_LINES - self.shown_lines
-            if room > 0:
-                self.shown.append((slot, invocation_id, "".join(lines[:room])))
-                self.shown_lines += min(room, len(lines))
-
-    def complete(self, slot: int, value: Any, error: BaseException | None) -> None:
-        self.values[slot] = value
-        self.errors[slot] = error
-        with self._done:
-            self.done += 1
-            self.failed += error is not None
-            self._remaining -= 1
-            if self._remaining <= 0:
-                self._done.notify_all()
-
-    def drop(self) -> None:
-        """One invocation will never complete: it was cancelled before it started."""
-        with self._done:
-            self._remaining -= 1
-            if self._remaining <= 0:
-                self._done.notify_all()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until every result is in, or `timeout` seconds; True if they all are."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._done:
-            while self._remaining > 0:
-                left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-                if left <= 0:
-                    return False
-                # A bounded wait keeps Ctrl-C responsive in the notebook's main thread.
-                self._done.wait(left)
-        return True
-
-
-def _rebuild_error(definition: FunctionDefinition, outcome: Outcome) -> BaseException:
-    type_name, message, traceback_text, exc_bytes = outcome.error or ("Error", "", "", None)
-    if outcome.status == "timeout":
-        return present(FaasTimeout(message), definition.name, outcome.worker, "")
-    if outcome.status == "memory":
-        limit = format_size(definition.limits.memory)
-        error = FaasMemoryError(message or f"{definition.name} went over its memory limit of {limit} and was stopped")
-        return present(error, definition.name, outcome.worker, "")
-    if outcome.status == "lost":
-        return present(WorkerLost(f"{definition.name}: {message}"), definition.name, outcome.worker, "")
-    if outcome.status == "setup":
-        return present(FaasError(f"{definition.name}: {message}"), definition.name, None, "")
-    rebuilt: BaseException | None = None
-    if exc_bytes is not None:
-        try:
-            rebuilt = cloudpickle.loads(exc_bytes)
-        except Exception:
-            rebuilt = None
-    if not isinstance(rebuilt, BaseException):
-        rebuilt = RemoteError(type_name, message)
-    return present(rebuilt, definition.name, outcome.worker, traceback_text)
-
-
-def new_ids(count: int) -> list[str]:
-    """Invocation ids: 64 random bits each, so an id tells nothing of how many came before it or will follow."""
-    # One read of the system's random source for a whole map: ids are made 100,000 at a time.
-    raw = os.urandom(8 * count).hex()
-    return [raw[i : i + 16] for i in range(0, 16 * count, 16)]
-
-
-def pack_calls(name: str, calls: Sequence[tuple[tuple, dict]], limit: int | None = None, offset: int = 0) -> bytes:
-    """One blob for many calls' arguments; an argument that cannot travel is named by its position.
-
-    A call whose arguments are past `limit` (`faas.call.max-bytes`) once serialized is refused with
-    ArgumentsTooLarge before anything is sent. A blob of many calls may be past it while each call is within.
-    """
-    limit = _config.call_max_bytes() if limit is None else limit
-    try:
-        blob = cloudpickle.dumps(list(calls), protocol=5)
-    except Exception:
-        for position, call in enumerate(calls):
-            try:
-                cloudpickle.dumps(call, protocol=5)
-            except Exception as e:
-                where = f" (item {offset + position})" if len(calls) > 1 or offset else ""
-                raise TypeError(f"{name}(): an argument{where} cannot be sent to a worker: {e}") from None
-        raise
-    if len(blob) > limit:
-        sizes = [len(blob)] if len(calls) == 1 else [len(cloudpickle.dumps(call, protocol=5)) for call in calls]
-        for position, size in enumerate(sizes):
-            if size > limit:
-                where = f" (item {offset + position})" if len(calls) > 1 or offset else ""
-                raise ArgumentsTooLarge(
-                    f"{name}(): its arguments{where} are {format_size(size)} serialized; the limit is "
-                    f"faas.call.max-bytes = {format_size(limit)}. Nothing was sent. Pass a path or a URL to "
-                    "the data instead, or raise faas.call.max-bytes"
-                )
-    return blob
 
 
 class Platform:
@@ -327,9 +69,9 @@ class Platform:
         self._cluster: ClusterHandle | None = None
         self._dispatcher: DirectDispatcher | None = None
         self._stores: dict[str, RecordStore] = {}
-        self._gates: dict[str, _Gate] = {}
+        self._gates: dict[str, Gate] = {}
         self._in_flight = 0
-        self._held: deque[list[_Invocation]] = deque()
+        self._held: deque[list[Invocation]] = deque()
         self._retiring = False
         self._requested_workers = 0
         self._last_activity = time.monotonic()
@@ -339,21 +81,16 @@ class Platform:
         self._started_at: float | None = None
         self._log: InvocationLog | None = None
         self._closed = False
-        # Invocations with a queue timeout, not yet sent: id -> (deadline, sink, function name).
-        self._queued: dict[str, tuple[float, _FutureSink, str]] = {}
+        self._queued = QueueTimeouts()
         self._listeners: list[Callable[[InvocationRecord], None]] = []
-        self._leases: dict[str, _Lease] = {}
+        self._leases = Leases()
         self._retirements = 0
         self._zone_floor = 1
-        # Background invocations not yet ended, per function and in all.
-        self._backlog: dict[str, int] = {}
-        self._backlog_total = 0
+        self._backlog = Backlog()
         # Requirement sets already installed on this platform's cluster (their PipInstall plugin names).
         self._installed: set[str] = set()
-        # Kernel side: when this platform last told its server about its work, and what it said.
-        self._lease_sent = 0.0
-        self._lease_busy = False
-        self._owner_retirements: int | None = None
+        # Kernel side: what this platform last told its server about its work.
+        self._lease = KernelLease(self._lock, self._stop)
 
     # -- life cycle ----------------------------------------------------------------------------------
 
@@ -499,10 +236,8 @@ class Platform:
         if cluster is None or not cluster.retires_when_idle or cluster.worker_count() == 0:
             return None
         with self._lock:
-            if self._in_flight or self._held or self._retiring or self._remote_wanted()[0]:
-                return None
-            idle_for = time.monotonic() - self._last_activity
-        return max(0.0, self.idle_timeout - idle_for)
+            activity = self._activity()
+        return _keepalive.seconds_to_zero(activity, self.idle_timeout)
 
     def cost_comparison(self) -> Comparison:
         """Pay-per-use since the platform started, against an always-on server of the cluster's maximum size."""
@@ -533,11 +268,11 @@ class Platform:
                 store = self._stores.setdefault(name, RecordStore(_config.records_per_function()))
         return store
 
-    def _gate(self, definition: FunctionDefinition) -> _Gate:
+    def _gate(self, definition: FunctionDefinition) -> Gate:
         gate = self._gates.get(definition.name)
         if gate is None or gate.limit != definition.limits.concurrency:
             # A redefinition with another limit starts a new gate; calls in flight keep the old one.
-            gate = self._gates[definition.name] = _Gate(definition.limits.concurrency)
+            gate = self._gates[definition.name] = Gate(definition.limits.concurrency)
         return gate
 
     def invoke(
@@ -567,15 +302,14 @@ class Platform:
         future = InvocationFuture()
         future.id = new_ids(1)[0]
         if background:
-            self._join_backlog(definition.name, future)
-        sink = _FutureSink(future, on_output)
-        invocation = _Invocation(
+            self._backlog.join(definition.name, future)
+        sink = FutureSink(future, on_output)
+        invocation = Invocation(
             future.id, definition, blob, 0, time.time(), time.perf_counter(), sink, 0, trigger=trigger,
             max_output=max_output, secrets=secrets, max_bytes=max_bytes, background=background,
         )  # fmt: skip
         if queue_timeout is not None:
-            with self._lock:
-                self._queued[future.id] = (time.monotonic() + queue_timeout, sink, definition.name)
+            self._queued.add(future.id, queue_timeout, sink, definition.name)
         with self._lock:
             invocation.gate = self._gate(definition)
             admitted = invocation.gate.admit(invocation)
@@ -583,29 +317,7 @@ class Platform:
             self._launch([invocation])
         return future
 
-    def _join_backlog(self, name: str, future: InvocationFuture) -> None:
-        """Count a background invocation until it ends, or refuse it when the backlog is full."""
-        total_limit, own_limit = _config.queue_max_pending(), _config.queue_max_pending_per_function()
-        with self._lock:
-            own = self._backlog.get(name, 0)
-            if own >= own_limit or self._backlog_total >= total_limit:
-                which = (
-                    f"{name} has {own} pending (faas.queue.max-pending-per-function is {own_limit})"
-                    if own >= own_limit
-                    else f"{self._backlog_total} are pending (faas.queue.max-pending is {total_limit})"
-                )
-                raise QueueFull(f"{name}: too many invocations that nobody waits on: {which}. Try again later")
-            self._backlog[name] = own + 1
-            self._backlog_total += 1
-
-        def leave(_: Future) -> None:
-            with self._lock:
-                self._backlog[name] -= 1
-                self._backlog_total -= 1
-
-        future.add_done_callback(leave)
-
-    def map(self, definition: FunctionDefinition, calls: Sequence[tuple[tuple, dict]]) -> MapResults:
+    def map(self, definition: FunctionDefinition, calls: Sequence[Call]) -> MapResults:
         """Invocations of many calls, sent in batches; results arrive in a MapResults in input order."""
         max_output, max_bytes = _config.log_max_output(), _config.call_max_bytes()
         secrets = _secrets.values_for(definition)
@@ -615,41 +327,11 @@ class Platform:
         if not calls:
             return results
         limited = definition.limits.concurrency is not None
-        slots = self._dispatcher.capacity() if self._dispatcher else 0  # type: ignore[union-attr]
+        slots = self._dispatcher.capacity() if self._dispatcher else 0
         slots = slots or self.maximum * _config.slots_per_worker()
         # Four batches a slot keeps the slots busy to the end; a concurrency limit needs single calls.
         size = 1 if limited else max(1, min(_MAX_BATCH, math.ceil(len(calls) / (4 * slots))))
-        # Submitted together, so one clock reading serves every invocation of the map.
-        submitted, clock = time.time(), time.perf_counter()
-        ids = iter(new_ids(len(calls)))
-        batches: list[list[_Invocation]] = []
-        for first in range(0, len(calls), size):
-            chunk = calls[first : first + size]
-            name = definition.name
-            blob = pack_calls(name, chunk, max_bytes, offset=first)
-            # Every call is within the limit but not the batch: each goes alone, so no frame is past it.
-            parts = [(blob, first, len(chunk))]
-            if len(blob) > max_bytes:
-                alone = [[call] for call in chunk]
-                parts = [(pack_calls(name, one, max_bytes, first + at), first + at, 1) for at, one in enumerate(alone)]
-            for part, start, count in parts:
-                batch = [
-                    _Invocation(
-                        next(ids),
-                        definition,
-                        part,
-                        at,
-                        submitted,
-                        clock,
-                        results,
-                        start + at,
-                        max_output=max_output,
-                        secrets=secrets,
-                        max_bytes=max_bytes,
-                    )
-                    for at in range(count)
-                ]
-                batches.append(batch)
+        batches = map_batches(definition, calls, size, results, max_output, secrets, max_bytes)
         if not limited:
             for batch in batches:
                 self._launch(batch)
@@ -688,13 +370,13 @@ class Platform:
         with self._lock:
             self._installed.add(name)
 
-    def _launch(self, invocations: list[_Invocation]) -> None:
+    def _launch(self, invocations: list[Invocation]) -> None:
         invocations = [invocation for invocation in invocations if self._started(invocation)]
         if not invocations:
             return
         cluster = self._cluster
         if cluster is not None and cluster.shares_owner_cluster and self._in_flight == 0:
-            self._check_in(cluster)
+            self._lease.check_in(cluster, self._dispatcher)
         with self._lock:
             if self._retiring:
                 self._held.append(invocations)
@@ -733,20 +415,11 @@ class Platform:
                 isolation=definition.limits.isolation,
                 max_result=first.max_bytes,
                 background=first.background,
-                stream=lambda index, segments, dropped: self._on_stream(by_index[index], segments, dropped),
+                stream=lambda index, segments, dropped: on_stream(by_index[index], segments, dropped),
             )
         )
 
-    def _on_stream(self, invocation: _Invocation, segments: Segments, dropped: int) -> None:
-        """Output of a running invocation: kept for its record, and passed on to whoever watches it."""
-        if invocation.output is None:
-            invocation.output = []
-        invocation.output.extend(segments)
-        invocation.dropped = dropped
-        with contextlib.suppress(Exception):  # a watcher's failure must not lose the invocation
-            invocation.sink.stream(invocation.slot, segments)
-
-    def _started(self, invocation: _Invocation) -> bool:
+    def _started(self, invocation: Invocation) -> bool:
         """Starts an invocation once (a held or retried one is already started); False if it was cancelled."""
         if invocation.begun:
             return True
@@ -757,7 +430,7 @@ class Platform:
         self._release_gate(invocation)
         return False
 
-    def _still_wanted(self, invocation: _Invocation) -> bool:
+    def _still_wanted(self, invocation: Invocation) -> bool:
         """False for an invocation cancelled before it was sent; it is dropped without a record."""
         if invocation.sink.wanted():
             return True
@@ -772,13 +445,13 @@ class Platform:
         cluster = self._cluster
         if cluster is None or not cluster.scales_on_demand:
             return
-        wanted = min(max(self._in_flight + self._remote_wanted()[1], self._zone_floor), cluster.maximum)
+        wanted = _keepalive.workers_wanted(self._in_flight, self._leases.wanted()[1], self._zone_floor, cluster.maximum)
         if wanted > self._requested_workers:
             self._requested_workers = wanted
             cluster.scale(wanted)
 
-    def _on_outcome(self, invocation: _Invocation, outcome: Outcome) -> None:
-        retry = outcome.status in _RETRIED and invocation.attempts <= invocation.definition.limits.retries
+    def _on_outcome(self, invocation: Invocation, outcome: Outcome) -> None:
+        retry = should_retry(invocation, outcome)
         with self._lock:
             self._in_flight -= 1
             self._last_activity = time.monotonic()
@@ -787,45 +460,10 @@ class Platform:
             return
         self._finish(invocation, outcome)
 
-    def _finish(self, invocation: _Invocation, outcome: Outcome) -> None:
-        definition = invocation.definition
-        latency_ms = (time.perf_counter() - invocation.started_clock) * 1000
-        cold = outcome.fresh or (outcome.worker_started is not None and outcome.worker_started > invocation.submitted)
-        result: Any = None
-        error: BaseException | None = None
-        status = outcome.status
-        if status == "ok":
-            try:
-                result = cloudpickle.loads(outcome.value)
-            except Exception as e:
-                status = "error"
-                error = FaasError(f"{definition.name} returned a value the notebook cannot load: {e}")
-        else:
-            error = _rebuild_error(definition, outcome)
-        started, finished = outcome.started, outcome.finished
-        output = self._final_output(invocation, outcome)
-        record = InvocationRecord(
-            id=invocation.id,
-            function=definition.name,
-            version=definition.version,
-            submitted=invocation.submitted,
-            started=started,
-            finished=finished,
-            queued_ms=None if started is None else max(0.0, (started - invocation.submitted) * 1000),
-            cold_start=bool(cold),
-            duration_ms=None if started is None or finished is None else (finished - started) * 1000,
-            latency_ms=latency_ms,
-            worker=outcome.worker,
-            status="error" if status in ("lost", "setup") else status,
-            error=None if error is None else (outcome.error[0] if outcome.error else type(error).__name__),
-            message=None if error is None else str(error)[:MESSAGE_LIMIT],
-            attempts=invocation.attempts,
-            peak_memory=outcome.peak_memory,
-            memory_limit=definition.limits.memory,
-            trigger=invocation.trigger,
-            output=output,
-        )
-        self._store(definition.name).add(record)
+    def _finish(self, invocation: Invocation, outcome: Outcome) -> None:
+        record, result, error = conclude(invocation, outcome)
+        output = record.output
+        self._store(record.function).add(record)
         for listener in self._listeners:
             with contextlib.suppress(Exception):  # an observer's bug must not lose the caller's result
                 listener(record)
@@ -840,23 +478,7 @@ class Platform:
                 invocation.sink.output(invocation.slot, invocation.id, output)
         invocation.sink.complete(invocation.slot, result, error)
 
-    def _final_output(self, invocation: _Invocation, outcome: Outcome) -> str:
-        """The whole output of the attempt that ended, its tail passed on to the watcher first."""
-        tail: Segments = []
-        dropped = invocation.dropped
-        if outcome.output is not None:
-            tail, dropped = list(outcome.output[0]), outcome.output[1]
-        if dropped:
-            last = tail[-1][1] if tail else invocation.output[-1][1] if invocation.output else "\n"
-            marker = cut_marker(dropped, invocation.max_output)
-            tail.append(("stderr", marker if last.endswith("\n") else "\n" + marker))
-        if tail:
-            self._on_stream(invocation, tail, dropped)
-        segments = invocation.output
-        invocation.output = None
-        return "".join(text for _, text in segments) if segments else ""
-
-    def _release_gate(self, invocation: _Invocation) -> None:
+    def _release_gate(self, invocation: Invocation) -> None:
         gate = invocation.gate
         if gate is None:
             return
@@ -880,30 +502,15 @@ class Platform:
             if cluster is None:
                 return
             try:
-                self._expire_queued()
+                self._queued.expire()
                 self._note_workers(cluster.worker_count())
                 if cluster.retires_when_idle:
                     self._maybe_retire(cluster)
                 elif cluster.shares_owner_cluster:
-                    self._renew_lease(cluster)
+                    self._lease.renew(cluster, self._in_flight, self.maximum)
             except Exception:  # the cluster is going away under us; the next tick or shutdown settles it
                 if self._stop.is_set():
                     return
-
-    def _expire_queued(self) -> None:
-        """End invocations still not sent at their queue deadline; forget those sent or done meanwhile."""
-        now = time.monotonic()
-        due = []
-        with self._lock:
-            # Entries leave at the next tick once sent, so this holds about one tick's worth of invocations.
-            for key, (deadline, sink, name) in list(self._queued.items()):
-                if sink.sent or sink.future.done():
-                    del self._queued[key]
-                elif deadline <= now:
-                    del self._queued[key]
-                    due.append((sink, name))
-        for sink, name in due:
-            sink.expire(NoCapacity(f"{name}: no free slot within the queue timeout; try again later"))
 
     def add_listener(self, listener: Callable[[InvocationRecord], None]) -> None:
         """Call `listener` with every finished invocation's record (from a platform thread)."""
@@ -920,69 +527,34 @@ class Platform:
             if self._retiring:
                 return {"ok": False, "retirements": self._retirements}
             now = time.monotonic()
-            self._leases[owner] = _Lease(bool(busy), max(0, int(wanted)), now)
+            self._leases.note(owner, busy, wanted, now)
             self._last_activity = now
             self._scale_for_demand()
             return {"ok": True, "retirements": self._retirements}
 
-    def _remote_wanted(self) -> tuple[bool, int]:
-        """(whether a live kernel is running invocations here, the workers those kernels want)."""
-        now = time.monotonic()
-        live = [lease for lease in self._leases.values() if lease.busy and now - lease.seen < _LEASE_TTL]
-        return bool(live), sum(lease.wanted for lease in live)
-
-    def _renew_lease(self, cluster: ClusterHandle) -> None:
-        """Kernel side: keep the server's keep-alive from retiring workers under this kernel's invocations."""
-        with self._lock:
-            busy = self._in_flight > 0
-            wanted = min(self._in_flight, self.maximum)
-            due = time.monotonic() - self._lease_sent >= _LEASE_RENEW
-            if not (busy and due) and not (self._lease_busy and not busy):
-                return
-            self._lease_sent, self._lease_busy = time.monotonic(), busy
-        cluster.lease(busy, wanted, wait=False)
-
-    def _check_in(self, cluster: ClusterHandle) -> None:
-        """Kernel side, on the way from idle to busy: wait out a scale-down the server has begun."""
-        if time.monotonic() - self._lease_sent < _LEASE_RENEW:
-            return
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                answer = cluster.lease(True, 1, wait=True)
-            except Exception:  # no answer: the invocation itself will report what is wrong
-                return
-            if answer.get("retirements") != self._owner_retirements and self._dispatcher is not None:
-                # The server retired every worker since we last looked: our links point at closed workers.
-                self._dispatcher.forget_workers()
-                self._owner_retirements = answer.get("retirements")
-            if answer.get("ok") or time.monotonic() > deadline:
-                break
-            self._stop.wait(0.02)
-        with self._lock:
-            self._lease_sent, self._lease_busy = time.monotonic(), True
+    def _activity(self) -> _keepalive.Activity:
+        """A snapshot of the work here and on sharing kernels, for the keep-alive policy (under the lock)."""
+        remote_busy, remote_wanted = self._leases.wanted()
+        held, now = bool(self._held), time.monotonic()
+        return _keepalive.Activity(
+            self._in_flight, held, self._retiring, remote_busy, remote_wanted, self._last_activity, now
+        )
 
     def _keepalive_expired(self) -> bool:
-        try:
-            idle_timeout = _config.idle_timeout()
-        except _config.ConfigError:
-            return False
-        return time.monotonic() - self._last_activity >= idle_timeout
+        return _keepalive.idle_expired(self._last_activity, time.monotonic(), _idle_timeout())
 
     def demand(self) -> int:
         """Workers wanted now: the most asked for since the platform was last idle, until the keep-alive ends."""
         with self._lock:
-            if self._in_flight == 0 and not self._held and self._keepalive_expired() and not self._remote_wanted()[0]:
-                return 0
-            _, remote = self._remote_wanted()
-            return max(self._requested_workers, min(max(self._in_flight + remote, self._zone_floor), self.maximum))
+            activity = self._activity()
+            return _keepalive.wanted_now(
+                activity, self._requested_workers, self._zone_floor, self.maximum, _idle_timeout()
+            )
 
     def begin_retire(self) -> bool:
         """Start holding new invocations, if nothing is in flight and the keep-alive has passed."""
         with self._lock:
-            if self._in_flight or self._held or self._retiring or not self._keepalive_expired():
-                return False
-            if self._remote_wanted()[0]:
+            if not _keepalive.may_retire(self._activity(), _idle_timeout()):
                 return False
             # From here new invocations wait in _held, so none can land on a worker being retired.
             self._retiring = True
@@ -1001,7 +573,7 @@ class Platform:
         for invocations in held:
             self._launch_or_fail(invocations)
 
-    def _launch_or_fail(self, invocations: list[_Invocation]) -> None:
+    def _launch_or_fail(self, invocations: list[Invocation]) -> None:
         """Launch from a background thread: whatever goes wrong must end the invocations, not lose them."""
         try:
             self._launch(invocations)
@@ -1021,6 +593,14 @@ class Platform:
             self._note_workers(cluster.worker_count())
         finally:
             self.end_retire()
+
+
+def _idle_timeout() -> float | None:
+    """faas.cluster.idle-timeout, or None while it is misconfigured: then the keep-alive never ends."""
+    try:
+        return _config.idle_timeout()
+    except ConfigError:
+        return None
 
 
 def _open_log() -> InvocationLog | None:

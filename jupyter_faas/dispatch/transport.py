@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from jupyter_faas.worker import plugin as _invoker
 from jupyter_faas.worker import wire as _wire
@@ -32,12 +32,15 @@ SETUP_DEADLINE = 60.0
 _DISCOVER_WAITING = 0.01
 _DISCOVER_IDLE = 1.0
 
+# How an attempt ended: "setup" means no worker can run it.
+OutcomeStatus = Literal["ok", "error", "timeout", "memory", "lost", "setup"]
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """A worker's answer to one invocation attempt, or the news that no answer will come."""
 
-    status: str  # "ok", "error", "timeout", "memory", "lost", or "setup" (no worker can run it)
+    status: OutcomeStatus
     value: bytes = b""
     started: float | None = None
     finished: float | None = None

@@ -6,7 +6,7 @@ import operator
 import threading
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from jupyter_faas.config import Pricing
 from jupyter_faas.record.cost import gb_seconds
@@ -16,6 +16,9 @@ MESSAGE_LIMIT = 500
 # Output (print, stdout, stderr, logging) of one function's newest invocations kept in memory; older
 # records keep theirs only in the durable log. 100,000 records of 64 KiB each would be 6 GiB.
 OUTPUT_KEPT_BYTES = 16 * 2**20
+
+# How an invocation ended, in its record: a lost worker or a failed setup is an "error".
+RecordStatus = Literal["ok", "error", "timeout", "memory"]
 
 
 @dataclass(slots=True)
@@ -33,7 +36,7 @@ class InvocationRecord:
     duration_ms: float | None
     latency_ms: float
     worker: str | None
-    status: str
+    status: RecordStatus
     error: str | None
     message: str | None
     attempts: int
