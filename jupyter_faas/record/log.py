@@ -40,7 +40,10 @@ EXIT_TIMEOUT = 5.0
 _TABLE = "invocations"
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(InvocationRecord))
 # The annotations are strings (postponed evaluation); the first name says the storage type.
-_KINDS: dict[str, str] = {f.name: str(f.type).split("|")[0].strip() for f in fields(InvocationRecord)}
+# A status is one of a few strings (RecordStatus, a Literal), stored as text.
+_KINDS: dict[str, str] = {
+    f.name: "str" if f.type == "RecordStatus" else str(f.type).split("|")[0].strip() for f in fields(InvocationRecord)
+}
 _SQL_TYPES = {"str": "TEXT", "float": "REAL", "int": "INTEGER", "bool": "INTEGER"}
 _CONVERT: dict[str, Any] = {"str": str, "float": float, "int": int, "bool": bool}
 _BOOL_COLUMNS = tuple(name for name in COLUMNS if _KINDS[name] == "bool")
