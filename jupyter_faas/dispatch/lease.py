@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from jupyter_faas.dispatch.cluster import ClusterHandle
 from jupyter_faas.dispatch.transport import DirectDispatcher
@@ -52,7 +51,7 @@ class KernelLease:
         # When this platform last told its server about its work, and what it said.
         self.sent = 0.0
         self.busy = False
-        self._owner_retirements: Any = None
+        self._owner_retirements: int | None = None
 
     def renew(self, cluster: ClusterHandle, in_flight: int, maximum: int) -> None:
         """Keep the server's keep-alive from retiring workers under this kernel's invocations."""
