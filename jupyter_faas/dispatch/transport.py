@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_faas.worker import plugin as _invoker
 from jupyter_faas.worker import wire as _wire
 from jupyter_faas.worker.capture import Segments
-from jupyter_faas.worker.messages import Done, ErrorInfo, Hello, Missing, Output, Package, Run, WorkerFrame
+from jupyter_faas.worker.messages import ErrorInfo, Hello, Package, Run, WorkerFrame
 
 if TYPE_CHECKING:
     from jupyter_faas.dispatch.cluster import ClusterHandle
@@ -93,7 +93,7 @@ def _end_as_lost(job: Job, message: str, worker: str | None = None) -> None:
 
 def _request(job: Job, with_package: bool) -> Run:
     package = job.package if with_package else None
-    return Run(
+    return (
         "run", job.name, job.version, package, job.blob, job.indices, job.timeout, job.memory, job.max_output,
         job.secrets, job.isolation, job.max_result,
     )  # fmt: skip
@@ -127,7 +127,7 @@ class _Link:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _wire.send_token(sock, self._token)
             hello: Hello = _wire.receive(sock)
-            self.worker_started = hello.worker_started
+            _, self.worker_started, _ = hello
             sock.settimeout(None)
         except BaseException:
             sock.close()
@@ -321,22 +321,22 @@ class DirectDispatcher:
             sock.settimeout(job.timeout + _SILENCE_GRACE)
             while True:
                 frame: WorkerFrame = _wire.receive(sock)
-                if isinstance(frame, Missing):
+                if frame[0] == "missing":
                     _wire.send(sock, _request(job, with_package=True))
                     continue
-                if isinstance(frame, Output):
+                if frame[0] == "output":
                     if job.stream is not None:
-                        job.stream(frame.call_index, frame.segments, frame.dropped)
+                        job.stream(frame[1], frame[2], frame[3])
                     continue
                 link.known.add(job.version)
-                for index, answer in frame.answers:
+                for index, answer in frame[1]:
                     status, value, started, finished, fresh, peak, failure, output = answer
                     outcome = Outcome(
                         status, value, started, finished, fresh, peak, failure, link.worker, link.worker_started, output
                     )
                     job.deliver(index, outcome)
                     answered += 1
-                if isinstance(frame, Done):
+                if frame[0] == "done":
                     break
         except BaseException:
             job.indices = job.indices[answered:]

@@ -1,17 +1,18 @@
-"""The messages of the invocation protocol: client and worker frames, worker and sandbox messages, answers.
+"""The messages of the invocation protocol, as types: client and worker frames, worker and sandbox messages.
 
-Each is a NamedTuple whose first field names its kind: as cheap to build and pickle as the bare tuples
-they replace, and importable in the sandbox (typing only). Client and worker run the same version (the
-version check makes sure), so the classes pickled by one are the classes the other unpickles.
+Each is a plain tuple whose first item is a Literal tag (an answer's is its status), so mypy narrows a
+union of them on `message[0] == ...`. Plain tuples because these are pickled on every invocation's path,
+and pickling a NamedTuple costs several times as much. Client and worker run the same version (the
+version check makes sure); a worker still accepts a Run without the items older clients did not send.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from jupyter_faas.worker.capture import Segments
 
-# How an attempt ended on the worker: "timeout" and "memory" when the worker stopped the call.
+# How an attempt ended on the worker: "timeout" and "memory" also when the worker stopped the call.
 AnswerStatus = Literal["ok", "error", "memory", "timeout"]
 # (type name, message, traceback text, the pickled exception or None): an error as it travels.
 ErrorInfo = tuple[str, str, str, bytes | None]
@@ -20,105 +21,37 @@ TrailingOutput = tuple[Segments, int]
 # What a function is shipped as: (cloudpickled function, file name, source, reusable).
 Package = tuple[bytes, str, str, bool]
 
-
-class Answer(NamedTuple):
-    """One invocation's result, as the sandbox (or the worker, for a call it stopped) reports it."""
-
-    status: AnswerStatus
-    value: bytes
-    started: float
-    finished: float
-    fresh: bool
-    peak: int | None
-    error: ErrorInfo | None
-    output: TrailingOutput | None = None
-
+# (status, value, started, finished, fresh, peak memory, error): how one call ended, in the sandbox.
+Result = tuple[AnswerStatus, bytes, float, float, bool, int | None, ErrorInfo | None]
+# A Result and its trailing output (None when nothing was captured): one invocation's answer.
+Answer = tuple[AnswerStatus, bytes, float, float, bool, int | None, ErrorInfo | None, TrailingOutput | None]
 
 # -- client <-> worker, over the invocation stream ------------------------------------------------------
 
-
-class Hello(NamedTuple):
-    """The worker's first frame after the token: when it started, and how many calls it runs at once."""
-
-    kind: Literal["hello"]
-    worker_started: float
-    slots: int
-
-
-class Run(NamedTuple):
-    """Run the calls at `indices` of one blob; `package` is None when the worker should already hold it."""
-
-    kind: Literal["run"]
-    name: str
-    version: str
-    package: Package | None
-    blob: bytes
-    indices: list[int]
-    timeout: float
-    memory: int
-    max_output: int
-    secrets: dict[str, str] | None
-    # Clients of before --isolation and faas.call.max-bytes sent neither: these defaults stand in.
-    isolation: str = "warm"
-    max_result: int = 2**62
-
-
-class Answers(NamedTuple):
-    """Answers so far, each with its call's index; more frames follow."""
-
-    kind: Literal["answers"]
-    answers: list[tuple[int, Answer]]
-
-
-class Done(NamedTuple):
-    """The last answers of a Run: nothing more comes for it."""
-
-    kind: Literal["done"]
-    answers: list[tuple[int, Answer]]
-
-
-class Output(NamedTuple):
-    """New output of a call still running, and the bytes of its output dropped so far."""
-
-    kind: Literal["output"]
-    call_index: int
-    segments: Segments
-    dropped: int
-
-
-class Missing(NamedTuple):
-    """The receiver does not hold the function's package: send the request again with it."""
-
-    kind: Literal["missing"]
-
-
+# The worker's first frame after the token: ("hello", when the worker started, slots).
+Hello = tuple[Literal["hello"], float, int]
+# ("run", name, version, package or None if the worker should hold it, blob, indices, timeout, memory,
+# max_output, secrets, isolation, max_result). Clients of before --isolation and faas.call.max-bytes sent
+# neither of the last two.
+Run = tuple[
+    Literal["run"], str, str, Package | None, bytes, list[int], float, int, int, dict[str, str] | None, str, int
+]
+# Answers so far, each with its call's index; more frames follow.
+Answers = tuple[Literal["answers"], list[tuple[int, Answer]]]
+# The last answers of a Run: nothing more comes for it.
+Done = tuple[Literal["done"], list[tuple[int, Answer]]]
+# ("output", index, segments, bytes dropped so far): new output of a call still running.
+Output = tuple[Literal["output"], int, Segments, int]
+# The receiver lacks the function's package: send the request again with it.
+Missing = tuple[Literal["missing"]]
 # What a worker sends back on a Run.
 WorkerFrame = Answers | Done | Output | Missing
 
 # -- worker <-> sandbox, over the sandbox's socket -----------------------------------------------------
 
-
-class Ready(NamedTuple):
-    """The sandbox's first message: it is up, with this process id."""
-
-    kind: Literal["ready"]
-    pid: int
-
-
-class SandboxRun(NamedTuple):
-    """Run the calls at `indices` of one blob in the sandbox, one message back per index."""
-
-    kind: Literal["run"]
-    version: str
-    package: Package | None
-    blob: bytes
-    indices: list[int]
-    memory: int
-    max_output: int
-    secrets: dict[str, str] | None
-    isolation: str
-    max_result: int
-
-
-# What a sandbox sends while it runs a SandboxRun.
+# The sandbox's first message: ("ready", its process id).
+Ready = tuple[Literal["ready"], int]
+# ("run", version, package or None, blob, indices, memory, max_output, secrets, isolation, max_result).
+SandboxRun = tuple[Literal["run"], str, Package | None, bytes, list[int], int, int, dict[str, str] | None, str, int]
+# What a sandbox sends while it runs a SandboxRun: one Answer per index.
 SandboxMessage = Answer | Output | Missing

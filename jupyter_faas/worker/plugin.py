@@ -16,7 +16,7 @@ from distributed import WorkerPlugin
 from jupyter_faas.worker import wire as _wire
 from jupyter_faas.worker.capture import Segments
 from jupyter_faas.worker.messages import Answer, Answers, Done, Hello, Missing, Output, Package, Run
-from jupyter_faas.worker.pool import Batch, Invoker
+from jupyter_faas.worker.pool import NO_RESULT_LIMIT, Batch, Invoker
 
 # Answers are sent back in frames at most this far apart, so a lost worker loses little.
 _FLUSH_INTERVAL = 0.01
@@ -95,11 +95,10 @@ class InvokerServer:
             with self._count_lock:
                 self._handshaking -= 1
                 handshaking = False
-            _wire.send(sock, Hello("hello", self._worker_started, self.invoker.slots))
+            hello: Hello = ("hello", self._worker_started, self.invoker.slots)
+            _wire.send(sock, hello)
             while not self._closed:
-                request = _wire.receive(sock)
-                # A plain tuple from an older client, without the items it did not know, works too.
-                self._handle(sock, request if isinstance(request, Run) else Run(*request))
+                self._handle(sock, _wire.receive(sock))
         except (OSError, _wire.ConnectionLost, EOFError):
             pass
         finally:
@@ -110,7 +109,10 @@ class InvokerServer:
             sock.close()
 
     def _handle(self, sock: socket.socket, request: Run) -> None:
-        _, name, version, package, blob, indices, timeout, memory, max_output, secrets, isolation, max_result = request
+        _, name, version, package, blob, indices, timeout, memory, max_output, secrets = request[:10]
+        # Clients of before --isolation send no eleventh item, nor those of before faas.call.max-bytes a twelfth.
+        isolation = request[10] if len(request) > 10 else "warm"
+        max_result = request[11] if len(request) > 11 else NO_RESULT_LIMIT
         with self._packages_lock:
             if package is not None:
                 self._packages[version] = package
@@ -120,7 +122,8 @@ class InvokerServer:
             if package is not None:
                 self._packages.move_to_end(version)
         if package is None:
-            _wire.send(sock, Missing("missing"))
+            missing: Missing = ("missing",)
+            _wire.send(sock, missing)
             return
         pending: list[tuple[int, Answer]] = []
         last_flush = time.monotonic()
@@ -130,17 +133,20 @@ class InvokerServer:
             pending.append((index, answer))
             now = time.monotonic()
             if now - last_flush >= _FLUSH_INTERVAL:
-                _wire.send(sock, Answers("answers", pending[:]))
+                answers: Answers = ("answers", pending[:])
+                _wire.send(sock, answers)
                 pending.clear()
                 last_flush = now
 
         def on_output(index: int, segments: Segments, dropped: int) -> None:
             # At once: the caller of a running invocation is waiting to see it.
-            _wire.send(sock, Output("output", index, segments, dropped))
+            output: Output = ("output", index, segments, dropped)
+            _wire.send(sock, output)
 
         batch = Batch(name, version, package, blob, timeout, memory, max_output, secrets, isolation, max_result)
         self.invoker.invoke(batch, indices, on_answer, on_output)
-        _wire.send(sock, Done("done", pending))
+        done: Done = ("done", pending)
+        _wire.send(sock, done)
 
     def close(self) -> None:
         self._closed = True

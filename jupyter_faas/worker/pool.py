@@ -20,19 +20,15 @@ import psutil
 
 from jupyter_faas.units import format_size
 from jupyter_faas.worker.capture import Segments
-from jupyter_faas.worker.messages import (
-    Answer,
-    AnswerStatus,
-    Missing,
-    Output,
-    Package,
-    SandboxRun,
-)
+from jupyter_faas.worker.messages import Answer, AnswerStatus, Package, SandboxMessage, SandboxRun
 
 # How often a running invocation's memory is sampled; fast calls answer before the first sample.
 _MEMORY_POLL = 0.05
 # A sandbox that has not said "ready" by then is broken, not slow.
 _READY_TIMEOUT = 60.0
+# The largest result when none is set: more than any machine holds.
+NO_RESULT_LIMIT = 2**62
+# Where each call's answer goes, with the call's index.
 OnAnswer = Callable[[int, Answer], None]
 # (index, segments, bytes dropped so far): output of a call still running.
 OnOutput = Callable[[int, Segments, int], None]
@@ -83,7 +79,11 @@ class Batch:
     # "fresh": each call runs in a process the sandbox forks for it and that ends with it.
     isolation: str = "warm"
     # Largest result, serialized, a call may send back; past it the call fails with ResultTooLarge.
-    max_result: int = 2**62
+    max_result: int = NO_RESULT_LIMIT
+
+
+# What a sandbox may send: a streamed output, a request for the package, or an answer's status.
+_MESSAGES = frozenset({"output", "missing", "ok", "error", "memory"})
 
 
 class SandboxGone(Exception):
@@ -105,7 +105,7 @@ def failure(
     status: AnswerStatus, type_name: str, message: str, started: float, fresh: bool, peak: int | None
 ) -> Answer:
     """The answer for a call the worker stopped, or that no sandbox answered."""
-    return Answer(status, b"", started, time.time(), fresh, peak, (type_name, message, "", None))
+    return (status, b"", started, time.time(), fresh, peak, (type_name, message, "", None), None)
 
 
 class Sandbox:
@@ -209,8 +209,7 @@ class Sandbox:
                     return answered + 1
                 continue
             try:
-                # Unchecked until the isinstance tests below: a damaged sandbox may send anything.
-                received: object = pickle.loads(self.conn.recv_bytes())
+                received = pickle.loads(self.conn.recv_bytes())
             except (EOFError, OSError):
                 message = f"the process running {name} {self._died()}"
                 on_answer(index, failure("error", "SandboxExit", message, time.time(), fresh, None))
@@ -221,23 +220,25 @@ class Sandbox:
                 message = f"the process running {name} broke its protocol ({type(e).__name__}) and was replaced"
                 on_answer(index, failure("error", "SandboxExit", message, time.time(), fresh, None))
                 return answered + 1
-            if isinstance(received, Output):
-                on_output(received.call_index, received.segments, received.dropped)
-                continue
-            if isinstance(received, Missing):
-                self._send(batch, indices, with_package=True)
-                continue
-            if not isinstance(received, Answer):
+            if not isinstance(received, tuple) or not received or received[0] not in _MESSAGES:
                 self.kill()
                 message = f"the process running {name} sent something else than an answer and was replaced"
                 on_answer(index, failure("error", "SandboxExit", message, time.time(), fresh, None))
                 return answered + 1
+            # Checked just above, as far as its tag: a sandbox of this very version sent it.
+            sent: SandboxMessage = received
+            if sent[0] == "output":
+                on_output(sent[1], sent[2], sent[3])
+                continue
+            if sent[0] == "missing":
+                self._send(batch, indices, with_package=True)
+                continue
             self.known.add(batch.version)
             fresh = False
-            on_answer(index, received)
+            on_answer(index, sent)
             answered += 1
             deadline = time.monotonic() + timeout
-            if received.status == "memory" and batch.isolation != "fresh":
+            if sent[0] == "memory" and batch.isolation != "fresh":
                 # Its peak is spent and its memory may still be held: the next call starts clean. (A fresh
                 # call's process is already gone, with its memory.)
                 self.kill()
@@ -246,7 +247,7 @@ class Sandbox:
 
     def _send(self, batch: Batch, indices: list[int], with_package: bool) -> None:
         package = batch.package if with_package else None
-        request = SandboxRun(
+        request: SandboxRun = (
             "run", batch.version, package, batch.blob, indices, batch.memory, batch.max_output, batch.secrets,
             batch.isolation, batch.max_result,
         )  # fmt: skip

@@ -21,7 +21,16 @@ from jupyter_faas.errors import ResultTooLarge
 from jupyter_faas.worker import capture as _capture
 from jupyter_faas.worker import process as _process
 from jupyter_faas.worker.code import with_filename
-from jupyter_faas.worker.messages import Answer, AnswerStatus, ErrorInfo, Missing, Output, Ready, SandboxRun
+from jupyter_faas.worker.messages import (
+    AnswerStatus,
+    ErrorInfo,
+    Missing,
+    Output,
+    Ready,
+    Result,
+    SandboxRun,
+    TrailingOutput,
+)
 
 # Functions kept loaded per sandbox; the oldest are dropped first.
 _CACHE_SIZE = 64
@@ -113,15 +122,16 @@ class _Channel:
         with self.lock:
             self.conn.send_bytes(pickle.dumps(message, protocol=5))
 
-    def answer(self, answer: Answer) -> None:
+    def answer(self, result: Result) -> None:
         """The invocation's answer, carrying its output not yet streamed; nothing of it is streamed after."""
         with self.lock:
             running, self.running = self.running, None
+            output: TrailingOutput | None = None
             if running is not None:
                 _capture.current.captured = None
                 captured = running[1]
-                answer = answer._replace(output=(captured.close(), captured.dropped))
-            self.conn.send_bytes(pickle.dumps(answer, protocol=5))
+                output = (captured.close(), captured.dropped)
+            self.conn.send_bytes(pickle.dumps((*result, output), protocol=5))
 
     def stream(self) -> None:
         while True:
@@ -133,9 +143,8 @@ class _Channel:
                 segments = captured.take()
                 if segments:
                     try:
-                        self.conn.send_bytes(
-                            pickle.dumps(Output("output", index, segments, captured.dropped), protocol=5)
-                        )
+                        message: Output = ("output", index, segments, captured.dropped)
+                        self.conn.send_bytes(pickle.dumps(message, protocol=5))
                     except OSError:
                         return
 
@@ -179,7 +188,7 @@ def _call(
     meter: _process.PeakMeter,
     state: _process.ProcessState,
     secrets: dict[str, str] | None = None,
-) -> Answer:
+) -> Result:
     """One invocation's answer; its output is added as it is sent.
 
     Its secrets are in the environment only while it runs; afterwards the process is as it was before it.
@@ -223,7 +232,7 @@ def _call(
     peak = meter.after_call()
     if peak is not None and peak > memory_limit and status != "memory":
         status, value, error = "memory", b"", None
-    return Answer(status, value, started, finished, fresh, peak, error)
+    return (status, value, started, finished, fresh, peak, error)
 
 
 def _call_in_fork(
@@ -275,7 +284,7 @@ def _call_in_fork(
         code = os.waitstatus_to_exitcode(status)
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         message = f"the process forked for the call {how} before it answered"
-        channel.answer(Answer("error", b"", started, time.time(), fresh, None, ("SandboxExit", message, "", None)))
+        channel.answer(("error", b"", started, time.time(), fresh, None, ("SandboxExit", message, "", None)))
 
 
 def serve(conn: Connection) -> None:
@@ -289,7 +298,7 @@ def serve(conn: Connection) -> None:
     _capture.install()
     state = _process.ProcessState()
     threading.Thread(target=channel.stream, name="faas-output", daemon=True).start()
-    channel.send(Ready("ready", os.getpid()))
+    channel.send(("ready", os.getpid()))
     while True:
         try:
             request: SandboxRun = pickle.loads(conn.recv_bytes())
@@ -300,7 +309,7 @@ def serve(conn: Connection) -> None:
         loaded = cache.get(version)
         if loaded is None:
             if package is None:
-                channel.send(Missing("missing"))
+                channel.send(("missing",))
                 continue
             payload, filename, source, reusable = package
             _register_source(filename, source)
@@ -316,7 +325,7 @@ def serve(conn: Connection) -> None:
             now = time.time()
             error = _describe_error(e, 0)
             for _ in indices:
-                channel.answer(Answer("error", b"", now, now, fresh, None, error))
+                channel.answer(("error", b"", now, now, fresh, None, error))
             continue
         for index in indices:
             if isolation == "fresh":
