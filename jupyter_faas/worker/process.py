@@ -105,6 +105,10 @@ def stop_strays() -> None:
             pass
 
 
+# Stands for a name that builtins did not have.
+_MISSING = object()
+
+
 class ProcessState:
     """What a call can change in this process and the next call must not see; taken once, restored after each.
 
@@ -163,9 +167,6 @@ class ProcessState:
                 if signal.getsignal(signum) is not handler:
                     signal.signal(signum, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, self.blocked)
-
-
-_MISSING = object()
 
 
 def become_subreaper() -> None:

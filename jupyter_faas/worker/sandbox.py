@@ -123,7 +123,7 @@ class _Channel:
             self.conn.send_bytes(pickle.dumps(message, protocol=5))
 
     def answer(self, result: Result) -> None:
-        """The invocation's answer, carrying its output not yet streamed; nothing of it is streamed after."""
+        """The invocation's Answer: its result and its output not yet streamed; nothing of it is streamed after."""
         with self.lock:
             running, self.running = self.running, None
             output: TrailingOutput | None = None
@@ -189,7 +189,7 @@ def _call(
     state: _process.ProcessState,
     secrets: dict[str, str] | None = None,
 ) -> Result:
-    """One invocation's answer; its output is added as it is sent.
+    """One invocation, run here: its Result, to which the answer adds the output not yet streamed.
 
     Its secrets are in the environment only while it runs; afterwards the process is as it was before it.
     `limits` are the memory limit and the largest result, serialized, that may be sent back.
