@@ -59,7 +59,7 @@ class FunctionDefinition:
 
     def load(self) -> Callable[..., Any]:
         """A fresh copy of the function, with globals no other call has touched."""
-        function = cloudpickle.loads(self.payload)
+        function: types.FunctionType = cloudpickle.loads(self.payload)
         function.__code__ = with_filename(function.__code__, self.filename)
         return function
 
@@ -376,7 +376,7 @@ def from_callable(function: Callable[..., Any], limits: Limits, name: str | None
 # -- from a cell -------------------------------------------------------------------------------------
 
 
-class _CellLocals(dict):
+class _CellLocals(dict[str, Any]):
     """The cell's top-level namespace: its own names first, then the notebook's."""
 
     def __init__(self, fallback: Mapping[str, Any]) -> None:
@@ -391,7 +391,7 @@ def _split_params(params: list[str], name: str) -> ast.arguments:
     text = ", ".join(params)
     try:
         tree = ast.parse(f"def _({text}): pass")
-        arguments = tree.body[0].args  # type: ignore[attr-defined]
+        arguments: ast.arguments = tree.body[0].args  # type: ignore[attr-defined]
     except SyntaxError:
         raise DefinitionError(
             f"%%faas {name}: cannot read the parameters {' '.join(params)!r}; "
@@ -471,7 +471,7 @@ def from_cell(
             body[-1] = ast.copy_location(ast.Return(value=last.value), last)
         function_node = ast.FunctionDef(
             name=bound_name, args=arguments, body=body, decorator_list=[], returns=None, type_params=[]
-        )
+        )  # type: ignore[call-arg, unused-ignore]  # type_params: a field from 3.12 on
         ast.copy_location(function_node, body[0])
         function_node.lineno = 1
         tree = ast.Module(body=[function_node], type_ignores=[])

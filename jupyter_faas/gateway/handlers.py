@@ -89,7 +89,8 @@ class _Faas(web.RequestHandler):
 
     @property
     def endpoints(self) -> Endpoints:
-        return self.settings["faas_endpoints"]
+        endpoints: Endpoints = self.settings["faas_endpoints"]
+        return endpoints
 
     @property
     def request_id(self) -> str:
@@ -208,7 +209,8 @@ class _Invoke(_Faas):
 
     @property
     def body_budget(self) -> BodyBudget:
-        return self.settings["faas_body_budget"]
+        budget: BodyBudget = self.settings["faas_body_budget"]
+        return budget
 
     async def admit(self) -> None:
         self._chunks: list[bytes] = []

@@ -25,6 +25,7 @@ from jupyter_faas.errors import (
     ArgumentsTooLarge,
     FaasMemoryError,
     FaasTimeout,
+    InputRefused,
     MissingSecret,
     NoCapacity,
     QueueFull,
@@ -36,7 +37,7 @@ from jupyter_faas.errors import (
 )
 from jupyter_faas.gateway.metrics import Metrics
 from jupyter_faas.gateway.openapi import document
-from jupyter_faas.gateway.triggers import InputRefused, TriggerRunner, TriggerSpec, TriggerStore, read_dropped_file
+from jupyter_faas.gateway.triggers import TriggerRunner, TriggerSpec, TriggerStore, read_dropped_file
 from jupyter_faas.record.deadletters import DamagedLetter, DeadLetters, dead_letters_path, whole_input
 from jupyter_faas.record.inflight import InFlight, inflight_path
 from jupyter_faas.record.outcomes import AsyncOutcomes, Dropped
@@ -87,7 +88,7 @@ class _Pending:
     """An asynchronous invocation not yet settled; once settled, only its outcome is kept (in AsyncOutcomes)."""
 
     name: str
-    future: Future
+    future: Future[Any]
     call: _Call
     # Where its input came from, when not the request itself: a file trigger's file, read again on replay.
     source: dict[str, Any] | None = None
@@ -295,7 +296,7 @@ class Endpoints:
             raise
         return call
 
-    def _submit(self, call: _Call, queue_timeout: float | None, background: bool = False) -> Future:
+    def _submit(self, call: _Call, queue_timeout: float | None, background: bool = False) -> Future[Any]:
         definition = call.deployment.definition
         try:
             blob = pack_calls(definition.name, [(call.args, call.kwargs)])

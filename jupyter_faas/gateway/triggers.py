@@ -135,7 +135,7 @@ def next_time(spec: TriggerSpec, after: float) -> float:
         periods = int((after - spec.created) // spec.every) + 1
         return spec.created + max(periods, 1) * spec.every
     base = datetime.fromtimestamp(after, timezone.utc)
-    return croniter(spec.cron, base).get_next(float)
+    return float(croniter(spec.cron, base).get_next(float))
 
 
 class TriggerStore:
@@ -228,7 +228,7 @@ class _Active:
 
 
 # What the runner calls to start one invocation: (function name, arguments, trigger kind, on_done) -> started?
-Launch = Callable[[str, tuple[Any, ...], str, Callable[[Future], None]], bool]
+Launch = Callable[[str, tuple[Any, ...], str, Callable[[Future[Any]], None]], bool]
 # What it calls with an invocation that failed: (trigger spec, its arguments, the error, the invocation id).
 Failed = Callable[[TriggerSpec, tuple[Any, ...], BaseException, str], None]
 
@@ -330,7 +330,7 @@ class TriggerRunner:
         state.last_fired = now
         args: tuple[Any, ...] = (datetime.fromtimestamp(due, timezone.utc),)
 
-        def done(future: Future) -> None:
+        def done(future: Future[Any]) -> None:
             error = future.exception()
             if error is not None:
                 state.failed += 1
@@ -343,6 +343,8 @@ class TriggerRunner:
         """Wake the runner as soon as something changes in the folder."""
         import watchfiles
 
+        if state.spec.directory is None:  # a schedule: no folder to watch
+            return
         try:
             for _ in watchfiles.watch(
                 state.spec.directory, stop_event=state.stop, debounce=50, step=20, recursive=False,
@@ -413,7 +415,7 @@ class TriggerRunner:
         args = (argument,)
         state.running.add(key)
 
-        def done(future: Future) -> None:
+        def done(future: Future[Any]) -> None:
             error = future.exception()
             invocation = getattr(future, "id", "")
             if error is not None:

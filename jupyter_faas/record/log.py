@@ -173,7 +173,7 @@ def _statement_size(conn: sqlite3.Connection) -> int:
     if not _rows_per_statement:
         variables = 999  # the compiled-in default of SQLite before 3.32, when the limit cannot be asked
         with contextlib.suppress(AttributeError, sqlite3.Error):
-            variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[attr-defined]
+            variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[attr-defined, unused-ignore]  # 3.11+
         fit = max(1, min(_MAX_ROWS_PER_STATEMENT, variables // len(COLUMNS)))
         _rows_per_statement = 1 << (fit.bit_length() - 1)
     return _rows_per_statement
@@ -233,9 +233,9 @@ class InvocationLog:
         if not 0 < flush_interval < math.inf:
             raise ValueError(f"flush_interval must be a positive number of seconds, got {flush_interval!r}")
         state_dir = Path(state_dir)
-        self._path = state_dir / LOG_FILENAME
-        self._max = int(max_records)
-        self._interval = float(flush_interval)
+        self._path: Path = state_dir / LOG_FILENAME
+        self._max: int = int(max_records)
+        self._interval: float = float(flush_interval)
         try:
             private_dir(state_dir)
             # Mode 0600 whatever the umask; SQLite gives the -wal and -shm files it creates the database's mode.
@@ -256,8 +256,8 @@ class InvocationLog:
         except (sqlite3.Error, OSError) as e:
             raise LogError(f"cannot use the invocation log {self._path}: {e}") from e
 
-        self._close_lock = threading.Lock()
-        self._closed = False
+        self._close_lock: threading.Lock = threading.Lock()
+        self._closed: bool = False
         self._reset_writer_state()
         _LOGS.add(self)
 
