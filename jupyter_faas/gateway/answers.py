@@ -8,7 +8,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from jupyter_faas import config as _config
 from jupyter_faas.definition.signature import JSON_TYPES as _JSON_TYPES
@@ -23,15 +23,11 @@ from jupyter_faas.errors import (
     WorkerLost,
     type_name,
 )
+from jupyter_faas.record.outcomes import FailedStatus
 from jupyter_faas.record.registry import Deployment
 from jupyter_faas.units import is_json
 
 log = logging.getLogger("jupyter_faas.endpoints")
-
-# The "status" of an asynchronous invocation in GET /faas/invocations/{id}: waiting, then how it ended.
-PendingStatus = Literal["queued", "running"]
-FailedStatus = Literal["error", "timeout", "memory"]
-AsyncStatus = Literal[PendingStatus, "ok", FailedStatus]
 
 
 class HttpError(Exception):

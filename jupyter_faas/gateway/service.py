@@ -17,7 +17,6 @@ from jupyter_faas.definition.signature import takes_bytes
 from jupyter_faas.dispatch.platform import Platform, pack_calls
 from jupyter_faas.errors import ArgumentsTooLarge, InputRefused, MissingSecret, QueueFull, RegistryError
 from jupyter_faas.gateway.answers import (
-    AsyncStatus,
     Call,
     as_json,
     check_types,
@@ -41,7 +40,7 @@ from jupyter_faas.gateway.openapi import document
 from jupyter_faas.gateway.triggers import TriggerRunner, TriggerStore, read_dropped_file
 from jupyter_faas.record.deadletters import DamagedLetter, DeadLetters, dead_letters_path, whole_input
 from jupyter_faas.record.inflight import InFlight, inflight_path
-from jupyter_faas.record.outcomes import AsyncOutcomes, Dropped
+from jupyter_faas.record.outcomes import AsyncOutcomes, AsyncStatus, Dropped
 from jupyter_faas.record.registry import Deployment, Registry
 from jupyter_faas.units import is_json
 

@@ -1,4 +1,7 @@
-"""Schedules and file drops that invoke deployed functions, run by the process that owns the platform."""
+"""Schedules and file drops that invoke deployed functions, run by the process that owns the platform.
+
+Over 400 lines: TriggerRunner is most of it; the specs, their store and the file progress it drives are short.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from croniter import croniter
 
@@ -180,6 +183,10 @@ class TriggerStore:
         return FileProgress(self.directory / f"{spec.id}.files")
 
 
+# How a dropped file ended: its invocation succeeded, or it became a dead letter.
+FileStatus = Literal["done", "failed"]
+
+
 class FileProgress:
     """Which dropped files were handled: one JSON line per file version, appended once its invocation ended."""
 
@@ -192,7 +199,7 @@ class FileProgress:
                     entry = json.loads(line)
                     self.handled[entry["key"]] = entry["status"]
 
-    def mark(self, key: str, status: str, invocation: str) -> None:
+    def mark(self, key: str, status: FileStatus, invocation: str) -> None:
         self.handled[key] = status
         with os.fdopen(open_private(self.path, os.O_WRONLY | os.O_APPEND), "a") as file:
             file.write(json.dumps({"key": key, "status": status, "invocation": invocation, "at": time.time()}) + "\n")
