@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 import dask.config
 import yaml
 
-from jupyter_faas.errors import ConfigError, LimitError
+# Re-exported: callers catch config.ConfigError next to the reads that raise it.
+from jupyter_faas.errors import ConfigError as ConfigError
+from jupyter_faas.errors import LimitError
 from jupyter_faas.units import MIN_MEMORY, parse_count, parse_duration, parse_isolation, parse_size
 
 _DEFAULTS_FILE = Path(__file__).with_name("faas.yaml")
