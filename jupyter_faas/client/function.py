@@ -17,7 +17,7 @@ from jupyter_faas.definition.model import FunctionDefinition, from_callable
 from jupyter_faas.definition.requirements import with_requirements
 from jupyter_faas.definition.secrets import with_secrets
 from jupyter_faas.dispatch import platform as _platform
-from jupyter_faas.errors import LogError, type_name
+from jupyter_faas.errors import ConfigError, LogError, type_name
 from jupyter_faas.gateway import triggers as _triggers
 from jupyter_faas.record.deadletters import DeadLetters, dead_letters_path
 from jupyter_faas.record.log import read_invocations
@@ -71,7 +71,7 @@ class FaasFunction:
         except TypeError as e:
             raise TypeError(f"{self.name}(): {e}") from None
 
-    def submit(self, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
         """Start one invocation; the concurrent.futures.Future ends with its result or error."""
         self._check_arguments(args, kwargs)
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
@@ -97,7 +97,9 @@ class FaasFunction:
     def map(self, iterable: Iterable[Any], *iterables: Iterable[Any], return_exceptions: bool = False) -> list[Any]:
         """Results in input order; with return_exceptions, a failed item gives its exception in place."""
         __tracebackhide__ = True
-        calls = [(items, {}) for items in zip(iterable, *iterables, strict=False)]
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (items, {}) for items in zip(iterable, *iterables, strict=False)
+        ]
         if calls:
             # Every item has the same number of positional arguments, so one check covers them all.
             self._check_arguments(calls[0][0], {})
@@ -242,7 +244,7 @@ class FaasFunction:
 
 
 def _dead_letter_if_failed(
-    definition: FunctionDefinition, args: tuple[Any, ...], kwargs: dict[str, Any], future: Future
+    definition: FunctionDefinition, args: tuple[Any, ...], kwargs: dict[str, Any], future: Future[Any]
 ) -> None:
     error = future.exception()
     if error is None:
@@ -261,7 +263,7 @@ def _with_logged_output(name: str, records: list[InvocationRecord]) -> list[Invo
     try:
         since = min(record.submitted for record in records)
         logged = {r.id: r.output for r in read_invocations(_config.state_dir(), name, since=since)}
-    except (LogError, _config.ConfigError):
+    except (LogError, ConfigError):
         return records
     for record in records:
         if record.output is None:
