@@ -212,8 +212,12 @@ class FaasFunction:
 
         with _card_made:
             if self._card is None:
-                self._card = _widgets.FunctionCard(self)
+                self._card = _widgets.FunctionCard(self, _deploy.function_triggers, _deploy.triggers_stamp)
             return self._card
+
+    def card_triggers(self) -> list[str]:
+        """What fires this function besides calls, as the card shows it."""
+        return _deploy.function_triggers(self.name)
 
     def card_header(self) -> dict[str, str]:
         """The card's header facts: name, version, signature and limits, as text."""

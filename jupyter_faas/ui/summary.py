@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Protocol, TypedDict, cast
 
-from jupyter_faas.client import deploy as _deploy
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.ui.figures import latency_histogram
 
@@ -101,6 +100,10 @@ class CardSubject(Protocol):
         """ "name", "version", "signature" and "limits", as text."""
         ...
 
+    def card_triggers(self) -> list[str]:
+        """What fires it besides calls, as text: "every 30 s"; [] for none."""
+        ...
+
 
 class Reading:
     """The platform as one tick sees it: each function's figures are read once, however many views show them."""
@@ -140,7 +143,7 @@ def last_output(newest: list[InvocationRecord]) -> LastOutput | None:
     return {"id": newest[-1].id, "lines": lines[-OUTPUT_LINES:], "hidden": max(0, len(lines) - OUTPUT_LINES)}
 
 
-def read_function(header: CardHeader, reading: Reading) -> FunctionSummary:
+def read_function(header: CardHeader, reading: Reading, triggers: list[str]) -> FunctionSummary:
     name = header["name"]
     counts, low, high = latency_histogram(reading.latencies(name))
     return {
@@ -148,14 +151,14 @@ def read_function(header: CardHeader, reading: Reading) -> FunctionSummary:
         **reading.stats(name),
         "histogram": counts,
         "latency_range": (low, high),
-        "triggers": _deploy.function_triggers(name),
+        "triggers": triggers,
         "last_output": last_output(reading.platform.recent(name, 1)),
     }
 
 
 def function_summary(fn: CardSubject) -> FunctionSummary:
     """A function's card figures as plain Python: its header, `stats()`, and the latency histogram."""
-    return read_function(card_header(fn), current_reading())
+    return read_function(card_header(fn), current_reading(), fn.card_triggers())
 
 
 def platform_summary(reading: Reading) -> PlatformSummary:

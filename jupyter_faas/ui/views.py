@@ -13,7 +13,6 @@ from typing import Any, Generic, TypeVar
 import ipywidgets
 from IPython.display import display
 
-from jupyter_faas.client import deploy as _deploy
 from jupyter_faas.ui.frontend import use_widgets
 from jupyter_faas.ui.html import (
     card_figures_html,
@@ -111,9 +110,17 @@ class _LiveView(ipywidgets.VBox, Generic[S]):  # type: ignore[misc]  # ipywidget
 class FunctionCard(_LiveView[FunctionSummary]):
     """One function at a glance: its definition, counts, latency, cost, peak memory and last error; kept current."""
 
-    def __init__(self, fn: CardSubject) -> None:
-        # The card keeps the function's description, not the function, so it never keeps an old definition alive.
+    def __init__(
+        self,
+        fn: CardSubject,
+        triggers_of: Callable[[str], list[str]] = lambda name: [],
+        triggers_stamp: Callable[[], int | None] = lambda: None,
+    ) -> None:
+        # The card keeps the function's description, not the function, so it never keeps an old definition alive;
+        # what fires a function it asks of `triggers_of`, and re-reads when `triggers_stamp` changes.
         self._header_facts = card_header(fn)
+        self._triggers_of = triggers_of
+        self._triggers_stamp = triggers_stamp
         self.header = ipywidgets.HTML()
         self.figures = ipywidgets.HTML()
         self.histogram = ipywidgets.HTML()
@@ -127,10 +134,10 @@ class FunctionCard(_LiveView[FunctionSummary]):
         return self._header_facts["name"]
 
     def _key(self, reading: Reading) -> Hashable:
-        return (reading.platform, reading.platform.revision(self.name), _deploy.triggers_stamp())
+        return (reading.platform, reading.platform.revision(self.name), self._triggers_stamp())
 
     def _read(self, reading: Reading) -> FunctionSummary:
-        return read_function(self._header_facts, reading)
+        return read_function(self._header_facts, reading, self._triggers_of(self.name))
 
     def _render(self, summary: FunctionSummary) -> list[tuple[ipywidgets.HTML, str]]:
         return [
