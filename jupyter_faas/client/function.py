@@ -8,7 +8,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypedDict, overload
+
+from typing_extensions import Unpack
 
 from jupyter_faas import config as _config
 from jupyter_faas.client import deploy as _deploy
@@ -275,48 +277,51 @@ def _with_logged_output(name: str, records: list[InvocationRecord]) -> list[Invo
     return records
 
 
+class FunctionOptions(TypedDict, total=False):
+    """The options `@function(...)` takes, as `%%faas` takes them on its line."""
+
+    name: str | None
+    timeout: Any
+    memory: Any
+    retries: Any
+    concurrency: Any
+    zones: Any
+    isolation: Any
+    requirements: Iterable[str]
+    secrets: Iterable[str]
+
+
 @overload
 def function(fn: Callable[..., Any], /) -> FaasFunction: ...
 
 
 @overload
-def function(
-    *,
-    name: str | None = None,
-    timeout: Any = None,
-    memory: Any = None,
-    retries: Any = None,
-    concurrency: Any = None,
-    zones: Any = None,
-    isolation: Any = None,
-    requirements: Iterable[str] = (),
-    secrets: Iterable[str] = (),
-) -> Callable[[Callable[..., Any]], FaasFunction]: ...
+def function(**options: Unpack[FunctionOptions]) -> Callable[[Callable[..., Any]], FaasFunction]: ...
 
 
 def function(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    name: str | None = None,
-    timeout: Any = None,
-    memory: Any = None,
-    retries: Any = None,
-    concurrency: Any = None,
-    zones: Any = None,
-    isolation: Any = None,
-    requirements: Iterable[str] = (),
-    secrets: Iterable[str] = (),
+    fn: Callable[..., Any] | None = None, /, **options: Unpack[FunctionOptions]
 ) -> FaasFunction | Callable[[Callable[..., Any]], FaasFunction]:
     """Make a def a serverless function: `@function` or `@function(timeout="5s", memory="128MB")`.
 
-    Free names are captured by value now, as `%%faas` does for a cell. `secrets` names environment
-    variables each call gets from the environment of the process that runs the platform. `isolation="fresh"`
-    runs each call in a new process forked for it.
+    Options: `name`, `timeout`, `memory`, `retries`, `concurrency`, `zones`, `isolation`, `requirements` and
+    `secrets`, as the magic's. Free names are captured by value now, as `%%faas` does for a cell. `secrets`
+    names environment variables each call gets from the environment of the process that runs the platform.
+    `isolation="fresh"` runs each call in a new process forked for it.
     """
+    unknown = sorted(set(options) - FunctionOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(f"function() got unexpected keyword arguments: {', '.join(unknown)}")
+    get = options.get
     limits = Limits.resolve(
-        timeout=timeout, memory=memory, retries=retries, concurrency=concurrency, zones=zones, isolation=isolation
+        timeout=get("timeout"),
+        memory=get("memory"),
+        retries=get("retries"),
+        concurrency=get("concurrency"),
+        zones=get("zones"),
+        isolation=get("isolation"),
     )
+    name, requirements, secrets = options.get("name"), options.get("requirements", ()), options.get("secrets", ())
 
     def wrap(target: Callable[..., Any]) -> FaasFunction:
         definition = from_callable(target, limits, name)
