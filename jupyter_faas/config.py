@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dask.config
 import yaml
 
-from jupyter_faas.errors import ConfigError, LimitError
+# Re-exported: callers catch config.ConfigError next to the reads that raise it.
+from jupyter_faas.errors import ConfigError as ConfigError
+from jupyter_faas.errors import LimitError
 from jupyter_faas.units import MIN_MEMORY, parse_count, parse_duration, parse_isolation, parse_size
 
 _DEFAULTS_FILE = Path(__file__).with_name("faas.yaml")
@@ -39,7 +42,18 @@ def _get(key: str) -> Any:
     return dask.config.get(key)
 
 
-def _checked(key: str, parse: Any) -> Any:
+_T = TypeVar("_T")
+
+
+def _whole(value: Any, option: str, *, minimum: int) -> int:
+    """`parse_count` without `allow_none`, which returns a number or raises: narrowed here for the type checker."""
+    number = parse_count(value, option, minimum=minimum)
+    if number is None:
+        raise AssertionError(f"{option}: parse_count gave None without allow_none")
+    return number
+
+
+def _checked(key: str, parse: Callable[[Any], _T]) -> _T:
     try:
         return parse(_get(key))
     except LimitError as e:
@@ -54,13 +68,11 @@ def maximum_workers() -> int:
     value = _get("faas.cluster.maximum")
     if value is None:
         return os.cpu_count() or 1
-    return _checked("faas.cluster.maximum", lambda v: parse_count(v, "faas.cluster.maximum", minimum=1))
+    return _checked("faas.cluster.maximum", lambda v: _whole(v, "faas.cluster.maximum", minimum=1))
 
 
 def slots_per_worker() -> int:
-    return _checked(
-        "faas.cluster.slots-per-worker", lambda v: parse_count(v, "faas.cluster.slots-per-worker", minimum=1)
-    )
+    return _checked("faas.cluster.slots-per-worker", lambda v: _whole(v, "faas.cluster.slots-per-worker", minimum=1))
 
 
 def worker_memory() -> int:
@@ -71,12 +83,12 @@ def worker_memory() -> int:
 
 
 def simulated_zones() -> int:
-    return _checked("faas.cluster.zones", lambda v: parse_count(v, "faas.cluster.zones", minimum=1))
+    return _checked("faas.cluster.zones", lambda v: _whole(v, "faas.cluster.zones", minimum=1))
 
 
 def start_method() -> str:
     value = _get("faas.cluster.start-method")
-    if value in ("spawn", "forkserver", "fork"):
+    if isinstance(value, str) and value in ("spawn", "forkserver", "fork"):
         return value
     raise ConfigError(f"faas.cluster.start-method: expected one of spawn, forkserver, fork; got {value!r}")
 
@@ -123,7 +135,7 @@ def cluster_factory() -> FactorySpec | None:
 def records_per_function() -> int:
     return _checked(
         "faas.records.max-per-function",
-        lambda v: parse_count(v, "faas.records.max-per-function", minimum=1),
+        lambda v: _whole(v, "faas.records.max-per-function", minimum=1),
     )
 
 
@@ -196,7 +208,7 @@ def log_enabled() -> bool:
 
 
 def log_max_records() -> int:
-    return _checked("faas.log.max-records", lambda v: parse_count(v, "faas.log.max-records", minimum=1))
+    return _checked("faas.log.max-records", lambda v: _whole(v, "faas.log.max-records", minimum=1))
 
 
 def capture_max_bytes() -> int:
@@ -208,13 +220,12 @@ def call_max_bytes() -> int:
 
 
 def queue_max_pending() -> int:
-    value = _checked("faas.queue.max-pending", lambda v: parse_count(v, "faas.queue.max-pending", minimum=1))
-    return int(value)
+    return _checked("faas.queue.max-pending", lambda v: _whole(v, "faas.queue.max-pending", minimum=1))
 
 
 def queue_max_pending_per_function() -> int:
     key = "faas.queue.max-pending-per-function"
-    return int(_checked(key, lambda v: parse_count(v, key, minimum=1)))
+    return _checked(key, lambda v: _whole(v, key, minimum=1))
 
 
 def deadletters_max_bytes() -> int:
@@ -249,7 +260,7 @@ def http_max_body_memory() -> int:
 
 
 def http_max_connections() -> int:
-    return _checked("faas.http.max-connections", lambda v: parse_count(v, "faas.http.max-connections", minimum=1))
+    return _checked("faas.http.max-connections", lambda v: _whole(v, "faas.http.max-connections", minimum=1))
 
 
 def http_allow_hosts() -> tuple[str, ...]:
@@ -318,7 +329,7 @@ def function_defaults() -> FunctionDefaults:
     return FunctionDefaults(
         timeout=_checked("faas.defaults.timeout", lambda v: parse_duration(v, "faas.defaults.timeout")),
         memory=_checked("faas.defaults.memory", lambda v: parse_size(v, "faas.defaults.memory", minimum=MIN_MEMORY)),
-        retries=_checked("faas.defaults.retries", lambda v: parse_count(v, "faas.defaults.retries", minimum=0)),
+        retries=_checked("faas.defaults.retries", lambda v: _whole(v, "faas.defaults.retries", minimum=0)),
         concurrency=_checked(
             "faas.defaults.concurrency",
             lambda v: parse_count(v, "faas.defaults.concurrency", minimum=1, allow_none=True),

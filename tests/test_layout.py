@@ -3,6 +3,8 @@
 - `jupyter_faas/worker/` imports only `jupyter_faas.units`, `jupyter_faas.errors` and `jupyter_faas.worker.*`,
   and never IPython, ipywidgets, tornado or jupyter_server: a worker is not a notebook nor a server.
 - `jupyter_faas/record/` never imports `jupyter_faas/dispatch/`.
+- `jupyter_faas/ui/` never imports `jupyter_faas/client/`: the UI reads records; the notebook's objects own
+  their views and hand them what to show.
 - No import cycles between modules. Two kinds of edges are left out of the cycle check only: imports under
   `if TYPE_CHECKING:` (they never run), and imports of the package root `jupyter_faas` itself (the public facade
   loads its names lazily, and modules read `__version__` from it). Both still count for the two rules above.
@@ -92,6 +94,7 @@ def rule_violations(package: Path = PACKAGE) -> list[str]:
     """The imports that break the worker and record rules, each with its file:line."""
     name = package.name
     worker, record, dispatch = f"{name}.worker", f"{name}.record", f"{name}.dispatch"
+    ui, client = f"{name}.ui", f"{name}.client"
     allowed = tuple(p.replace("jupyter_faas", name, 1) for p in WORKER_MAY_IMPORT)
     bad: list[str] = []
     for i in imports(package):
@@ -100,6 +103,8 @@ def rule_violations(package: Path = PACKAGE) -> list[str]:
             bad.append(f"{i.where}: the worker imports {i.target}")
         if _in(i.module, (record,)) and _in(i.target, (dispatch,)):
             bad.append(f"{i.where}: record/ imports {i.target}")
+        if _in(i.module, (ui,)) and _in(i.target, (client,)):
+            bad.append(f"{i.where}: ui/ imports {i.target}")
     return bad
 
 
@@ -160,9 +165,11 @@ def test_the_checks_see_function_local_imports_and_name_the_line(tmp_path: Path)
     ipython_line = plant("worker/code.py", "import IPython")
     dispatch_line = plant("record/cost.py", "from jupyter_faas.dispatch.platform import Platform")
     cycle_line = plant("units.py", "from jupyter_faas.worker import capture")
+    client_line = plant("ui/figures.py", "from jupyter_faas.client import deploy")
 
     assert rule_violations(package) == [
         f"jupyter_faas/record/cost.py:{dispatch_line}: record/ imports jupyter_faas.dispatch.platform",
+        f"jupyter_faas/ui/figures.py:{client_line}: ui/ imports jupyter_faas.client.deploy",
         f"jupyter_faas/worker/code.py:{ipython_line}: the worker imports IPython",
         f"jupyter_faas/worker/wire.py:{gateway_line}: the worker imports jupyter_faas.gateway.service",
     ]

@@ -8,7 +8,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypedDict, overload
+
+from typing_extensions import Unpack
 
 from jupyter_faas import config as _config
 from jupyter_faas.client import deploy as _deploy
@@ -17,7 +19,7 @@ from jupyter_faas.definition.model import FunctionDefinition, from_callable
 from jupyter_faas.definition.requirements import with_requirements
 from jupyter_faas.definition.secrets import with_secrets
 from jupyter_faas.dispatch import platform as _platform
-from jupyter_faas.errors import LogError, type_name
+from jupyter_faas.errors import ConfigError, LogError, type_name
 from jupyter_faas.gateway import triggers as _triggers
 from jupyter_faas.record.deadletters import DeadLetters, dead_letters_path
 from jupyter_faas.record.log import read_invocations
@@ -71,7 +73,7 @@ class FaasFunction:
         except TypeError as e:
             raise TypeError(f"{self.name}(): {e}") from None
 
-    def submit(self, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
         """Start one invocation; the concurrent.futures.Future ends with its result or error."""
         self._check_arguments(args, kwargs)
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
@@ -97,7 +99,9 @@ class FaasFunction:
     def map(self, iterable: Iterable[Any], *iterables: Iterable[Any], return_exceptions: bool = False) -> list[Any]:
         """Results in input order; with return_exceptions, a failed item gives its exception in place."""
         __tracebackhide__ = True
-        calls = [(items, {}) for items in zip(iterable, *iterables, strict=False)]
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (items, {}) for items in zip(iterable, *iterables, strict=False)
+        ]
         if calls:
             # Every item has the same number of positional arguments, so one check covers them all.
             self._check_arguments(calls[0][0], {})
@@ -210,8 +214,12 @@ class FaasFunction:
 
         with _card_made:
             if self._card is None:
-                self._card = _widgets.FunctionCard(self)
+                self._card = _widgets.FunctionCard(self, _deploy.function_triggers, _deploy.triggers_stamp)
             return self._card
+
+    def card_triggers(self) -> list[str]:
+        """What fires this function besides calls, as the card shows it."""
+        return _deploy.function_triggers(self.name)
 
     def card_header(self) -> dict[str, str]:
         """The card's header facts: name, version, signature and limits, as text."""
@@ -242,7 +250,7 @@ class FaasFunction:
 
 
 def _dead_letter_if_failed(
-    definition: FunctionDefinition, args: tuple[Any, ...], kwargs: dict[str, Any], future: Future
+    definition: FunctionDefinition, args: tuple[Any, ...], kwargs: dict[str, Any], future: Future[Any]
 ) -> None:
     error = future.exception()
     if error is None:
@@ -261,7 +269,7 @@ def _with_logged_output(name: str, records: list[InvocationRecord]) -> list[Invo
     try:
         since = min(record.submitted for record in records)
         logged = {r.id: r.output for r in read_invocations(_config.state_dir(), name, since=since)}
-    except (LogError, _config.ConfigError):
+    except (LogError, ConfigError):
         return records
     for record in records:
         if record.output is None:
@@ -269,48 +277,51 @@ def _with_logged_output(name: str, records: list[InvocationRecord]) -> list[Invo
     return records
 
 
+class FunctionOptions(TypedDict, total=False):
+    """The options `@function(...)` takes, as `%%faas` takes them on its line."""
+
+    name: str | None
+    timeout: Any
+    memory: Any
+    retries: Any
+    concurrency: Any
+    zones: Any
+    isolation: Any
+    requirements: Iterable[str]
+    secrets: Iterable[str]
+
+
 @overload
 def function(fn: Callable[..., Any], /) -> FaasFunction: ...
 
 
 @overload
-def function(
-    *,
-    name: str | None = None,
-    timeout: Any = None,
-    memory: Any = None,
-    retries: Any = None,
-    concurrency: Any = None,
-    zones: Any = None,
-    isolation: Any = None,
-    requirements: Iterable[str] = (),
-    secrets: Iterable[str] = (),
-) -> Callable[[Callable[..., Any]], FaasFunction]: ...
+def function(**options: Unpack[FunctionOptions]) -> Callable[[Callable[..., Any]], FaasFunction]: ...
 
 
 def function(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    name: str | None = None,
-    timeout: Any = None,
-    memory: Any = None,
-    retries: Any = None,
-    concurrency: Any = None,
-    zones: Any = None,
-    isolation: Any = None,
-    requirements: Iterable[str] = (),
-    secrets: Iterable[str] = (),
+    fn: Callable[..., Any] | None = None, /, **options: Unpack[FunctionOptions]
 ) -> FaasFunction | Callable[[Callable[..., Any]], FaasFunction]:
     """Make a def a serverless function: `@function` or `@function(timeout="5s", memory="128MB")`.
 
-    Free names are captured by value now, as `%%faas` does for a cell. `secrets` names environment
-    variables each call gets from the environment of the process that runs the platform. `isolation="fresh"`
-    runs each call in a new process forked for it.
+    Options: `name`, `timeout`, `memory`, `retries`, `concurrency`, `zones`, `isolation`, `requirements` and
+    `secrets`, as the magic's. Free names are captured by value now, as `%%faas` does for a cell. `secrets`
+    names environment variables each call gets from the environment of the process that runs the platform.
+    `isolation="fresh"` runs each call in a new process forked for it.
     """
+    unknown = sorted(set(options) - FunctionOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(f"function() got unexpected keyword arguments: {', '.join(unknown)}")
+    get = options.get
     limits = Limits.resolve(
-        timeout=timeout, memory=memory, retries=retries, concurrency=concurrency, zones=zones, isolation=isolation
+        timeout=get("timeout"),
+        memory=get("memory"),
+        retries=get("retries"),
+        concurrency=get("concurrency"),
+        zones=get("zones"),
+        isolation=get("isolation"),
     )
+    name, requirements, secrets = options.get("name"), options.get("requirements", ()), options.get("secrets", ())
 
     def wrap(target: Callable[..., Any]) -> FaasFunction:
         definition = from_callable(target, limits, name)

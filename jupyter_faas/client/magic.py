@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import inspect
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar, cast
 
+from IPython.core import magic_arguments as _magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
 from jupyter_faas import config as _config
@@ -20,8 +22,25 @@ from jupyter_faas.definition.requirements import with_requirements
 from jupyter_faas.definition.secrets import with_secrets
 from jupyter_faas.definition.signature import annotation_name
 from jupyter_faas.dispatch import platform as _platform
-from jupyter_faas.errors import DefinitionError, FaasError, LimitError
+from jupyter_faas.errors import ConfigError, DefinitionError, FaasError, LimitError
 from jupyter_faas.ui import widgets as _widgets
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class _Decorator(Protocol):
+    def __call__(self, func: _F, /) -> _F: ...
+
+
+# IPython's magic_arguments decorators have no annotations; each returns the function it is given, with a parser.
+magic_arguments = cast(Callable[[], _Decorator], _magic_arguments.magic_arguments)
+argument = cast(Callable[..., _Decorator], _magic_arguments.argument)
+
+
+def _faas_parser() -> argparse.ArgumentParser:
+    """The parser `magic_arguments` hung on the `faas` method (an attribute it sets, unknown to the type checker)."""
+    return cast(argparse.ArgumentParser, vars(FaasMagics.faas)["parser"])
+
 
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _LINE_COMMANDS = ("config", "status", "shutdown")
@@ -81,6 +100,13 @@ def _unquote(value: str | None) -> str | None:
 @magics_class
 class FaasMagics(Magics):
     """`%%faas` makes a cell a stateless function on the platform; `%faas` shows and configures it."""
+
+    @property
+    def _user_ns(self) -> dict[str, Any]:
+        # IPython sets `shell` when it registers the magics; only a FaasMagics made by hand has none.
+        if self.shell is None:
+            raise UsageError("%%faas needs an IPython shell")
+        return cast(dict[str, Any], self.shell.user_ns)  # typed loosely (Any) in IPython
 
     @magic_arguments()
     @argument(
@@ -143,7 +169,7 @@ class FaasMagics(Magics):
         if cell is None:
             return self._line(line)
         tokens = split_line(line)
-        args = self.faas.parser.parse_intermixed_args(tokens)
+        args = _faas_parser().parse_intermixed_args(tokens)
         try:
             name = None if args.name is None else check_name(args.name)
             limits = Limits.resolve(
@@ -157,7 +183,7 @@ class FaasMagics(Magics):
             )
             definition = from_cell(
                 cell,
-                self.shell.user_ns,
+                self._user_ns,
                 limits,
                 name=name,
                 params=args.params,
@@ -170,7 +196,7 @@ class FaasMagics(Magics):
         except (LimitError, DefinitionError) as e:
             raise UsageError(str(e)) from None
         function = FaasFunction(definition)
-        self.shell.user_ns[definition.name] = function
+        self._user_ns[definition.name] = function
         if args.http:
             try:
                 url = function.deploy()
@@ -189,7 +215,7 @@ class FaasMagics(Magics):
         except FaasError as e:
             raise UsageError(f"%%faas: {e}") from None
         if _widgets.use_widgets():
-            display(function.card)
+            display(function.card)  # type: ignore[no-untyped-call]  # IPython's display has no annotations
             return None
         print(
             f"{definition.describe_signature()} is a serverless function ({definition.short_version}): "
@@ -229,7 +255,7 @@ class FaasMagics(Magics):
                 raise UsageError(f"%faas config: expected key=value, got {assignment!r}")
             try:
                 value = _config.set_value(key.strip(), raw.strip())
-            except _config.ConfigError as e:
+            except ConfigError as e:
                 raise UsageError(str(e)) from None
             full_key = key if key.startswith("faas.") else f"faas.{key}"
             print(f"{full_key} = {value!r}")

@@ -39,7 +39,8 @@ class Limits:
         return cls(
             timeout=defaults.timeout if timeout is None else parse_duration(timeout, f"{p}timeout"),
             memory=defaults.memory if memory is None else parse_size(memory, f"{p}memory", minimum=MIN_MEMORY),
-            retries=defaults.retries if retries is None else parse_count(retries, f"{p}retries", minimum=0),
+            # parse_count gives None only with allow_none, so `or 0` never changes a value: it narrows the type.
+            retries=defaults.retries if retries is None else parse_count(retries, f"{p}retries", minimum=0) or 0,
             concurrency=(
                 defaults.concurrency
                 if concurrency is None

@@ -13,10 +13,11 @@ from typing import Any, Protocol
 
 import dask.config
 from distributed import Adaptive, Client, LocalCluster, Nanny
+from distributed.core import PooledRPCCall, rpc
 
 from jupyter_faas import config as _config
 from jupyter_faas.dispatch import versions as _versions
-from jupyter_faas.errors import FaasError
+from jupyter_faas.errors import ConfigError, FaasError
 from jupyter_faas.worker.plugin import SandboxPlugin
 
 # Set by the server extension for the kernels its server starts: its scheduler, and its maximum.
@@ -51,7 +52,8 @@ class _DemandAdaptive(Adaptive):
         self._hooks = hooks
 
     async def target(self) -> int:
-        return max(await super().target(), self._hooks.demand())
+        dask_target: int = await super().target()  # type: ignore[no-untyped-call]  # unannotated in distributed
+        return max(dask_target, self._hooks.demand())
 
     async def scale_down(self, workers: Any) -> None:
         if not workers or not self._hooks.begin_retire():
@@ -87,13 +89,35 @@ class ClusterHandle:
         """Tell the owning server's platform about our work (see jupyter_faas.dispatch.sharing)."""
         owner = self.plugin_name or ""
 
+        scheduler = self._scheduler()
+
         async def send() -> Any:
-            return await self.client.scheduler.faas_lease(owner=owner, busy=busy, wanted=wanted, client=self.client.id)
+            return await scheduler.faas_lease(owner=owner, busy=busy, wanted=wanted, client=self.client.id)
 
         if wait:
-            return self.client.sync(send)
-        self.client.loop.add_callback(send)
+            answer: dict[str, Any] = self.client.sync(send)  # type: ignore[no-untyped-call]  # unannotated
+            return answer
+        loop = self.client.loop
+        if loop is None:
+            raise FaasError("the Dask client has no event loop: it is closed")
+        loop.add_callback(send)
         return {}
+
+    def _scheduler(self) -> rpc | PooledRPCCall:
+        """The client's connection to the scheduler; it has none once closed."""
+        scheduler = self.client.scheduler
+        if scheduler is None:
+            raise FaasError("the Dask client is not connected to a scheduler")
+        return scheduler
+
+    def own_cluster(self) -> Any:
+        """The cluster object behind the client (embedded, factory); a scheduler address alone has none.
+
+        Any: the embedded LocalCluster, or whatever class faas.cluster.factory names.
+        """
+        if self.cluster is None:
+            raise FaasError(f"a cluster reached by {self.mode} has no cluster object here")
+        return self.cluster
 
     @property
     def retires_when_idle(self) -> bool:
@@ -119,13 +143,13 @@ class ClusterHandle:
     def scale(self, n: int) -> None:
         """Ask for n workers now: directly on the embedded cluster, through an adaptive round on a factory's."""
         if self.mode == "embedded":
-            self.cluster.scale(n)
+            self.own_cluster().scale(n)
         elif self.mode == "server":
             self.lease(True, n, wait=False)
         elif self.mode == "factory":
             adaptive = getattr(self.cluster, "_adaptive", None)
             if adaptive is not None:
-                self.cluster.loop.add_callback(adaptive.adapt)
+                self.own_cluster().loop.add_callback(adaptive.adapt)
 
     def has_dask_work(self) -> bool:
         """Tasks submitted through the Dask client itself: the keep-alive must not retire workers under them."""
@@ -142,18 +166,19 @@ class ClusterHandle:
 
     @property
     def scheduler_address(self) -> str:
-        return self.client.scheduler.address
+        return str(self._scheduler().address)
 
     @property
     def dashboard_link(self) -> str | None:
         try:
-            return self.client.dashboard_link
+            link: str = self.client.dashboard_link
+            return link
         except Exception:
             return None
 
     def _unregister_plugin(self) -> None:
         with contextlib.suppress(Exception):  # the client closing under it ends this call with an error
-            self.client.unregister_worker_plugin(self.plugin_name)
+            self.client.unregister_worker_plugin(self.plugin_name)  # type: ignore[no-untyped-call]  # unannotated
 
     def close(self) -> None:
         try:
@@ -163,7 +188,7 @@ class ClusterHandle:
                 unregister = threading.Thread(target=self._unregister_plugin, name="faas-unregister", daemon=True)
                 unregister.start()
                 unregister.join(_UNREGISTER_WAIT)
-            self.client.close()
+            self.client.close()  # type: ignore[no-untyped-call]  # unannotated in distributed
         finally:
             if self.cluster is not None and self.mode not in ("address", "server"):
                 self.cluster.close()
@@ -172,7 +197,8 @@ class ClusterHandle:
 def zone_of(info: dict[str, Any]) -> str | None:
     """A worker's zone: a resource named zone-X (`dask worker --resources zone-X=1`), or its name's prefix
     before a slash (`dask worker --name X/0`); None for a worker without one."""
-    for resource in info.get("resources") or {}:
+    resources: dict[str, Any] = info.get("resources") or {}
+    for resource in resources:
         if resource.startswith(("zone-", "zone_")) and len(resource) > 5:
             return resource[5:]
     name = str(info.get("name", ""))
@@ -184,7 +210,7 @@ class _ZonedLocalCluster(LocalCluster):
 
     def __init__(self, *args: Any, zones: int, **kwargs: Any) -> None:
         self._zones = zones
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # LocalCluster is unannotated
 
     def _new_worker_name(self, worker_number: int) -> str:
         return f"zone-{worker_number % self._zones}/{worker_number}"
@@ -216,7 +242,7 @@ def _embedded(maximum: int) -> ClusterHandle:
         silence_logs=logging.ERROR,
         preload=["jupyter_faas.worker.embedded"],
     )
-    client = Client(cluster, set_as_default=False)
+    client = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]  # Client() is unannotated
     return ClusterHandle("embedded", client, cluster, maximum)
 
 
@@ -225,17 +251,17 @@ def _from_factory(spec: _config.FactorySpec, maximum: int, hooks: ScalingHooks) 
         module = importlib.import_module(spec.module)
         cluster_class = getattr(module, spec.class_name)
     except (ImportError, AttributeError) as e:
-        raise _config.ConfigError(f"faas.cluster.factory: cannot import {spec.module}.{spec.class_name}: {e}") from None
+        raise ConfigError(f"faas.cluster.factory: cannot import {spec.module}.{spec.class_name}: {e}") from None
     cluster = cluster_class(**spec.kwargs)
     if not hasattr(cluster, "adapt"):
         cluster.close()
-        raise _config.ConfigError(f"faas.cluster.factory: {spec.class_name} has no adapt(); it cannot scale")
+        raise ConfigError(f"faas.cluster.factory: {spec.class_name} has no adapt(); it cannot scale")
     # The keep-alive lives in hooks.demand(), so one adaptive round below it is enough to scale down.
     interval = min(1.0, _config.idle_timeout() / 2)
     cluster.adapt(
         Adaptive=_DemandAdaptive, hooks=hooks, minimum=0, maximum=maximum, interval=f"{interval}s", wait_count=1
     )
-    client = Client(cluster, set_as_default=False)
+    client = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]  # Client() is unannotated
     return ClusterHandle("factory", client, cluster, maximum)
 
 
@@ -249,17 +275,17 @@ def connect(token: str, hooks: ScalingHooks) -> ClusterHandle:
     address = _config.cluster_address()
     factory = _config.cluster_factory()
     if address and factory:
-        raise _config.ConfigError("set only one of faas.cluster.address and faas.cluster.factory")
+        raise ConfigError("set only one of faas.cluster.address and faas.cluster.factory")
     owner = os.environ.get(OWNER_SCHEDULER_ENV) if _config.share_server() else None
     if address:
         try:
-            client = Client(address, set_as_default=False, timeout="10s")
+            client = Client(address, set_as_default=False, timeout="10s")  # type: ignore[no-untyped-call]  # Client() is unannotated
         except OSError as e:
-            raise _config.ConfigError(f"faas.cluster.address: cannot reach the scheduler at {address}: {e}") from None
+            raise ConfigError(f"faas.cluster.address: cannot reach the scheduler at {address}: {e}") from None
         handle = ClusterHandle("address", client, None, maximum)
     elif owner and not factory:
         try:
-            client = Client(owner, set_as_default=False, timeout="10s")
+            client = Client(owner, set_as_default=False, timeout="10s")  # type: ignore[no-untyped-call]  # Client() is unannotated
         except OSError as e:
             raise FaasError(
                 f"cannot reach the cluster of the Jupyter server that started this kernel ({owner}): {e}. "

@@ -49,9 +49,9 @@ class Sharing:
         self._scheduler = None
         if cluster.mode == "embedded":
             # An external cluster's address is in the config the kernels read anyway; ours is shared here.
-            self._scheduler = cluster.cluster.scheduler
+            self._scheduler = cluster.own_cluster().scheduler
             self._scheduler.handlers["faas_lease"] = self._lease
-            self._loop = cluster.cluster.loop.asyncio_loop
+            self._loop = cluster.own_cluster().loop.asyncio_loop
             threading.Thread(target=self._prune, name="faas-prune", daemon=True).start()
             environment[OWNER_SCHEDULER_ENV] = platform.scheduler_address
             environment[OWNER_MAXIMUM_ENV] = str(platform.maximum)

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from jupyter_faas.worker import plugin as _invoker
 from jupyter_faas.worker import wire as _wire
+from jupyter_faas.worker.capture import Segments
+from jupyter_faas.worker.messages import ErrorInfo, Hello, Package, Run, WorkerFrame
 
 if TYPE_CHECKING:
     from jupyter_faas.dispatch.cluster import ClusterHandle
@@ -46,11 +48,11 @@ class Outcome:
     finished: float | None = None
     fresh: bool = False
     peak_memory: int | None = None
-    error: tuple[str, str, str, bytes | None] | None = None
+    error: ErrorInfo | None = None
     worker: str | None = None
     worker_started: float | None = None
     # (segments of output not streamed before, bytes dropped), or None when the worker sent none.
-    output: tuple[list[tuple[str, str]], int] | None = None
+    output: tuple[Segments, int] | None = None
 
 
 @dataclass(slots=True)
@@ -59,7 +61,7 @@ class Job:
 
     name: str
     version: str
-    package: tuple[bytes, str, str, bool]
+    package: Package
     blob: bytes
     indices: list[int]
     timeout: float
@@ -70,7 +72,7 @@ class Job:
     zones: int | None = None
     # Bytes of output each invocation keeps; and where output of a running invocation goes.
     max_output: int = 0
-    stream: Callable[[int, list[tuple[str, str]], int], None] | None = None
+    stream: Callable[[int, Segments, int], None] | None = None
     # The values of the function's secrets, read from this process's environment; sent, never stored.
     secrets: dict[str, str] | None = None
     # "warm" or "fresh": how the worker makes the process each call runs in.
@@ -92,7 +94,7 @@ def _end_as_lost(job: Job, message: str, worker: str | None = None) -> None:
     _end(job, Outcome("lost", error=("WorkerLost", message, "", None), worker=worker))
 
 
-def _request(job: Job, with_package: bool) -> tuple:
+def _request(job: Job, with_package: bool) -> Run:
     package = job.package if with_package else None
     return (
         "run", job.name, job.version, package, job.blob, job.indices, job.timeout, job.memory, job.max_output,
@@ -127,7 +129,8 @@ class _Link:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _wire.send_token(sock, self._token)
-            _, self.worker_started, _ = _wire.receive(sock)
+            hello: Hello = _wire.receive(sock)
+            _, self.worker_started, _ = hello
             sock.settimeout(None)
         except BaseException:
             sock.close()
@@ -320,23 +323,23 @@ class DirectDispatcher:
         try:
             sock.settimeout(job.timeout + _SILENCE_GRACE)
             while True:
-                kind, *rest = _wire.receive(sock)
-                if kind == "missing":
+                frame: WorkerFrame = _wire.receive(sock)
+                if frame[0] == "missing":
                     _wire.send(sock, _request(job, with_package=True))
                     continue
-                if kind == "output":
+                if frame[0] == "output":
                     if job.stream is not None:
-                        job.stream(*rest)
+                        job.stream(frame[1], frame[2], frame[3])
                     continue
                 link.known.add(job.version)
-                for index, answer in rest[0]:
-                    status, value, started, finished, fresh, peak, error, output = answer
+                for index, answer in frame[1]:
+                    status, value, started, finished, fresh, peak, failure, output = answer
                     outcome = Outcome(
-                        status, value, started, finished, fresh, peak, error, link.worker, link.worker_started, output
+                        status, value, started, finished, fresh, peak, failure, link.worker, link.worker_started, output
                     )
                     job.deliver(index, outcome)
                     answered += 1
-                if kind == "done":
+                if frame[0] == "done":
                     break
         except BaseException:
             job.indices = job.indices[answered:]
@@ -403,7 +406,10 @@ class DirectDispatcher:
         if not new:
             return
         # One call to the scheduler; a worker whose plugin has not published yet is found on a later round.
-        endpoints: dict[str, Any] = self._cluster.client.get_metadata([_invoker.ENDPOINTS_KEY], default={})
+        # distributed's Client.get_metadata has no annotations.
+        endpoints: dict[str, Any] = self._cluster.client.get_metadata(  # type: ignore[no-untyped-call]
+            [_invoker.ENDPOINTS_KEY], default={}
+        )
         with self._lock:
             for address in new:
                 endpoint = endpoints.get(address)

@@ -102,8 +102,12 @@ class FaasExtension(ExtensionApp):
         state_dir = _config.state_dir()
         registry = Registry(state_dir / "registry")
         self._platform = platform
-        url = self.serverapp.connection_url
-        self._endpoints = Endpoints(platform, registry, state_dir, self.serverapp.base_url, url)
+        # jupyter_server sets serverapp before it calls initialize_settings.
+        serverapp = self.serverapp
+        if serverapp is None:
+            raise RuntimeError("jupyter-faas: the server extension was loaded without a server")
+        url = serverapp.connection_url
+        self._endpoints = Endpoints(platform, registry, state_dir, serverapp.base_url, url)
         triggers = TriggerStore(state_dir / "triggers")
         self._endpoints.start_triggers(triggers)
         self._sharing = Sharing(platform, state_dir / "registry", url, state_dir)

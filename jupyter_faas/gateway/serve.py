@@ -1,4 +1,7 @@
-"""`jupyter faas serve NOTEBOOK.ipynb`: run a notebook once, then serve its functions over HTTP."""
+"""`jupyter faas serve NOTEBOOK.ipynb`: run a notebook once, then serve its functions over HTTP.
+
+Over 400 lines, barely: the command, its Host policy and its bounded server are one feature, used only here.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import socket
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import nbformat
@@ -29,7 +32,7 @@ from jupyter_faas import config as _config
 from jupyter_faas.client import deploy as _deploy
 from jupyter_faas.client.function import FaasFunction
 from jupyter_faas.dispatch import platform as _platform
-from jupyter_faas.errors import TriggerError
+from jupyter_faas.errors import ConfigError, TriggerError
 from jupyter_faas.gateway.handlers import RETRY_AFTER, NotFound, joined, routes, settings_for
 from jupyter_faas.gateway.service import Endpoints, HttpError
 from jupyter_faas.gateway.triggers import TriggerStore
@@ -99,7 +102,7 @@ class HostPolicy:
                 continue
             split = _split_host(entry)
             if split is None:
-                raise _config.ConfigError(f"faas.http.allow-hosts / --allow-host: {entry!r} is not NAME or NAME:PORT")
+                raise ConfigError(f"faas.http.allow-hosts / --allow-host: {entry!r} is not NAME or NAME:PORT")
             name, entry_port = split
             if entry_port is None:
                 self.any_port.add(name)
@@ -192,18 +195,18 @@ def run_notebook(path: Path) -> dict[str, Any]:
     from IPython.core.interactiveshell import InteractiveShell
 
     try:
-        notebook = nbformat.read(path, as_version=4)
+        notebook = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]  # nbformat has no annotations
     except (OSError, ValueError, nbformat.reader.NotJSONError) as e:
         raise NotebookError(f"cannot read {path}: {e}") from None
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "jupyter_faas")
     for number, source in code_cells(notebook):
-        result = shell.run_cell(source, store_history=False)
+        result = shell.run_cell(source, store_history=False)  # type: ignore[no-untyped-call]  # nor has IPython's
         if not result.success:
             error = result.error_in_exec or result.error_before_exec
             first = source.strip().split("\n", 1)[0][:60]
             raise NotebookError(f"cell {number} ({first!r}) failed: {type(error).__name__}: {error}")
-    return shell.user_ns
+    return cast(dict[str, Any], shell.user_ns)  # typed Any in IPython
 
 
 class ServeApp(JupyterApp):
@@ -254,7 +257,7 @@ class ServeApp(JupyterApp):
             allowed = (*_config.http_allow_hosts(), *self.allow_host)
             HostPolicy(self.ip, self.port, allowed)  # a bad --allow-host fails before anything starts
             sockets = netutil.bind_sockets(self.port, address=self.ip)
-        except (_config.ConfigError, OSError) as e:
+        except (ConfigError, OSError) as e:
             self.exit_with(f"jupyter faas serve: {e}", 2)
         port = sockets[0].getsockname()[1]
         self._hosts = HostPolicy(self.ip, port, allowed)
@@ -374,9 +377,9 @@ class _BoundedServer(httpserver.HTTPServer):
         self.max_connections = max_connections
         self.open_connections = 0
         self._draining = 0
-        self._refusals: set[asyncio.Task] = set()
+        self._refusals: set[asyncio.Task[None]] = set()
 
-    def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
+    def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
         if self.open_connections >= self.max_connections:
             task = asyncio.ensure_future(self._refuse(stream))
             self._refusals.add(task)

@@ -3,44 +3,44 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import inspect
-import json
 import logging
-import math
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from jupyter_faas import config as _config
-from jupyter_faas.definition.signature import JSON_TYPES as _JSON_TYPES
-from jupyter_faas.definition.signature import annotation_name, takes_bytes
+from jupyter_faas.definition.signature import takes_bytes
 from jupyter_faas.dispatch.platform import Platform, pack_calls
-from jupyter_faas.errors import (
-    ArgumentsTooLarge,
-    FaasMemoryError,
-    FaasTimeout,
-    MissingSecret,
-    NoCapacity,
-    QueueFull,
-    RegistryError,
-    RemoteError,
-    RemoteTraceback,
-    WorkerLost,
-    type_name,
+from jupyter_faas.errors import ArgumentsTooLarge, InputRefused, MissingSecret, QueueFull, RegistryError
+from jupyter_faas.gateway.answers import (
+    Call,
+    as_json,
+    check_types,
+    describe_deployment,
+    encode_result,
+    error_for,
+    finite,
+    missing_parameter,
+    read_arguments,
+    registry_failed,
+    shown,
+    status_of,
 )
+
+# Imported from here by the handlers, the extension, serve and tests; they live in answers.
+from jupyter_faas.gateway.answers import HttpError as HttpError
+from jupyter_faas.gateway.answers import Reply as Reply
+from jupyter_faas.gateway.firing import TriggerFiring
 from jupyter_faas.gateway.metrics import Metrics
 from jupyter_faas.gateway.openapi import document
-from jupyter_faas.gateway.triggers import InputRefused, TriggerRunner, TriggerSpec, TriggerStore, read_dropped_file
+from jupyter_faas.gateway.triggers import TriggerRunner, TriggerStore, read_dropped_file
 from jupyter_faas.record.deadletters import DamagedLetter, DeadLetters, dead_letters_path, whole_input
 from jupyter_faas.record.inflight import InFlight, inflight_path
-from jupyter_faas.record.outcomes import AsyncOutcomes, Dropped
+from jupyter_faas.record.outcomes import AsyncOutcomes, AsyncStatus, Dropped
 from jupyter_faas.record.registry import Deployment, Registry
 from jupyter_faas.units import is_json
 
@@ -50,90 +50,15 @@ log = logging.getLogger("jupyter_faas.endpoints")
 MAX_LISTED = 1000
 
 
-class HttpError(Exception):
-    """An answer other than success: its status, a short type name and a message for the caller."""
-
-    def __init__(self, status: int, kind: str, message: str, retry_after: int | None = None, **extra: Any) -> None:
-        super().__init__(message)
-        # Sent as the Retry-After header (429, 503), never in the body.
-        self.retry_after = retry_after
-        self.status = status
-        self.kind = kind
-        self.message = message
-        self.extra = extra
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"type": self.kind, "message": self.message, **self.extra}}
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A successful answer: JSON-able data, or bytes sent as application/octet-stream."""
-
-    status: int
-    body: Any
-
-
-@dataclass
-class _Call:
-    deployment: Deployment
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    content_type: str
-    raw: bytes
-
-
 @dataclass
 class _Pending:
     """An asynchronous invocation not yet settled; once settled, only its outcome is kept (in AsyncOutcomes)."""
 
     name: str
-    future: Future
-    call: _Call
+    future: Future[Any]
+    call: Call
     # Where its input came from, when not the request itself: a file trigger's file, read again on replay.
     source: dict[str, Any] | None = None
-
-
-def _check_types(call: _Call) -> None:
-    signature = call.deployment.definition.signature
-    bound = signature.bind(*call.args, **call.kwargs)
-    for name, value in bound.arguments.items():
-        parameter = signature.parameters[name]
-        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-            continue
-        expected = annotation_name(parameter.annotation)
-        if expected is None:
-            continue
-        if expected == "bytes":
-            ok = isinstance(value, bytes)
-        else:
-            ok = isinstance(value, _JSON_TYPES[expected]) and not (expected != "bool" and isinstance(value, bool))
-        if not ok:
-            raise HttpError(
-                422,
-                "ArgumentError",
-                f"{call.deployment.name}(): parameter {name!r} expects {expected}, got {type(value).__name__}",
-                parameter=name,
-            )
-
-
-def shown(name: str) -> str:
-    """A name from a request, as an answer may quote it: repr'd, and cut short."""
-    return repr(name) if len(name) <= 80 else repr(name[:80]) + "..."
-
-
-def registry_failed(error: RegistryError) -> HttpError:
-    """A 500 for a registry that cannot be read or written. Its text names local paths: the server's log gets it,
-    the caller only the fact."""
-    log.error("jupyter-faas: %s", error)
-    return HttpError(500, "RegistryError", "the function registry could not be read; see the server log")
-
-
-def _missing_parameter(message: str) -> str | None:
-    """The parameter a signature error names ("missing a required argument: 'x'"), if it names one."""
-    if "'" in message:
-        return message.split("'")[1]
-    return None
 
 
 class Endpoints:
@@ -159,7 +84,6 @@ class Endpoints:
         self._outcomes = AsyncOutcomes()
         self._lock = threading.Lock()
         self.triggers: TriggerRunner | None = None
-        self._missing: set[tuple[str, str]] = set()
         platform.add_listener(self.metrics.observe)
 
     def _settle_interrupted(self) -> None:
@@ -186,64 +110,9 @@ class Endpoints:
     # -- triggers: schedules and file drops, fired from this process ---------------------------------
 
     def start_triggers(self, store: TriggerStore) -> TriggerRunner:
-        self.triggers = TriggerRunner(store, self._launch_trigger, self._trigger_failed, self._takes_bytes)
+        firing = TriggerFiring(self.platform, self.registry, self.dead_letters)
+        self.triggers = TriggerRunner(store, firing.launch, firing.failed, firing.takes_bytes)
         return self.triggers.start()
-
-    def _launch_trigger(self, name: str, args: tuple[Any, ...], kind: str, on_done: Any) -> bool:
-        try:
-            deployment = self.registry.get(name)
-        except RegistryError as e:
-            log.warning("jupyter-faas: %s trigger of %s cannot run: %s", kind, name, e)
-            return False
-        if deployment is None:
-            if (name, kind) not in self._missing:
-                self._missing.add((name, kind))
-                log.warning("jupyter-faas: the %s trigger of %s waits: %s is not deployed", kind, name, name)
-            return False
-        self._missing.discard((name, kind))
-        definition = deployment.definition
-        if kind == "schedule" and not definition.signature.parameters:
-            args = ()  # a function without parameters is called with none
-        try:
-            blob = pack_calls(name, [(args, {})])
-        except ArgumentsTooLarge as e:
-            log.warning("jupyter-faas: %s trigger of %s: %s", kind, name, e)
-            if kind != "file":
-                return False
-            # A file within the limit on disk but not once serialized: it fails now, as a file past it does,
-            # so it is dead-lettered and marked, never left waiting for a call that cannot be made.
-            refused: Future = Future()
-            refused.id = uuid.uuid4().hex  # type: ignore[attr-defined]
-            refused.set_exception(InputRefused(str(e)))
-            on_done(refused)
-            return True
-        except TypeError as e:
-            log.warning("jupyter-faas: %s trigger of %s: %s", kind, name, e)
-            return False
-        try:
-            future = self.platform.invoke(definition, blob, trigger=kind, background=True)
-        except (MissingSecret, QueueFull) as e:
-            log.warning("jupyter-faas: %s trigger of %s waits: %s", kind, name, e)
-            return False
-        future.add_done_callback(on_done)
-        return True
-
-    def _trigger_failed(self, spec: TriggerSpec, args: tuple[Any, ...], error: BaseException, ident: str) -> None:
-        readable = [a.isoformat() if isinstance(a, datetime) else a for a in args]
-        body = json.dumps(readable, default=str).encode()
-        deployment = self.registry.get(spec.function)
-        version = deployment.version if deployment else ""
-        if isinstance(error, InputRefused):
-            details = {"type": "InputRefused", "message": str(error)}
-        else:
-            details = self._error_for(spec.function, error).body()["error"]
-        # A file event keeps its path, and its replay reads the file again the way the trigger does.
-        source = {"trigger": "file", "path": str(args[0])} if spec.kind == "file" else None
-        self.dead_letters.add(ident, spec.function, version, "application/json", body, details, source)
-
-    def _takes_bytes(self, name: str) -> bool:
-        deployment = self.registry.get(name)
-        return deployment is not None and takes_bytes(deployment.definition)
 
     def trigger_list(self) -> list[dict[str, Any]]:
         return [] if self.triggers is None else self.triggers.list()
@@ -265,39 +134,19 @@ class Endpoints:
             raise HttpError(404, "NotFound", f"no function named {shown(name)} is deployed")
         return deployment
 
-    def prepare(self, name: str, content_type: str, body: bytes) -> _Call:
+    def prepare(self, name: str, content_type: str, body: bytes) -> Call:
         """Read a request into a call of the deployed function, or raise the HttpError that answers it."""
         deployment = self._deployment(name)
         limit = _config.http_max_body()
         if len(body) > limit:
             raise HttpError(413, "PayloadTooLarge", f"the request body is {len(body)} bytes; the limit is {limit}")
-        args: tuple[Any, ...] = ()
-        kwargs: dict[str, Any] = {}
-        if is_json(content_type):
-            if body.strip():
-                try:
-                    data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_whole)
-                except (ValueError, RecursionError) as e:
-                    raise HttpError(400, "InvalidJSON", f"the request body is not valid JSON: {e}") from None
-                if isinstance(data, dict):
-                    kwargs = data
-                elif isinstance(data, list):
-                    args = tuple(data)
-                else:
-                    raise HttpError(
-                        422,
-                        "ArgumentError",
-                        f"{name}(): send a JSON object of keyword arguments or an array of positional ones, "
-                        f"not a JSON {type(data).__name__}",
-                    )
-        else:
-            args = (body,)
-        call = _Call(deployment, args, kwargs, content_type, body)
+        args, kwargs = read_arguments(name, content_type, body)
+        call = Call(deployment, args, kwargs, content_type, body)
         try:
             try:
-                _check_types(call)
+                check_types(call)
             except TypeError as e:
-                raise HttpError(422, "ArgumentError", f"{name}(): {e}", parameter=_missing_parameter(str(e))) from None
+                raise HttpError(422, "ArgumentError", f"{name}(): {e}", parameter=missing_parameter(str(e))) from None
         except HttpError as e:
             if not is_json(content_type):
                 e.message += (
@@ -307,7 +156,7 @@ class Endpoints:
             raise
         return call
 
-    def _submit(self, call: _Call, queue_timeout: float | None, background: bool = False) -> Future:
+    def _submit(self, call: Call, queue_timeout: float | None, background: bool = False) -> Future[Any]:
         definition = call.deployment.definition
         try:
             blob = pack_calls(definition.name, [(call.args, call.kwargs)])
@@ -338,14 +187,14 @@ class Endpoints:
         try:
             value = await asyncio.wrap_future(future)
         except Exception as error:
-            raise self._error_for(name, error) from None
-        return Reply(200, self._encode(name, value))
+            raise error_for(name, error) from None
+        return Reply(200, encode_result(name, value))
 
     def invoke_async(self, name: str, content_type: str, body: bytes) -> Reply:
         """Queue the invocation and answer 202 with its id at once; it waits for capacity as long as it takes."""
         return self._queue(self.prepare(name, content_type, body))
 
-    def _queue(self, call: _Call, source: dict[str, Any] | None = None) -> Reply:
+    def _queue(self, call: Call, source: dict[str, Any] | None = None) -> Reply:
         future = self._submit(call, None, background=True)
         pending = _Pending(call.deployment.name, future, call, source)
         # Journaled before the 202: an invocation a caller was told about is never silently forgotten.
@@ -373,8 +222,8 @@ class Endpoints:
         try:
             value = pending.future.result()
         except Exception as error:
-            http = self._error_for(pending.name, error)
-            outcome.update(status=_status_of(error), error=http.body()["error"])
+            http = error_for(pending.name, error)
+            outcome.update(status=status_of(error), error=http.body()["error"])
             self.dead_letters.add(
                 invocation_id,
                 pending.call.deployment.name,
@@ -386,7 +235,7 @@ class Endpoints:
             )
             return outcome
         try:
-            outcome.update(status="ok", result=_as_json(self._encode(pending.name, value)))
+            outcome.update(status="ok", result=as_json(encode_result(pending.name, value)))
         except HttpError as e:
             outcome.update(status="error", error=e.body()["error"])
         return outcome
@@ -397,7 +246,7 @@ class Endpoints:
             pending = self._pending.get(invocation_id)
         if pending is not None:
             # Still queued or running: polled often, and it has no record yet to look for.
-            status = "running" if pending.future.running() else "queued"
+            status: AsyncStatus = "running" if pending.future.running() else "queued"
             return {"id": invocation_id, "function": pending.name, "status": status}
         outcome = self._outcomes.get(invocation_id)
         if isinstance(outcome, Dropped):
@@ -408,7 +257,7 @@ class Endpoints:
         record = self.platform.find_record(invocation_id)
         if outcome is None:
             if record is not None:
-                return _finite(record.to_dict())
+                return finite(record.to_dict())
             letter = self.dead_letters.get(invocation_id)
             if letter is not None:
                 # An invocation that ended as a dead letter before this process knew of it (a restart).
@@ -422,7 +271,7 @@ class Endpoints:
         answer = {"id": invocation_id, **outcome}
         if record is not None:
             answer["output"] = record.output
-            answer["record"] = _finite(record.to_dict())
+            answer["record"] = finite(record.to_dict())
         return answer
 
     # -- dead letters: these do file work, so the handlers run them off the event loop ----------------
@@ -477,9 +326,9 @@ class Endpoints:
                     422, "DeadLetterDamaged", f"dead letter {letter_id!r} cannot be replayed: {path.name}: {reason}"
                 ) from None
             # The file's bytes are the argument; what is journaled (and dead-lettered again) is the path, as before.
-            call = _Call(deployment, (data,), {}, letter["content_type"], body)
+            call = Call(deployment, (data,), {}, letter["content_type"], body)
             try:
-                _check_types(call)
+                check_types(call)
             except TypeError as e:
                 raise HttpError(422, "ArgumentError", f"{deployment.name}(): {e}") from None
             reply = self._queue(call, source)
@@ -493,77 +342,18 @@ class Endpoints:
         if not self.dead_letters.remove(letter_id):
             raise HttpError(404, "NotFound", f"no dead letter {letter_id!r}")
 
-    def _encode(self, name: str, value: Any) -> Any:
-        if isinstance(value, bytes | bytearray | memoryview):
-            return bytes(value)
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError, RecursionError) as e:
-            raise HttpError(
-                500,
-                "ResultNotJSON",
-                f"{name} returned a {type(value).__name__} that JSON cannot carry ({e}); "
-                "return a dict, list, str, number, bool, None or bytes",
-            ) from None
-        return value
-
-    def _error_for(self, name: str, error: BaseException) -> HttpError:
-        if isinstance(error, HttpError):
-            return error
-        if isinstance(error, NoCapacity):
-            return HttpError(503, "NoCapacity", str(error))
-        if isinstance(error, FaasTimeout):
-            return HttpError(504, "Timeout", str(error))
-        if isinstance(error, FaasMemoryError):
-            return HttpError(500, "MemoryError", str(error))
-        if isinstance(error, WorkerLost):
-            return HttpError(500, "WorkerLost", str(error))
-        kind = type_name(error)
-        message = error.message if isinstance(error, RemoteError) else str(error)
-        extra: dict[str, Any] = {}
-        cause = error.__cause__
-        if isinstance(cause, RemoteTraceback) and _config.http_tracebacks():
-            extra["traceback"] = cause.text
-        return HttpError(500, kind, f"{name} raised {kind}: {message}" if message else f"{name} raised {kind}", **extra)
-
     # -- reading -------------------------------------------------------------------------------------
 
     def describe(self, deployment: Deployment) -> dict[str, Any]:
-        definition = deployment.definition
-        limits = definition.limits
-        return {
-            "name": deployment.name,
-            "version": deployment.version,
-            "deployed_at": deployment.deployed_at,
-            "signature": definition.describe_signature(),
-            "parameters": [
-                {
-                    "name": parameter.name,
-                    "kind": parameter.kind.name.lower(),
-                    "annotation": None
-                    if parameter.annotation is inspect.Parameter.empty
-                    else _text(parameter.annotation),
-                    "required": parameter.default is inspect.Parameter.empty
-                    and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD),
-                }
-                for parameter in definition.signature.parameters.values()
-            ],
-            "limits": {
-                "timeout_s": limits.timeout,
-                "memory_bytes": limits.memory,
-                "retries": limits.retries,
-                "concurrency": limits.concurrency,
-            },
-            "url": self.url_for(deployment.name),
-            "stats": _finite(self.platform.stats(deployment.name)),
-            "last_invoked": next((r.submitted for r in self.platform.recent(deployment.name, 1)), None),
-        }
+        name = deployment.name
+        last = next((r.submitted for r in self.platform.recent(name, 1)), None)
+        return describe_deployment(deployment, self.url_for(name), self.platform.stats(name), last)
 
     def invocations_of(self, name: str, limit: int) -> list[dict[str, Any]]:
         """The deployed function's newest invocation records on this platform, newest first."""
         self._deployment(name)
         records = self.platform.recent(name, max(0, min(limit, MAX_LISTED)))
-        return [_finite(record.to_dict()) for record in reversed(records)]
+        return [finite(record.to_dict()) for record in reversed(records)]
 
     def functions(self) -> list[dict[str, Any]]:
         try:
@@ -601,46 +391,3 @@ class Endpoints:
         except RegistryError as e:
             raise registry_failed(e) from None
         return document(deployments, self.base_url, __version__)
-
-
-# JSON's own numbers only, each one Python can carry: no NaN or Infinity, nothing that overflows a float,
-# no integer longer than Python reads (4300 digits).
-def _no_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:40]}{'...' if len(text) > 40 else ''} is too large for a float")
-    return value
-
-
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is too long to read") from None
-
-
-def _status_of(error: BaseException) -> str:
-    if isinstance(error, FaasTimeout):
-        return "timeout"
-    if isinstance(error, FaasMemoryError):
-        return "memory"
-    return "error"
-
-
-def _as_json(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {"base64": base64.b64encode(value).decode()}
-    return value
-
-
-def _text(annotation: Any) -> str:
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", repr(annotation))
-
-
-def _finite(stats: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN or infinity."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in stats.items()}

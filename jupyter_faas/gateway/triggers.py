@@ -1,4 +1,7 @@
-"""Schedules and file drops that invoke deployed functions, run by the process that owns the platform."""
+"""Schedules and file drops that invoke deployed functions, run by the process that owns the platform.
+
+Over 400 lines: TriggerRunner is most of it; the specs, their store and the file progress it drives are short.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from croniter import croniter
 
@@ -135,7 +138,7 @@ def next_time(spec: TriggerSpec, after: float) -> float:
         periods = int((after - spec.created) // spec.every) + 1
         return spec.created + max(periods, 1) * spec.every
     base = datetime.fromtimestamp(after, timezone.utc)
-    return croniter(spec.cron, base).get_next(float)
+    return float(croniter(spec.cron, base).get_next(float))
 
 
 class TriggerStore:
@@ -180,6 +183,10 @@ class TriggerStore:
         return FileProgress(self.directory / f"{spec.id}.files")
 
 
+# How a dropped file ended: its invocation succeeded, or it became a dead letter.
+FileStatus = Literal["done", "failed"]
+
+
 class FileProgress:
     """Which dropped files were handled: one JSON line per file version, appended once its invocation ended."""
 
@@ -192,7 +199,7 @@ class FileProgress:
                     entry = json.loads(line)
                     self.handled[entry["key"]] = entry["status"]
 
-    def mark(self, key: str, status: str, invocation: str) -> None:
+    def mark(self, key: str, status: FileStatus, invocation: str) -> None:
         self.handled[key] = status
         with os.fdopen(open_private(self.path, os.O_WRONLY | os.O_APPEND), "a") as file:
             file.write(json.dumps({"key": key, "status": status, "invocation": invocation, "at": time.time()}) + "\n")
@@ -228,7 +235,7 @@ class _Active:
 
 
 # What the runner calls to start one invocation: (function name, arguments, trigger kind, on_done) -> started?
-Launch = Callable[[str, tuple[Any, ...], str, Callable[[Future], None]], bool]
+Launch = Callable[[str, tuple[Any, ...], str, Callable[[Future[Any]], None]], bool]
 # What it calls with an invocation that failed: (trigger spec, its arguments, the error, the invocation id).
 Failed = Callable[[TriggerSpec, tuple[Any, ...], BaseException, str], None]
 
@@ -330,7 +337,7 @@ class TriggerRunner:
         state.last_fired = now
         args: tuple[Any, ...] = (datetime.fromtimestamp(due, timezone.utc),)
 
-        def done(future: Future) -> None:
+        def done(future: Future[Any]) -> None:
             error = future.exception()
             if error is not None:
                 state.failed += 1
@@ -343,6 +350,8 @@ class TriggerRunner:
         """Wake the runner as soon as something changes in the folder."""
         import watchfiles
 
+        if state.spec.directory is None:  # a schedule: no folder to watch
+            return
         try:
             for _ in watchfiles.watch(
                 state.spec.directory, stop_event=state.stop, debounce=50, step=20, recursive=False,
@@ -413,7 +422,7 @@ class TriggerRunner:
         args = (argument,)
         state.running.add(key)
 
-        def done(future: Future) -> None:
+        def done(future: Future[Any]) -> None:
             error = future.exception()
             invocation = getattr(future, "id", "")
             if error is not None:

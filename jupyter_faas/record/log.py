@@ -1,10 +1,12 @@
-"""The durable invocation log: every record in one SQLite file under the state dir, shared by all processes."""
+"""The durable invocation log: every record in one SQLite file under the state dir, shared by all processes.
+
+Over 400 lines: the callers' side and the writer thread of InvocationLog share its queue, flags and fork state.
+"""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import math
 import numbers
 import os
@@ -15,15 +17,21 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import fields
 from datetime import datetime
-from itertools import chain
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 from jupyter_faas.config import PRIVATE_FILE_MODE, open_private, private_dir
 from jupyter_faas.errors import LogError
+from jupyter_faas.record.logschema import (
+    BOOL_COLUMNS,
+    TABLE,
+    ensure_schema,
+    insert_chunk,
+    rollback,
+    select_rows,
+    since_time,
+)
 from jupyter_faas.record.records import InvocationRecord
 
 LOG_FILENAME = "invocations.sqlite"
@@ -36,36 +44,6 @@ BATCH_ROWS = 10_000
 RECOUNT_INTERVAL = 60.0
 # How long the exit hook waits for the last records; a wedged disk must not hang interpreter exit.
 EXIT_TIMEOUT = 5.0
-
-_TABLE = "invocations"
-COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(InvocationRecord))
-# The annotations are strings (postponed evaluation); the first name says the storage type.
-# A status is one of a few strings (RecordStatus, a Literal), stored as text.
-_KINDS: dict[str, str] = {
-    f.name: "str" if f.type == "RecordStatus" else str(f.type).split("|")[0].strip() for f in fields(InvocationRecord)
-}
-_SQL_TYPES = {"str": "TEXT", "float": "REAL", "int": "INTEGER", "bool": "INTEGER"}
-_CONVERT: dict[str, Any] = {"str": str, "float": float, "int": int, "bool": bool}
-_BOOL_COLUMNS = tuple(name for name in COLUMNS if _KINDS[name] == "bool")
-_INSERT = f"INSERT INTO {_TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-_row = attrgetter(*COLUMNS)
-# sqlite3 releases the GIL around every statement step, and getting it back can take a whole switch
-# interval (5 ms) while any other thread computes: row by row, that would be ~200 rows/s. So rows go
-# many to one statement, in power-of-two sizes so that only a dozen statements are ever compiled.
-_MAX_ROWS_PER_STATEMENT = 1024
-_rows_per_statement = 0
-
-# Errors that say "this record cannot be stored", not "the database is unavailable": retrying cannot help.
-_DATA_ERRORS = (
-    sqlite3.InterfaceError,
-    sqlite3.ProgrammingError,
-    sqlite3.DataError,
-    sqlite3.IntegrityError,
-    OverflowError,
-    TypeError,
-    ValueError,
-    AttributeError,
-)
 
 
 class _Marker:
@@ -117,114 +95,6 @@ def _close(conn: sqlite3.Connection) -> None:
         _released()
 
 
-def _columns(conn: sqlite3.Connection) -> list[str]:
-    return [row[1] for row in conn.execute(f"PRAGMA table_info({_TABLE})")]
-
-
-def _ensure_schema(conn: sqlite3.Connection) -> None:
-    """Idempotent, so any number of processes may do it at once, on a new file or an old one."""
-    deadline = time.monotonic() + BUSY_TIMEOUT
-    # Switching to WAL needs the file to itself and can report "locked" without waiting, so retry it here.
-    while conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        columns = ", ".join(f"{name} {_SQL_TYPES[_KINDS[name]]}" for name in COLUMNS)
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {_TABLE} ({columns})")
-        # A log written before a record field existed gets the column; its old rows read back None.
-        present = set(_columns(conn))
-        for name in COLUMNS:
-            if name not in present:
-                conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN {name} {_SQL_TYPES[_KINDS[name]]}")
-        conn.execute(f"CREATE INDEX IF NOT EXISTS {_TABLE}_function_submitted ON {_TABLE} (function, submitted)")
-        conn.execute(f"CREATE INDEX IF NOT EXISTS {_TABLE}_submitted ON {_TABLE} (submitted)")
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    # SQLite may already have rolled back by itself (disk full, I/O error), and then ROLLBACK fails too.
-    if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-
-
-def _sanitized(record: Any) -> tuple[Any, ...]:
-    """A record's row with each value coerced to its column's type, e.g. numpy numbers to Python ones."""
-    values = []
-    for name in COLUMNS:
-        value = getattr(record, name)
-        values.append(None if value is None else _CONVERT[_KINDS[name]](value))
-    return tuple(values)
-
-
-@functools.cache
-def _insert_sql(rows: int) -> str:
-    values = "(" + ", ".join("?" * len(COLUMNS)) + ")"
-    return f"INSERT INTO {_TABLE} ({', '.join(COLUMNS)}) VALUES " + ", ".join([values] * rows)
-
-
-def _statement_size(conn: sqlite3.Connection) -> int:
-    global _rows_per_statement
-    if not _rows_per_statement:
-        variables = 999  # the compiled-in default of SQLite before 3.32, when the limit cannot be asked
-        with contextlib.suppress(AttributeError, sqlite3.Error):
-            variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[attr-defined]
-        fit = max(1, min(_MAX_ROWS_PER_STATEMENT, variables // len(COLUMNS)))
-        _rows_per_statement = 1 << (fit.bit_length() - 1)
-    return _rows_per_statement
-
-
-def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    per = _statement_size(conn)
-    start = 0
-    while start < len(rows):
-        left = len(rows) - start
-        size = per if left >= per else 1 << (left.bit_length() - 1)
-        conn.execute(_insert_sql(size), list(chain.from_iterable(rows[start : start + size])))
-        start += size
-
-
-def _insert(conn: sqlite3.Connection, chunk: list[Any]) -> tuple[int, list[str]]:
-    """Commit one chunk in one short transaction; returns (rows written, why each unstorable record was dropped)."""
-    try:
-        rows: list[tuple[Any, ...]] | None = [_row(r) for r in chunk]
-    except _DATA_ERRORS:
-        rows = None
-    if rows is not None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            _insert_rows(conn, rows)
-            conn.execute("COMMIT")
-            return len(rows), []
-        except _DATA_ERRORS:
-            _rollback(conn)
-        except BaseException:
-            _rollback(conn)
-            raise
-    # Some record cannot be stored as it is: go one by one, so only the bad ones are dropped.
-    dropped: list[str] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for record in chunk:
-            try:
-                conn.execute(_INSERT, _sanitized(record))
-            except _DATA_ERRORS as e:
-                dropped.append(f"{getattr(record, 'id', record)!r}: {e}")
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
-    return len(chunk) - len(dropped), dropped
-
-
 class InvocationLog:
     """Appends records from any thread without touching disk on the caller's thread; a writer thread commits batches."""
 
@@ -236,9 +106,9 @@ class InvocationLog:
         if not 0 < flush_interval < math.inf:
             raise ValueError(f"flush_interval must be a positive number of seconds, got {flush_interval!r}")
         state_dir = Path(state_dir)
-        self._path = state_dir / LOG_FILENAME
-        self._max = int(max_records)
-        self._interval = float(flush_interval)
+        self._path: Path = state_dir / LOG_FILENAME
+        self._max: int = int(max_records)
+        self._interval: float = float(flush_interval)
         try:
             private_dir(state_dir)
             # Mode 0600 whatever the umask; SQLite gives the -wal and -shm files it creates the database's mode.
@@ -253,14 +123,14 @@ class InvocationLog:
         try:
             conn = _connect(self._path, create=True)
             try:
-                _ensure_schema(conn)
+                ensure_schema(conn, BUSY_TIMEOUT)
             finally:
                 _close(conn)
         except (sqlite3.Error, OSError) as e:
             raise LogError(f"cannot use the invocation log {self._path}: {e}") from e
 
-        self._close_lock = threading.Lock()
-        self._closed = False
+        self._close_lock: threading.Lock = threading.Lock()
+        self._closed: bool = False
         self._reset_writer_state()
         _LOGS.add(self)
 
@@ -452,11 +322,11 @@ class InvocationLog:
             # One connection per batch: between batches this process holds nothing open, so a fork is safe.
             conn = _connect(self._path, create=True)
             if not self._schema_ready:
-                _ensure_schema(conn)
+                ensure_schema(conn, BUSY_TIMEOUT)
                 self._schema_ready = True
             for start in range(0, len(batch), BATCH_ROWS):
                 chunk = batch[start : start + BATCH_ROWS]
-                inserted, dropped = _insert(conn, chunk)
+                inserted, dropped = insert_chunk(conn, chunk)
                 committed = start + len(chunk)
                 written += inserted
                 if dropped:
@@ -509,18 +379,18 @@ class InvocationLog:
             # Count inside the write transaction: two processes trimming at once never delete too much.
             conn.execute("BEGIN IMMEDIATE")
             try:
-                (count,) = conn.execute(f"SELECT count(*) FROM {_TABLE}").fetchone()
+                (count,) = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
                 excess = min(count - self._max, BATCH_ROWS)
                 if excess > 0:
                     conn.execute(
-                        f"DELETE FROM {_TABLE} WHERE rowid IN "
-                        f"(SELECT rowid FROM {_TABLE} ORDER BY submitted, rowid LIMIT ?)",
+                        f"DELETE FROM {TABLE} WHERE rowid IN "
+                        f"(SELECT rowid FROM {TABLE} ORDER BY submitted, rowid LIMIT ?)",
                         (excess,),
                     )
                     count -= excess
                 conn.execute("COMMIT")
             except BaseException:
-                _rollback(conn)
+                rollback(conn)
                 raise
             if count <= self._max:
                 break
@@ -539,7 +409,7 @@ def read_invocations(
         raise TypeError(f"state_dir must be a folder path, got {state_dir!r}")
     if function is not None and not isinstance(function, str):
         raise TypeError(f"function must be a function name, got {function!r}")
-    since_time = _since_time(since)
+    since_at = since_time(since)
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, numbers.Integral):
             raise TypeError(f"limit must be a positive whole number, got {limit!r}")
@@ -560,57 +430,18 @@ def read_invocations(
             return []  # deleted between the check and the open
         raise LogError(f"cannot read the invocation log {path}: {e}") from e
     try:
-        rows = _select(conn, function, since_time, None if limit is None else int(limit))
+        rows = select_rows(conn, function, since_at, None if limit is None else int(limit))
     except sqlite3.Error as e:
         raise LogError(f"cannot read the invocation log {path}: {e}") from e
     finally:
         _close(conn)
     records = [InvocationRecord(*row) for row in rows]
     for record in records:
-        for name in _BOOL_COLUMNS:
+        for name in BOOL_COLUMNS:
             value = getattr(record, name)
             if value is not None:
                 setattr(record, name, bool(value))
     return records
-
-
-def _since_time(since: float | datetime | None) -> float | None:
-    if since is None:
-        return None
-    if isinstance(since, datetime):
-        return since.timestamp()  # a naive datetime is local time, like time.time()
-    if isinstance(since, bool) or not isinstance(since, numbers.Real):
-        raise TypeError(f"since must be a unix time in seconds or a datetime, got {since!r}")
-    value = float(since)
-    if math.isnan(value):
-        raise ValueError(f"since must be a unix time in seconds or a datetime, got {since!r}")
-    return value
-
-
-def _select(
-    conn: sqlite3.Connection, function: str | None, since: float | None, limit: int | None
-) -> list[tuple[Any, ...]]:
-    present = set(_columns(conn))
-    if not present:
-        return []  # the file exists but no writer has created the table yet
-    # A log from an older version lacks newer columns; those read back as None.
-    select = ", ".join(name if name in present else "NULL" for name in COLUMNS)
-    where: list[str] = []
-    params: list[Any] = []
-    if function is not None:
-        where.append("function = ?")
-        params.append(function)
-    if since is not None:
-        where.append("submitted >= ?")
-        params.append(since)
-    sql = f"SELECT {select} FROM {_TABLE}"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    if limit is None:
-        return conn.execute(sql + " ORDER BY submitted, rowid", params).fetchall()
-    rows = conn.execute(sql + " ORDER BY submitted DESC, rowid DESC LIMIT ?", [*params, limit]).fetchall()
-    rows.reverse()
-    return rows
 
 
 # Every open log, for the fork and exit hooks; the writer thread keeps a running log alive by itself.

@@ -6,7 +6,13 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+# The "status" of an asynchronous invocation, as GET /faas/invocations/{id} answers it: waiting, then how it ended.
+PendingStatus = Literal["queued", "running"]
+FailedStatus = Literal["error", "timeout", "memory"]
+FinishedStatus = Literal["ok", FailedStatus]
+AsyncStatus = Literal[PendingStatus, FinishedStatus]
 
 # Invocations whose outcome (or the note that its result was dropped) can still be asked for.
 MAX_KEPT = 10_000
@@ -17,7 +23,7 @@ class Dropped:
     """What is left of an outcome whose result was dropped to stay within the byte budget."""
 
     function: str
-    status: str
+    status: FinishedStatus
     size: int
     limit: int
 

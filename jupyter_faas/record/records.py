@@ -128,7 +128,8 @@ class RecordStore:
     @staticmethod
     def _record(row: tuple[Any, ...], outputs: dict[str, str]) -> InvocationRecord:
         output = outputs.get(row[_ID]) if row[_OUTPUT] else ""
-        return InvocationRecord(*row[:_OUTPUT], output, *row[_OUTPUT + 1 :])
+        values = (*row[:_OUTPUT], output, *row[_OUTPUT + 1 :])
+        return InvocationRecord(*values)
 
     def records(self) -> list[InvocationRecord]:
         with self._lock:

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterable
 from concurrent.futures import Future
 from datetime import datetime
+from typing import Any
 
 from jupyter_faas.record.records import InvocationRecord
 from jupyter_faas.worker.capture import Segments
@@ -45,7 +46,7 @@ class CallOutput:
             sys.stdout.write(header(self._name, invocation_id))
         _write(segments)
 
-    def wait(self, future: Future) -> None:
+    def wait(self, future: Future[Any]) -> None:
         """Write output as it comes until the invocation ends.
 
         The platform hands over the last output before it ends the future, and the end itself arrives

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import sys
 import threading
-from typing import Any
+from typing import Any, TextIO
 
 # (stream, text) pieces of output, in the order they were written; stream is "stdout" or "stderr".
 Segments = list[tuple[str, str]]
@@ -134,7 +134,7 @@ class _BinaryView(io.RawIOBase):
 class CapturingStream(io.TextIOBase):
     """Stands in for sys.stdout or sys.stderr: during an invocation it captures, otherwise it passes through."""
 
-    def __init__(self, name: str, original: Any) -> None:
+    def __init__(self, name: str, original: TextIO | None) -> None:
         self._name = name
         self._original = original
         self._buffer = _BinaryView(self)

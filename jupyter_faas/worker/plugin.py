@@ -1,355 +1,33 @@
-"""The worker side: sandbox processes that run invocations, and the stream that feeds them."""
+"""The worker side: the stream that feeds a worker's sandboxes, started and stopped with the worker by a plugin."""
 
 from __future__ import annotations
 
 import contextlib
 import hmac
-import json
-import os
-import pickle
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 import psutil
 from distributed import WorkerPlugin
 
-from jupyter_faas.units import format_size
 from jupyter_faas.worker import wire as _wire
+from jupyter_faas.worker.capture import Segments
+from jupyter_faas.worker.messages import Answer, Answers, Done, Hello, Missing, Output, Package, Run
+from jupyter_faas.worker.pool import NO_RESULT_LIMIT, Batch, Invoker
 
-# How often a running invocation's memory is sampled; fast calls answer before the first sample.
-_MEMORY_POLL = 0.05
-# A sandbox that has not said "ready" by then is broken, not slow.
-_READY_TIMEOUT = 60.0
 # Answers are sent back in frames at most this far apart, so a lost worker loses little.
 _FLUSH_INTERVAL = 0.01
 # Function packages a worker keeps for its sandboxes; the oldest are dropped first.
 _PACKAGES_KEPT = 256
 
-# (status, value, started, finished, fresh, peak_memory, error, output) for one invocation; output is
-# (segments not yet streamed, bytes dropped) or None.
-Answer = tuple
-OnAnswer = Callable[[int, Answer], None]
-# (index, segments, bytes dropped so far): output of a call still running.
-OnOutput = Callable[[int, list, int], None]
-
-
-# The only variables a sandbox starts with: what programs and Python need to run, never a token or a
-# setting of the platform, the server or Dask. A function's own secrets are added for its calls only.
-_SANDBOX_ENVIRONMENT = frozenset(
-    {
-        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "TEMP", "TMP",
-        "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR",
-        "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
-        "PYTHONHASHSEED", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE", "PYTHONWARNINGS",
-        "PYTHONFAULTHANDLER", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-    }
-)  # fmt: skip
-_SANDBOX_ENVIRONMENT_PREFIXES = ("LC_",)
 # An invocation stream peer that has not sent its token by then is dropped: a handshake is one small frame.
 HANDSHAKE_TIMEOUT = 10.0
 # Streams held at once, and of them still in their handshake: past these a new connection is closed at once.
 MAX_CONNECTIONS = 512
 MAX_HANDSHAKES = 64
-
-
-def sandbox_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
-    """The allow-listed part of `environ` that a sandbox starts with."""
-    return {
-        name: value
-        for name, value in environ.items()
-        if name in _SANDBOX_ENVIRONMENT or name.startswith(_SANDBOX_ENVIRONMENT_PREFIXES)
-    }
-
-
-# -I keeps the worker's current directory off the path: the sandbox must import this very jupyter_faas.
-# The folder that holds jupyter_faas/ (this file is jupyter_faas/worker/plugin.py).
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from jupyter_faas.worker.sandbox import main; main()"
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """Calls of one function version that share one blob of arguments, and the limits each runs under."""
-
-    name: str
-    version: str
-    package: Any
-    blob: bytes
-    timeout: float
-    memory: int
-    max_output: int
-    # Environment variables the calls see, by name: the function's declared secrets.
-    secrets: dict[str, str] | None = None
-    # "fresh": each call runs in a process the sandbox forks for it and that ends with it.
-    isolation: str = "warm"
-    # Largest result, serialized, a call may send back; past it the call fails with ResultTooLarge.
-    max_result: int = 2**62
-
-
-class SandboxGone(Exception):
-    """The sandbox process ended while it was being spoken to."""
-
-
-# What a sandbox may send: a streamed output, a request for the package, or an answer's status.
-_MESSAGES = frozenset({"output", "missing", "ok", "error", "memory"})
-
-
-def _exit_description(code: int | None) -> str:
-    if code is None:
-        return "ended"
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
-
-
-def _failure(status: str, type_name: str, message: str, started: float, fresh: bool, peak: int | None) -> Answer:
-    return (status, b"", started, time.time(), fresh, peak, (type_name, message, "", None), None)
-
-
-class Sandbox:
-    """One child process that runs invocations one at a time and can be killed at any moment."""
-
-    def __init__(self) -> None:
-        parent, child = socket.socketpair()
-        env = dict(sandbox_environment(os.environ), JUPYTER_FAAS_SYS_PATH=json.dumps(sys.path))
-        self.process = subprocess.Popen(
-            [sys.executable, "-I", "-c", _BOOTSTRAP, _PACKAGE_ROOT, str(child.fileno())],
-            pass_fds=(child.fileno(),),
-            stdin=subprocess.DEVNULL,
-            env=env,
-            # Out of the notebook's process group: interrupting the kernel must not interrupt invocations.
-            start_new_session=True,
-        )
-        child.close()
-        self.conn = Connection(parent.detach())
-        self.known: set[str] = set()
-        self.ready = False
-        self._stats = psutil.Process(self.process.pid)
-
-    def _wait_ready(self) -> None:
-        if self.ready:
-            return
-        if not self.conn.poll(_READY_TIMEOUT):
-            self.kill()
-            raise SandboxGone("did not start within a minute")
-        try:
-            self.conn.recv_bytes()
-        except (EOFError, OSError):
-            raise SandboxGone(self._died()) from None
-        self.ready = True
-
-    def _died(self) -> str:
-        try:
-            code = self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            code = self.process.returncode
-        return _exit_description(code)
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """Kill the sandbox and every process it started, however they detached (setsid, double fork)."""
-        if self.process.poll() is None:
-            # Stopped, a process forks no more: stop the sandbox, then its descendants as they are found,
-            # until none is new; then kill them all. The sandbox is a subreaper, so its tree holds them all.
-            tree = [self._stats]
-            with contextlib.suppress(psutil.Error):
-                self._stats.suspend()
-            seen = {self.process.pid}
-            for _ in range(100):
-                try:
-                    found = [p for p in self._stats.children(recursive=True) if p.pid not in seen]
-                except psutil.Error:
-                    break
-                if not found:
-                    break
-                for process in found:
-                    seen.add(process.pid)
-                    tree.append(process)
-                    with contextlib.suppress(psutil.Error):
-                        process.suspend()
-            for process in reversed(tree):
-                with contextlib.suppress(psutil.Error):
-                    process.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-        self.conn.close()
-
-    def run(self, batch: Batch, indices: list[int], on_answer: OnAnswer, on_output: OnOutput) -> int:
-        """Run the batch's calls at `indices`, answering each; returns how many were answered.
-
-        Fewer than all means the sandbox was killed (timeout, memory) or died; the last one answered
-        says why, and the rest have not started.
-        """
-        self._wait_ready()
-        name, timeout, memory = batch.name, batch.timeout, batch.memory
-        fresh = batch.version not in self.known
-        self._send(batch, indices, with_package=fresh)
-        answered = 0
-        deadline = time.monotonic() + timeout
-        while answered < len(indices):
-            index = indices[answered]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.kill()
-                message = f"{name} ran past its timeout of {timeout:g}s and was stopped"
-                on_answer(index, _failure("timeout", "FaasTimeout", message, time.time() - timeout, fresh, None))
-                return answered + 1
-            if not self.conn.poll(min(_MEMORY_POLL, remaining)):
-                resident = self._resident(batch.isolation == "fresh")
-                if resident is not None and resident > memory:
-                    self.kill()
-                    message = f"{name} went over its memory limit of {format_size(memory)} and was stopped"
-                    on_answer(index, _failure("memory", "FaasMemoryError", message, time.time(), fresh, resident))
-                    return answered + 1
-                continue
-            try:
-                answer = pickle.loads(self.conn.recv_bytes())
-            except (EOFError, OSError):
-                message = f"the process running {name} {self._died()}"
-                on_answer(index, _failure("error", "SandboxExit", message, time.time(), fresh, None))
-                return answered + 1
-            except Exception as e:
-                # Not an answer: the sandbox is damaged. It is retired, never reused.
-                self.kill()
-                message = f"the process running {name} broke its protocol ({type(e).__name__}) and was replaced"
-                on_answer(index, _failure("error", "SandboxExit", message, time.time(), fresh, None))
-                return answered + 1
-            if not isinstance(answer, tuple) or not answer or answer[0] not in _MESSAGES:
-                self.kill()
-                message = f"the process running {name} sent something else than an answer and was replaced"
-                on_answer(index, _failure("error", "SandboxExit", message, time.time(), fresh, None))
-                return answered + 1
-            if answer[0] == "output":
-                on_output(*answer[1:])
-                continue
-            if answer[0] == "missing":
-                self._send(batch, indices, with_package=True)
-                continue
-            self.known.add(batch.version)
-            fresh = False
-            on_answer(index, answer)
-            answered += 1
-            deadline = time.monotonic() + timeout
-            if answer[0] == "memory" and batch.isolation != "fresh":
-                # Its peak is spent and its memory may still be held: the next call starts clean. (A fresh
-                # call's process is already gone, with its memory.)
-                self.kill()
-                return answered
-        return answered
-
-    def _send(self, batch: Batch, indices: list[int], with_package: bool) -> None:
-        package = batch.package if with_package else None
-        request = (
-            "run", batch.version, package, batch.blob, indices, batch.memory, batch.max_output, batch.secrets,
-            batch.isolation, batch.max_result,
-        )  # fmt: skip
-        try:
-            self.conn.send_bytes(pickle.dumps(request, protocol=5))
-        except OSError:
-            raise SandboxGone(self._died()) from None
-
-    def _resident(self, forked: bool = False) -> int | None:
-        """The memory of the running call: the sandbox's, or with `forked` that of the process it forked for it."""
-        try:
-            if forked:
-                # Each call is a child of the sandbox (and any process it starts, that child's).
-                return max((child.memory_info().rss for child in self._stats.children()), default=0)
-            return self._stats.memory_info().rss
-        except psutil.Error:
-            return None
-
-
-class Invoker:
-    """The sandboxes of one worker process: one per slot, each running one invocation at a time."""
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self._idle: list[Sandbox] = []
-        self._all: set[Sandbox] = set()
-        self._lock = threading.Lock()
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def prewarm(self) -> None:
-        """Start the sandboxes now, so the first invocations do not wait for them."""
-        with self._lock:
-            while len(self._all) < self.slots and not self._closed:
-                sandbox = Sandbox()
-                self._all.add(sandbox)
-                self._idle.append(sandbox)
-
-    def _acquire(self) -> Sandbox:
-        with self._lock:
-            if self._closed:
-                raise SandboxGone("the worker is closing")
-            while self._idle:
-                sandbox = self._idle.pop()
-                if sandbox.alive:
-                    return sandbox
-                self._all.discard(sandbox)
-            sandbox = Sandbox()
-            self._all.add(sandbox)
-            return sandbox
-
-    def _release(self, sandbox: Sandbox) -> None:
-        with self._lock:
-            if sandbox.alive and not self._closed:
-                self._idle.append(sandbox)
-                return
-            self._all.discard(sandbox)
-        sandbox.kill()
-
-    def invoke(self, batch: Batch, indices: list[int], on_answer: OnAnswer, on_output: OnOutput) -> None:
-        """Run every call at `indices`, each with its own timeout; a killed sandbox is replaced mid-batch."""
-        name = batch.name
-        remaining = list(indices)
-        while remaining:
-            try:
-                sandbox = self._acquire()
-            except SandboxGone as gone:
-                for index in remaining:
-                    on_answer(index, _failure("error", "SandboxExit", f"{name}: {gone}", time.time(), False, None))
-                return
-            try:
-                answered = sandbox.run(batch, remaining, on_answer, on_output)
-            except SandboxGone as gone:
-                sandbox.kill()
-                message = f"the process running {name} {gone}"
-                on_answer(remaining[0], _failure("error", "SandboxExit", message, time.time(), False, None))
-                answered = 1
-            finally:
-                self._release(sandbox)
-            remaining = remaining[answered:]
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            sandboxes = list(self._all)
-            self._all.clear()
-            self._idle.clear()
-        for sandbox in sandboxes:
-            sandbox.kill()
-
-
 TOKEN_LENGTH = 32
 # Scheduler metadata: worker address -> [host, port] of its invocation stream.
 ENDPOINTS_KEY = "jupyter-faas-endpoints"
@@ -377,7 +55,7 @@ class InvokerServer:
         self._handshake_timeout = HANDSHAKE_TIMEOUT if handshake_timeout is None else handshake_timeout
         self._max_connections = MAX_CONNECTIONS if max_connections is None else max_connections
         self._max_handshakes = MAX_HANDSHAKES if max_handshakes is None else max_handshakes
-        self._packages: OrderedDict[str, Any] = OrderedDict()
+        self._packages: OrderedDict[str, Package] = OrderedDict()
         self._packages_lock = threading.Lock()
         self._listener = socket.create_server((host, 0))
         self.endpoint = (host, self._listener.getsockname()[1])
@@ -417,7 +95,8 @@ class InvokerServer:
             with self._count_lock:
                 self._handshaking -= 1
                 handshaking = False
-            _wire.send(sock, ("hello", self._worker_started, self.invoker.slots))
+            hello: Hello = ("hello", self._worker_started, self.invoker.slots)
+            _wire.send(sock, hello)
             while not self._closed:
                 self._handle(sock, _wire.receive(sock))
         except (OSError, _wire.ConnectionLost, EOFError):
@@ -429,11 +108,11 @@ class InvokerServer:
                     self._handshaking -= 1
             sock.close()
 
-    def _handle(self, sock: socket.socket, request: tuple) -> None:
+    def _handle(self, sock: socket.socket, request: Run) -> None:
         _, name, version, package, blob, indices, timeout, memory, max_output, secrets = request[:10]
-        # Clients of before --isolation send no eleventh item.
+        # Clients of before --isolation send no eleventh item, nor those of before faas.call.max-bytes a twelfth.
         isolation = request[10] if len(request) > 10 else "warm"
-        max_result = request[11] if len(request) > 11 else Batch.max_result
+        max_result = request[11] if len(request) > 11 else NO_RESULT_LIMIT
         with self._packages_lock:
             if package is not None:
                 self._packages[version] = package
@@ -443,7 +122,8 @@ class InvokerServer:
             if package is not None:
                 self._packages.move_to_end(version)
         if package is None:
-            _wire.send(sock, ("missing",))
+            missing: Missing = ("missing",)
+            _wire.send(sock, missing)
             return
         pending: list[tuple[int, Answer]] = []
         last_flush = time.monotonic()
@@ -453,17 +133,20 @@ class InvokerServer:
             pending.append((index, answer))
             now = time.monotonic()
             if now - last_flush >= _FLUSH_INTERVAL:
-                _wire.send(sock, ("answers", pending[:]))
+                answers: Answers = ("answers", pending[:])
+                _wire.send(sock, answers)
                 pending.clear()
                 last_flush = now
 
-        def on_output(index: int, segments: list, dropped: int) -> None:
+        def on_output(index: int, segments: Segments, dropped: int) -> None:
             # At once: the caller of a running invocation is waiting to see it.
-            _wire.send(sock, ("output", index, segments, dropped))
+            output: Output = ("output", index, segments, dropped)
+            _wire.send(sock, output)
 
         batch = Batch(name, version, package, blob, timeout, memory, max_output, secrets, isolation, max_result)
         self.invoker.invoke(batch, indices, on_answer, on_output)
-        _wire.send(sock, ("done", pending))
+        done: Done = ("done", pending)
+        _wire.send(sock, done)
 
     def close(self) -> None:
         self._closed = True

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import builtins
 import contextlib
-import ctypes
 import json
 import os
 import pickle
-import re
-import resource
-import signal
 import sys
 import threading
 import time
@@ -24,17 +19,23 @@ import cloudpickle
 
 from jupyter_faas.errors import ResultTooLarge
 from jupyter_faas.worker import capture as _capture
+from jupyter_faas.worker import process as _process
 from jupyter_faas.worker.code import with_filename
+from jupyter_faas.worker.messages import (
+    AnswerStatus,
+    ErrorInfo,
+    Missing,
+    Output,
+    Ready,
+    Result,
+    SandboxRun,
+    TrailingOutput,
+)
 
 # Functions kept loaded per sandbox; the oldest are dropped first.
 _CACHE_SIZE = 64
 # A running invocation's new output is sent this often, so a caller sees it while the call runs.
 _OUTPUT_INTERVAL = 0.1
-_HWM = re.compile(rb"VmHWM:\s+(\d+) kB")
-# prctl option: orphaned descendants are re-parented to this process, not to init, so none escapes it.
-_PR_SET_CHILD_SUBREAPER = 36
-# Signals whose handlers cannot be read or set.
-_FIXED_SIGNALS = {signal.SIGKILL, signal.SIGSTOP}
 
 
 class _Loaded:
@@ -43,7 +44,7 @@ class _Loaded:
     def __init__(self, payload: bytes, filename: str, reusable: bool) -> None:
         self.payload = payload
         self.reusable = reusable
-        function = cloudpickle.loads(payload)
+        function: types.FunctionType = cloudpickle.loads(payload)
         self.code = with_filename(function.__code__, filename)
         function.__code__ = self.code
         self.function: types.FunctionType | None = function if reusable else None
@@ -51,7 +52,7 @@ class _Loaded:
     def fresh(self) -> types.FunctionType:
         """A function whose globals no earlier call can have touched."""
         if self.function is None:
-            function = cloudpickle.loads(self.payload)
+            function: types.FunctionType = cloudpickle.loads(self.payload)
             function.__code__ = self.code
             return function
         f = self.function
@@ -59,56 +60,6 @@ class _Loaded:
         copy = types.FunctionType(f.__code__, dict(f.__globals__), f.__name__, f.__defaults__, f.__closure__)
         copy.__kwdefaults__ = f.__kwdefaults__
         return copy
-
-
-class _PeakMeter:
-    """This process's peak resident memory, reset only when a call has raised it.
-
-    Resetting costs a write to /proc, so it happens only when a call pushed the peak more than
-    _SLACK above the level after the last reset; a reading can therefore include at most _SLACK
-    left over from earlier calls, far below any memory limit.
-    """
-
-    _SLACK = 2 * 2**20
-
-    def __init__(self) -> None:
-        self._reset()
-        hwm = self._status_peak()
-        # getrusage is twenty times cheaper than /proc/self/status; use it where the reset reaches it.
-        self._cheap = hwm is not None and abs(self._rusage_peak() - hwm) <= self._SLACK
-        self._floor = self.read() or 0
-
-    @staticmethod
-    def _reset() -> None:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-
-    @staticmethod
-    def _status_peak() -> int | None:
-        try:
-            with open("/proc/self/status", "rb") as f:
-                match = _HWM.search(f.read())
-        except OSError:
-            return None
-        return int(match.group(1)) * 1024 if match else None
-
-    @staticmethod
-    def _rusage_peak() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def read(self) -> int | None:
-        return self._rusage_peak() if self._cheap else self._status_peak()
-
-    def after_call(self) -> int | None:
-        """The peak since the last reset; resets it if this call raised it."""
-        peak = self.read()
-        if peak is not None and peak > self._floor + self._SLACK:
-            self._reset()
-            self._floor = self.read() or 0
-        return peak
 
 
 def _register_source(filename: str, source: str) -> None:
@@ -129,9 +80,7 @@ def _register_source(filename: str, source: str) -> None:
     linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
 
 
-def _describe_error(
-    exc: BaseException, skip_frames: int, secrets: dict[str, str] | None = None
-) -> tuple[str, str, str, bytes | None]:
+def _describe_error(exc: BaseException, skip_frames: int, secrets: dict[str, str] | None = None) -> ErrorInfo:
     tb = exc.__traceback__
     for _ in range(skip_frames):
         if tb is not None:
@@ -156,7 +105,7 @@ def _watch_parent() -> None:
     while True:
         time.sleep(0.5)
         if os.getppid() != parent:
-            _stop_strays()
+            _process.stop_strays()
             os._exit(0)
 
 
@@ -169,20 +118,20 @@ class _Channel:
         # (index, capture) of the invocation running now, whose output the streamer sends.
         self.running: tuple[int, _capture.Captured] | None = None
 
-    def send(self, message: tuple) -> None:
+    def send(self, message: Ready | Missing) -> None:
         with self.lock:
             self.conn.send_bytes(pickle.dumps(message, protocol=5))
 
-    def answer(self, answer: tuple) -> None:
-        """The invocation's answer, carrying its output not yet streamed; nothing of it is streamed after."""
+    def answer(self, result: Result) -> None:
+        """The invocation's Answer: its result and its output not yet streamed; nothing of it is streamed after."""
         with self.lock:
             running, self.running = self.running, None
-            output = None
+            output: TrailingOutput | None = None
             if running is not None:
                 _capture.current.captured = None
                 captured = running[1]
                 output = (captured.close(), captured.dropped)
-            self.conn.send_bytes(pickle.dumps((*answer, output), protocol=5))
+            self.conn.send_bytes(pickle.dumps((*result, output), protocol=5))
 
     def stream(self) -> None:
         while True:
@@ -194,7 +143,8 @@ class _Channel:
                 segments = captured.take()
                 if segments:
                     try:
-                        self.conn.send_bytes(pickle.dumps(("output", index, segments, captured.dropped), protocol=5))
+                        message: Output = ("output", index, segments, captured.dropped)
+                        self.conn.send_bytes(pickle.dumps(message, protocol=5))
                     except OSError:
                         return
 
@@ -221,7 +171,7 @@ def _after_fork_in_child() -> None:
 _channel_fd: int | None = None
 
 
-def _run_function(function: types.FunctionType, args: tuple, kwargs: dict) -> object:
+def _run_function(function: types.FunctionType, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
     try:
         return function(*args, **kwargs)
     finally:
@@ -230,122 +180,24 @@ def _run_function(function: types.FunctionType, args: tuple, kwargs: dict) -> ob
             os._exit(0)
 
 
-def _children() -> list[int]:
-    """This process's child processes; as a subreaper it inherits every orphaned descendant too."""
-    pids: list[int] = []
-    try:
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/children") as f:
-                pids.extend(int(pid) for pid in f.read().split())
-    except OSError:
-        import psutil
-
-        with contextlib.suppress(psutil.Error):
-            pids = [child.pid for child in psutil.Process().children()]
-    return pids
-
-
-def _stop_strays() -> None:
-    """Kill every process the call started and left running (subprocess, fork, setsid): a call leaves nothing.
-
-    Killing a child re-parents its own children to this subreaper, so repeat until none are left.
-    """
-    for _ in range(1000):
-        pids = _children()
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.waitpid(pid, 0)
-    # Orphans that ended on their own are zombies of this subreaper until reaped.
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
-
-
-class _ProcessState:
-    """What a call can change in this process and the next call must not see; taken once, restored after each.
-
-    Imported modules (sys.modules) and their attributes are kept on purpose, as in a warm container.
-    """
-
-    def __init__(self) -> None:
-        self.cwd = os.getcwd()
-        self.umask = os.umask(0o022)
-        os.umask(self.umask)
-        self.environ = dict(os.environ)
-        self.path = list(sys.path)
-        self.argv = list(sys.argv)
-        self.recursion_limit = sys.getrecursionlimit()
-        self.stdio = (sys.stdin, sys.stdout, sys.stderr)
-        self.displayhook, self.excepthook = sys.displayhook, sys.excepthook
-        self.builtins = dict(builtins.__dict__)
-        self.blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        self.signals: dict[signal.Signals, Any] = {}
-        for signum in signal.valid_signals():
-            if signum in _FIXED_SIGNALS:
-                continue
-            with contextlib.suppress(ValueError, OSError):
-                handler = signal.getsignal(signum)
-                if handler is not None:
-                    self.signals[signum] = handler
-
-    def restore(self) -> None:
-        # builtins first: the rest of this, and the answer's pickling, rely on them.
-        current = builtins.__dict__
-        for name in [name for name in current if name not in self.builtins]:
-            del current[name]
-        for name, value in self.builtins.items():
-            if current.get(name, _MISSING) is not value:
-                current[name] = value
-        with contextlib.suppress(OSError):
-            os.chdir(self.cwd)
-        os.umask(self.umask)
-        for name in [name for name in os.environ if name not in self.environ]:
-            del os.environ[name]
-        for name, value in self.environ.items():
-            if os.environ.get(name) != value:
-                os.environ[name] = value
-        sys.path[:] = self.path
-        sys.argv[:] = self.argv
-        if sys.getrecursionlimit() != self.recursion_limit:
-            sys.setrecursionlimit(self.recursion_limit)
-        sys.stdin, sys.stdout, sys.stderr = self.stdio
-        sys.displayhook, sys.excepthook = self.displayhook, self.excepthook
-        # A timer a call armed would otherwise fire during a later call, on the handler restored below.
-        for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
-            with contextlib.suppress(OSError):
-                signal.setitimer(timer, 0)
-        for signum, handler in self.signals.items():
-            with contextlib.suppress(ValueError, OSError, TypeError):
-                if signal.getsignal(signum) is not handler:
-                    signal.signal(signum, handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.blocked)
-
-
-_MISSING = object()
-
-
 def _call(
     loaded: _Loaded,
-    call: tuple[tuple, dict],
+    call: tuple[tuple[Any, ...], dict[str, Any]],
     limits: tuple[int, int],
     fresh: bool,
-    meter: _PeakMeter,
-    state: _ProcessState,
+    meter: _process.PeakMeter,
+    state: _process.ProcessState,
     secrets: dict[str, str] | None = None,
-) -> tuple:
-    """One invocation, answered as (status, value, started, finished, fresh, peak, error).
+) -> Result:
+    """One invocation, run here: its Result, to which the answer adds the output not yet streamed.
 
     Its secrets are in the environment only while it runs; afterwards the process is as it was before it.
     `limits` are the memory limit and the largest result, serialized, that may be sent back.
     """
     memory_limit, max_result = limits
     started = time.time()
-    status, value, error = "ok", b"", None
+    status: AnswerStatus = "ok"
+    value, error = b"", None
     if secrets:
         os.environ.update(secrets)
     try:
@@ -374,7 +226,7 @@ def _call(
                 value = b""
                 status, error = "error", _describe_error(too_large, 0, secrets)
     finally:
-        _stop_strays()
+        _process.stop_strays()
         state.restore()
     finished = time.time()
     peak = meter.after_call()
@@ -386,11 +238,11 @@ def _call(
 def _call_in_fork(
     channel: _Channel,
     loaded: _Loaded,
-    call: tuple[tuple, dict],
+    call: tuple[tuple[Any, ...], dict[str, Any]],
     index: int,
     limits: tuple[int, int, int],
     fresh: bool,
-    state: _ProcessState,
+    state: _process.ProcessState,
     secrets: dict[str, str] | None,
 ) -> None:
     """One invocation in a process forked for it from this warm one, which it cannot change: it ends after.
@@ -414,12 +266,12 @@ def _call_in_fork(
         try:
             os.close(answered_read)
             _SANDBOX_PID = os.getpid()
-            _become_subreaper()
+            _process.become_subreaper()
             captured = _capture.Captured(max_output, secrets)
             channel.running = (index, captured)
             _capture.current.captured = captured
             threading.Thread(target=channel.stream, name="faas-output", daemon=True).start()
-            channel.answer(_call(loaded, call, (memory_limit, max_result), fresh, _PeakMeter(), state, secrets))
+            channel.answer(_call(loaded, call, (memory_limit, max_result), fresh, _process.PeakMeter(), state, secrets))
             os.write(answered_write, b"1")
             code = 0
         finally:
@@ -436,21 +288,20 @@ def _call_in_fork(
 
 
 def serve(conn: Connection) -> None:
-    """Answer ("run", version, package, blob, indices, memory, max_output, secrets, isolation, max_result) with one
-    message per index.
+    """Answer each SandboxRun with one Answer per index, or with Missing if it lacks a package not yet loaded.
 
-    While a call runs, its new output goes out as ("output", index, segments, dropped) messages.
+    While a call runs, its new output goes out as Output messages.
     """
     cache: OrderedDict[str, _Loaded] = OrderedDict()
-    meter = _PeakMeter()
+    meter = _process.PeakMeter()
     channel = _Channel(conn)
     _capture.install()
-    state = _ProcessState()
+    state = _process.ProcessState()
     threading.Thread(target=channel.stream, name="faas-output", daemon=True).start()
     channel.send(("ready", os.getpid()))
     while True:
         try:
-            request = pickle.loads(conn.recv_bytes())
+            request: SandboxRun = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
         _, version, package, blob, indices, memory_limit, max_output, secrets, isolation, max_result = request
@@ -491,17 +342,11 @@ def serve(conn: Connection) -> None:
             channel.answer(answer)
 
 
-def _become_subreaper() -> None:
-    """Orphans of the processes a call starts come back to this process, so it can stop them all."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
 def main() -> None:
     global _channel_fd
     fd = _channel_fd = int(sys.argv[-1])
     os.register_at_fork(after_in_child=_after_fork_in_child)
-    _become_subreaper()
+    _process.become_subreaper()
     worker_path = os.environ.pop("JUPYTER_FAAS_SYS_PATH", None)
     if worker_path:
         # The worker's import path, after this package's own root: functions import what the worker can.
@@ -519,7 +364,7 @@ def main() -> None:
         pass
     except BaseException:
         code = 1
-    _stop_strays()
+    _process.stop_strays()
     os._exit(code)
 
 

@@ -184,3 +184,8 @@ def test_platform_is_public_and_reports_the_cluster(platform: object) -> None:
     assert 1 <= p.workers <= p.maximum
     assert p.scale_events and all(isinstance(t, float) and isinstance(n, int) for t, n in p.scale_events)
     assert square(2) == 4
+
+
+def test_a_misspelt_option_of_the_decorator_is_a_type_error_naming_it() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword arguments: tiemout"):
+        function(tiemout="5s")

@@ -18,7 +18,8 @@ from jupyter_faas.definition.limits import Limits
 from jupyter_faas.definition.model import from_cell
 from jupyter_faas.worker import plugin as _invoker
 from jupyter_faas.worker import wire as _wire
-from jupyter_faas.worker.plugin import Batch, Invoker, InvokerServer
+from jupyter_faas.worker.plugin import InvokerServer
+from jupyter_faas.worker.pool import Batch, Invoker
 
 LIMITS = Limits(timeout=10.0, memory=256 * 10**6, retries=0, concurrency=None)
 

@@ -1,0 +1,246 @@
+"""The HTTP answers, apart from Tornado and the platform: errors, request bodies read into calls, results as JSON."""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from jupyter_faas import config as _config
+from jupyter_faas.definition.signature import JSON_TYPES as _JSON_TYPES
+from jupyter_faas.definition.signature import annotation_name
+from jupyter_faas.errors import (
+    FaasMemoryError,
+    FaasTimeout,
+    NoCapacity,
+    RegistryError,
+    RemoteError,
+    RemoteTraceback,
+    WorkerLost,
+    type_name,
+)
+from jupyter_faas.record.outcomes import FailedStatus
+from jupyter_faas.record.registry import Deployment
+from jupyter_faas.units import is_json
+
+log = logging.getLogger("jupyter_faas.endpoints")
+
+
+class HttpError(Exception):
+    """An answer other than success: its status, a short type name and a message for the caller."""
+
+    def __init__(self, status: int, kind: str, message: str, retry_after: int | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        # Sent as the Retry-After header (429, 503), never in the body.
+        self.retry_after = retry_after
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"type": self.kind, "message": self.message, **self.extra}}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful answer: JSON-able data, or bytes sent as application/octet-stream."""
+
+    status: int
+    body: Any
+
+
+@dataclass
+class Call:
+    """A request read into arguments for one deployed function; `raw` is the body as it came."""
+
+    deployment: Deployment
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    content_type: str
+    raw: bytes
+
+
+def check_types(call: Call) -> None:
+    signature = call.deployment.definition.signature
+    bound = signature.bind(*call.args, **call.kwargs)
+    for name, value in bound.arguments.items():
+        parameter = signature.parameters[name]
+        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        expected = annotation_name(parameter.annotation)
+        if expected is None:
+            continue
+        if expected == "bytes":
+            ok = isinstance(value, bytes)
+        else:
+            ok = isinstance(value, _JSON_TYPES[expected]) and not (expected != "bool" and isinstance(value, bool))
+        if not ok:
+            raise HttpError(
+                422,
+                "ArgumentError",
+                f"{call.deployment.name}(): parameter {name!r} expects {expected}, got {type(value).__name__}",
+                parameter=name,
+            )
+
+
+def shown(name: str) -> str:
+    """A name from a request, as an answer may quote it: repr'd, and cut short."""
+    return repr(name) if len(name) <= 80 else repr(name[:80]) + "..."
+
+
+def registry_failed(error: RegistryError) -> HttpError:
+    """A 500 for a registry that cannot be read or written. Its text names local paths: the server's log gets it,
+    the caller only the fact."""
+    log.error("jupyter-faas: %s", error)
+    return HttpError(500, "RegistryError", "the function registry could not be read; see the server log")
+
+
+def missing_parameter(message: str) -> str | None:
+    """The parameter a signature error names ("missing a required argument: 'x'"), if it names one."""
+    if "'" in message:
+        return message.split("'")[1]
+    return None
+
+
+def read_arguments(name: str, content_type: str, body: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A request body as (args, kwargs): a JSON array or object of arguments, or any other body as one bytes value."""
+    if not is_json(content_type):
+        return (body,), {}
+    if not body.strip():
+        return (), {}
+    try:
+        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_whole)
+    except (ValueError, RecursionError) as e:
+        raise HttpError(400, "InvalidJSON", f"the request body is not valid JSON: {e}") from None
+    if isinstance(data, dict):
+        return (), data
+    if isinstance(data, list):
+        return tuple(data), {}
+    raise HttpError(
+        422,
+        "ArgumentError",
+        f"{name}(): send a JSON object of keyword arguments or an array of positional ones, "
+        f"not a JSON {type(data).__name__}",
+    )
+
+
+def encode_result(name: str, value: Any) -> Any:
+    """The value as the body of a 200: bytes as they are, anything else only if JSON can carry it."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise HttpError(
+            500,
+            "ResultNotJSON",
+            f"{name} returned a {type(value).__name__} that JSON cannot carry ({e}); "
+            "return a dict, list, str, number, bool, None or bytes",
+        ) from None
+    return value
+
+
+def error_for(name: str, error: BaseException) -> HttpError:
+    """The answer to an invocation of `name` that raised `error`."""
+    if isinstance(error, HttpError):
+        return error
+    if isinstance(error, NoCapacity):
+        return HttpError(503, "NoCapacity", str(error))
+    if isinstance(error, FaasTimeout):
+        return HttpError(504, "Timeout", str(error))
+    if isinstance(error, FaasMemoryError):
+        return HttpError(500, "MemoryError", str(error))
+    if isinstance(error, WorkerLost):
+        return HttpError(500, "WorkerLost", str(error))
+    kind = type_name(error)
+    message = error.message if isinstance(error, RemoteError) else str(error)
+    extra: dict[str, Any] = {}
+    cause = error.__cause__
+    if isinstance(cause, RemoteTraceback) and _config.http_tracebacks():
+        extra["traceback"] = cause.text
+    return HttpError(500, kind, f"{name} raised {kind}: {message}" if message else f"{name} raised {kind}", **extra)
+
+
+def describe_deployment(
+    deployment: Deployment, url: str, stats: dict[str, Any], last_invoked: float | None
+) -> dict[str, Any]:
+    """A deployed function as GET /faas/functions/{name} answers it."""
+    definition = deployment.definition
+    limits = definition.limits
+    return {
+        "name": deployment.name,
+        "version": deployment.version,
+        "deployed_at": deployment.deployed_at,
+        "signature": definition.describe_signature(),
+        "parameters": [
+            {
+                "name": parameter.name,
+                "kind": parameter.kind.name.lower(),
+                "annotation": None
+                if parameter.annotation is inspect.Parameter.empty
+                else annotation_text(parameter.annotation),
+                "required": parameter.default is inspect.Parameter.empty
+                and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD),
+            }
+            for parameter in definition.signature.parameters.values()
+        ],
+        "limits": {
+            "timeout_s": limits.timeout,
+            "memory_bytes": limits.memory,
+            "retries": limits.retries,
+            "concurrency": limits.concurrency,
+        },
+        "url": url,
+        "stats": finite(stats),
+        "last_invoked": last_invoked,
+    }
+
+
+# JSON's own numbers only, each one Python can carry: no NaN or Infinity, nothing that overflows a float,
+# no integer longer than Python reads (4300 digits).
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]}{'...' if len(text) > 40 else ''} is too large for a float")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is too long to read") from None
+
+
+def status_of(error: BaseException) -> FailedStatus:
+    """The status an asynchronous invocation that raised `error` ends with."""
+    if isinstance(error, FaasTimeout):
+        return "timeout"
+    if isinstance(error, FaasMemoryError):
+        return "memory"
+    return "error"
+
+
+def as_json(value: Any) -> Any:
+    """A result inside a JSON document: bytes as {\"base64\": ...}."""
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode()}
+    return value
+
+
+def annotation_text(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", repr(annotation))
+
+
+def finite(stats: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN or infinity."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in stats.items()}

@@ -1,0 +1,57 @@
+"""The messages of the invocation protocol, as types: client and worker frames, worker and sandbox messages.
+
+Each is a plain tuple whose first item is a Literal tag (an answer's is its status), so mypy narrows a
+union of them on `message[0] == ...`. Plain tuples because these are pickled on every invocation's path,
+and pickling a NamedTuple costs several times as much. Client and worker run the same version (the
+version check makes sure); a worker still accepts a Run without the items older clients did not send.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from jupyter_faas.worker.capture import Segments
+
+# How an attempt ended on the worker: "timeout" and "memory" also when the worker stopped the call.
+AnswerStatus = Literal["ok", "error", "memory", "timeout"]
+# (type name, message, traceback text, the pickled exception or None): an error as it travels.
+ErrorInfo = tuple[str, str, str, bytes | None]
+# (segments not yet streamed, bytes dropped): the rest of an invocation's output, sent with its answer.
+TrailingOutput = tuple[Segments, int]
+# What a function is shipped as: (cloudpickled function, file name, source, reusable).
+Package = tuple[bytes, str, str, bool]
+
+# (status, value, started, finished, fresh, peak memory, error): how one call ended, in the sandbox.
+Result = tuple[AnswerStatus, bytes, float, float, bool, int | None, ErrorInfo | None]
+# A Result and its trailing output (None when nothing was captured): one invocation's answer.
+Answer = tuple[AnswerStatus, bytes, float, float, bool, int | None, ErrorInfo | None, TrailingOutput | None]
+
+# -- client <-> worker, over the invocation stream ------------------------------------------------------
+
+# The worker's first frame after the token: ("hello", when the worker started, slots).
+Hello = tuple[Literal["hello"], float, int]
+# ("run", name, version, package or None if the worker should hold it, blob, indices, timeout, memory,
+# max_output, secrets, isolation, max_result). Clients of before --isolation and faas.call.max-bytes sent
+# neither of the last two.
+Run = tuple[
+    Literal["run"], str, str, Package | None, bytes, list[int], float, int, int, dict[str, str] | None, str, int
+]
+# Answers so far, each with its call's index; more frames follow.
+Answers = tuple[Literal["answers"], list[tuple[int, Answer]]]
+# The last answers of a Run: nothing more comes for it.
+Done = tuple[Literal["done"], list[tuple[int, Answer]]]
+# ("output", index, segments, bytes dropped so far): new output of a call still running.
+Output = tuple[Literal["output"], int, Segments, int]
+# The receiver lacks the function's package: send the request again with it.
+Missing = tuple[Literal["missing"]]
+# What a worker sends back on a Run.
+WorkerFrame = Answers | Done | Output | Missing
+
+# -- worker <-> sandbox, over the sandbox's socket -----------------------------------------------------
+
+# The sandbox's first message: ("ready", its process id).
+Ready = tuple[Literal["ready"], int]
+# ("run", version, package or None, blob, indices, memory, max_output, secrets, isolation, max_result).
+SandboxRun = tuple[Literal["run"], str, Package | None, bytes, list[int], int, int, dict[str, str] | None, str, int]
+# What a sandbox sends while it runs a SandboxRun: one Answer per index.
+SandboxMessage = Answer | Output | Missing

@@ -1,0 +1,175 @@
+"""What a call can leave behind in the sandbox's process, and its undoing: memory peak, child processes, state."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import ctypes
+import os
+import re
+import resource
+import signal
+import sys
+from typing import Any
+
+_HWM = re.compile(rb"VmHWM:\s+(\d+) kB")
+# prctl option: orphaned descendants are re-parented to this process, not to init, so none escapes it.
+_PR_SET_CHILD_SUBREAPER = 36
+# Signals whose handlers cannot be read or set.
+_FIXED_SIGNALS = {signal.SIGKILL, signal.SIGSTOP}
+
+
+class PeakMeter:
+    """This process's peak resident memory, reset only when a call has raised it.
+
+    Resetting costs a write to /proc, so it happens only when a call pushed the peak more than
+    _SLACK above the level after the last reset; a reading can therefore include at most _SLACK
+    left over from earlier calls, far below any memory limit.
+    """
+
+    _SLACK = 2 * 2**20
+
+    def __init__(self) -> None:
+        self._reset()
+        hwm = self._status_peak()
+        # getrusage is twenty times cheaper than /proc/self/status; use it where the reset reaches it.
+        self._cheap = hwm is not None and abs(self._rusage_peak() - hwm) <= self._SLACK
+        self._floor = self.read() or 0
+
+    @staticmethod
+    def _reset() -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+    @staticmethod
+    def _status_peak() -> int | None:
+        try:
+            with open("/proc/self/status", "rb") as f:
+                match = _HWM.search(f.read())
+        except OSError:
+            return None
+        return int(match.group(1)) * 1024 if match else None
+
+    @staticmethod
+    def _rusage_peak() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def read(self) -> int | None:
+        return self._rusage_peak() if self._cheap else self._status_peak()
+
+    def after_call(self) -> int | None:
+        """The peak since the last reset; resets it if this call raised it."""
+        peak = self.read()
+        if peak is not None and peak > self._floor + self._SLACK:
+            self._reset()
+            self._floor = self.read() or 0
+        return peak
+
+
+def _children() -> list[int]:
+    """This process's child processes; as a subreaper it inherits every orphaned descendant too."""
+    pids: list[int] = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.extend(int(pid) for pid in f.read().split())
+    except OSError:
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            pids = [child.pid for child in psutil.Process().children()]
+    return pids
+
+
+def stop_strays() -> None:
+    """Kill every process the call started and left running (subprocess, fork, setsid): a call leaves nothing.
+
+    Killing a child re-parents its own children to this subreaper, so repeat until none are left.
+    """
+    for _ in range(1000):
+        pids = _children()
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
+    # Orphans that ended on their own are zombies of this subreaper until reaped.
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+# Stands for a name that builtins did not have.
+_MISSING = object()
+
+
+class ProcessState:
+    """What a call can change in this process and the next call must not see; taken once, restored after each.
+
+    Imported modules (sys.modules) and their attributes are kept on purpose, as in a warm container.
+    """
+
+    def __init__(self) -> None:
+        self.cwd = os.getcwd()
+        self.umask = os.umask(0o022)
+        os.umask(self.umask)
+        self.environ = dict(os.environ)
+        self.path = list(sys.path)
+        self.argv = list(sys.argv)
+        self.recursion_limit = sys.getrecursionlimit()
+        self.stdio = (sys.stdin, sys.stdout, sys.stderr)
+        self.displayhook, self.excepthook = sys.displayhook, sys.excepthook
+        self.builtins = dict(builtins.__dict__)
+        self.blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        self.signals: dict[signal.Signals, Any] = {}
+        for signum in signal.valid_signals():
+            if signum in _FIXED_SIGNALS:
+                continue
+            with contextlib.suppress(ValueError, OSError):
+                handler = signal.getsignal(signum)
+                if handler is not None:
+                    self.signals[signum] = handler
+
+    def restore(self) -> None:
+        # builtins first: the rest of this, and the answer's pickling, rely on them.
+        current = builtins.__dict__
+        for name in [name for name in current if name not in self.builtins]:
+            del current[name]
+        for name, value in self.builtins.items():
+            if current.get(name, _MISSING) is not value:
+                current[name] = value
+        with contextlib.suppress(OSError):
+            os.chdir(self.cwd)
+        os.umask(self.umask)
+        for name in [name for name in os.environ if name not in self.environ]:
+            del os.environ[name]
+        for name, value in self.environ.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+        sys.path[:] = self.path
+        sys.argv[:] = self.argv
+        if sys.getrecursionlimit() != self.recursion_limit:
+            sys.setrecursionlimit(self.recursion_limit)
+        sys.stdin, sys.stdout, sys.stderr = self.stdio
+        sys.displayhook, sys.excepthook = self.displayhook, self.excepthook
+        # A timer a call armed would otherwise fire during a later call, on the handler restored below.
+        for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+            with contextlib.suppress(OSError):
+                signal.setitimer(timer, 0)
+        for signum, handler in self.signals.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                if signal.getsignal(signum) is not handler:
+                    signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.blocked)
+
+
+def become_subreaper() -> None:
+    """Orphans of the processes a call starts come back to this process, so it can stop them all."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
