@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -10,7 +11,6 @@ from urllib.parse import urlsplit
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.application import ExtensionApp
-from jupyter_server.utils import origin_matches_pat
 from tornado import web
 
 from jupyter_faas import config as _config
@@ -46,7 +46,8 @@ class _JupyterBase(APIHandler):
             return
         if self.allow_origin and self.allow_origin == origin:
             return
-        if self.allow_origin_pat and origin_matches_pat(self.allow_origin_pat, origin):
+        # re.match takes the pattern as a string or compiled, as jupyter_server keeps it (2.14 and later).
+        if self.allow_origin_pat and re.match(self.allow_origin_pat, origin):
             return
         raise HttpError(403, "OriginNotAllowed", "requests from the web pages of other origins are refused")
 
