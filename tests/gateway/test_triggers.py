@@ -306,13 +306,14 @@ def test_without_a_server_triggers_say_how_to_get_one(platform: Platform) -> Non
 
 
 def test_the_card_shows_what_fires_the_function(owner: Owner, tmp_path: Path) -> None:
-    from jupyter_faas.ui.widgets import FunctionCard, function_text
+    from jupyter_faas.ui.widgets import function_text
 
     fn = define("1", "shown")
     assert "runs" not in function_text(fn)
     fn.schedule(every="1 minute")
     assert "runs every 60 s" in function_text(fn)
-    card = FunctionCard(fn)
+    # The function's own card: it hands the card what fires it.
+    card = fn.card
     card.refresh()
     assert "runs every 60 s" in card.header.value
     fn.unschedule()
