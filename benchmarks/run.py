@@ -280,15 +280,15 @@ def bench_platform(size: Size, driver_before: int) -> tuple[dict[str, Any], dict
     return faas, plain, memory
 
 
-def bench_log_off(size: Size) -> dict[str, Any]:
-    """Warm calls on a platform with the durable log turned off, to set beside the main figures (log on)."""
+def _warm_calls(size: Size, name: str, config: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """Warm-call latency of `square` made with `options`, on a platform started under `config`."""
     import dask
 
     import jupyter_faas
     from jupyter_faas import function
 
-    square = function(timeout="30s", name="square_log_off")(_square)
-    with dask.config.set({"faas.log.enabled": False, "faas.cluster.idle-timeout": "10 minutes"}):
+    square = function(timeout="30s", name=name, **options)(_square)
+    with dask.config.set({"faas.cluster.idle-timeout": "10 minutes", **config}):
         p = jupyter_faas.platform()
         try:
             square(1)
@@ -296,6 +296,11 @@ def bench_log_off(size: Size) -> dict[str, Any]:
             return latency_figures(time_calls(square, size.warm))
         finally:
             p.shutdown()
+
+
+def bench_log_off(size: Size) -> dict[str, Any]:
+    """Warm calls on a platform with the durable log turned off, to set beside the main figures (log on)."""
+    return _warm_calls(size, "square_log_off", {"faas.log.enabled": False})
 
 
 def bench_plain_cold(trials: int, method: str) -> dict[str, Any]:
@@ -337,20 +342,7 @@ def bench_plain_cold(trials: int, method: str) -> dict[str, Any]:
 
 def bench_fresh(size: Size) -> dict[str, Any]:
     """Warm calls of a function with --isolation fresh (a process forked per call), beside the warm default."""
-    import dask
-
-    import jupyter_faas
-    from jupyter_faas import function
-
-    square = function(timeout="30s", name="square_fresh", isolation="fresh")(_square)
-    with dask.config.set({"faas.cluster.idle-timeout": "10 minutes"}):
-        p = jupyter_faas.platform()
-        try:
-            square(1)
-            square(1)
-            return latency_figures(time_calls(square, size.warm))
-        finally:
-            p.shutdown()
+    return _warm_calls(size, "square_fresh", {}, isolation="fresh")
 
 
 def fmt(value: float | None) -> str:
