@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypedDict, overload
 
+import cloudpickle
 from typing_extensions import Unpack
 
 from jupyter_faas import config as _config
@@ -26,7 +27,7 @@ from jupyter_faas.record.deadletters import DeadLetters, dead_letters_path
 from jupyter_faas.record.log import read_invocations
 from jupyter_faas.record.records import InvocationRecord
 from jupyter_faas.ui.output import CallOutput, logs_text, show_map_output
-from jupyter_faas.worker.children import SelfCall
+from jupyter_faas.worker.children import Callee
 
 if TYPE_CHECKING:
     from jupyter_faas.ui.widgets import FunctionCard
@@ -137,10 +138,16 @@ class FaasFunction:
         """Run here in the notebook process, on a fresh copy, as a worker would; limits are not enforced."""
         self._check_arguments(args, kwargs)
         function = self._definition.load()
-        if isinstance(getattr(function, "__globals__", {}).get(self.name), SelfCall):
-            # Here, where it runs, its own name is itself: recursion stays local too.
-            function.__globals__[self.name] = self.local
+        names = getattr(function, "__globals__", {})
+        for key, value in list(names.items()):
+            if isinstance(value, Callee):
+                # Here, its own name is itself (recursion stays local), and another function is that function.
+                names[key] = self.local if not value.definition else FaasFunction(cloudpickle.loads(value.definition))
         return function(*args, **kwargs)
+
+    def __faas_callee__(self) -> Callee:
+        """This function as another's payload ships it: its definition, and calls that go to the platform."""
+        return Callee(self.name, cloudpickle.dumps(self._definition, protocol=5))
 
     def deploy(self) -> str:
         """Deploy this version as an HTTP endpoint: POST {base_url}faas/functions/NAME. Returns its URL.

@@ -8,6 +8,7 @@ import pickle
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import cast
 
@@ -174,41 +175,61 @@ class _Answer:
         return value
 
 
-class SelfCall:
-    """What a function's own name means inside it: calls to that very function, made on its platform.
+class Callee:
+    """Another function (or this one itself) as a function's payload holds it: calls to it go to the platform.
 
-    It stands in for the function where it names itself (recursion), which it cannot capture by value.
+    A function that names another jupyter-faas function ships it as this, not as the notebook's object, so
+    calling it from a sandbox imports nothing of the notebook's side. `definition` is the pickled
+    FunctionDefinition; empty, it means the calling function itself (recursion), which no payload can hold.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, definition: bytes = b"") -> None:
         self.__name__ = name
+        self.definition = definition
 
-    def __reduce__(self) -> tuple[type[SelfCall], tuple[str]]:
-        return (SelfCall, (self.__name__,))
+    def __reduce__(self) -> tuple[type[Callee], tuple[str, bytes]]:
+        return (Callee, (self.__name__, self.definition))
 
     def __repr__(self) -> str:
-        return f"<{self.__name__}: this function itself, called on its platform>"
+        what = "this function itself" if not self.definition else "a jupyter-faas function"
+        return f"<{self.__name__}: {what}, called on the platform that runs this one>"
 
     def _send(self, kind: ChildKind, calls: list[tuple[tuple[object, ...], dict[str, object]]]) -> _Answer:
         channel = active()
         if channel is None:
             raise NestedCallError(
-                f"{self.__name__} calls itself; that works only in the process that runs it on the platform "
-                "(not from a process it started, nor in fn.local(), which gets the function itself)"
+                f"{self.__name__}: a function can call other functions only from the process that runs it on the "
+                "platform, not from a process it started (a subprocess, multiprocessing, a fork)"
             )
         answer = _Answer()
         child_id = os.urandom(8).hex() if kind != "map" else ""
-        # b"" for the definition: the platform uses its caller's own.
-        channel.send(kind, child_id, b"", cloudpickle.dumps(calls, protocol=5), answer)
+        channel.send(kind, child_id, self.definition, cloudpickle.dumps(calls, protocol=5), answer)
         return answer
 
     def __call__(self, *args: object, **kwargs: object) -> object:
         return self._send("invoke", [(args, kwargs)]).value()
 
-    def map(self, *iterables: object) -> list[object]:
+    def submit(self, *args: object, **kwargs: object) -> Future[object]:
+        """A concurrent.futures.Future of one call; the call runs while this function goes on."""
+        future: Future[object] = Future()
+        future.set_running_or_notify_cancel()
+        answer = self._send("invoke", [(args, kwargs)])
+
+        def settle() -> None:
+            try:
+                future.set_result(answer.value())
+            except BaseException as error:
+                future.set_exception(error)
+
+        threading.Thread(target=settle, name="faas-child-submit", daemon=True).start()
+        return future
+
+    def map(self, *iterables: object, return_exceptions: bool = False) -> list[object]:
         items: list[tuple[object, ...]] = list(zip(*iterables, strict=False))
         answered = self._send("map", [(item, {}) for item in items]).value()
         values, errors = cast(tuple[list[object], list[BaseException | None]], answered)
+        if return_exceptions:
+            return [value if error is None else error for value, error in zip(values, errors, strict=True)]
         for error in errors:
             if error is not None:
                 raise error
