@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -21,9 +20,9 @@ from jupyter_faas.definition.requirements import with_requirements
 from jupyter_faas.definition.secrets import with_secrets
 from jupyter_faas.dispatch import compose as _compose
 from jupyter_faas.dispatch import platform as _platform
-from jupyter_faas.errors import ConfigError, LogError, type_name
+from jupyter_faas.errors import ConfigError, LogError
 from jupyter_faas.gateway import triggers as _triggers
-from jupyter_faas.record.deadletters import DeadLetters, dead_letters_path
+from jupyter_faas.record.deadletters import keep_if_failed
 from jupyter_faas.record.log import read_invocations
 from jupyter_faas.record.records import InvocationRecord
 from jupyter_faas.ui.output import CallOutput, logs_text, show_map_output
@@ -269,16 +268,8 @@ class FaasFunction:
 def _dead_letter_if_failed(
     definition: FunctionDefinition, args: tuple[Any, ...], kwargs: dict[str, Any], future: Future[Any]
 ) -> None:
-    error = future.exception()
-    if error is None:
-        return
-    # In the JSON form an HTTP replay can send: positional arguments as an array, keywords as an object.
-    body = json.dumps(list(args) if not kwargs else {**kwargs}, default=repr).encode()
-    kind = type_name(error)
-    DeadLetters(dead_letters_path(_config.state_dir())).add(
-        future.id,  # type: ignore[attr-defined]
-        definition.name, definition.version, "application/json", body, {"type": kind, "message": str(error)},
-    )  # fmt: skip
+    letter_id: str = future.id  # type: ignore[attr-defined]
+    keep_if_failed(letter_id, definition.name, definition.version, args, kwargs, future.exception())
 
 
 def _with_logged_output(name: str, records: list[InvocationRecord]) -> list[InvocationRecord]:
