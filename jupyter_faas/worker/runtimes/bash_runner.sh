@@ -1,0 +1,33 @@
+# The jupyter-faas bash runner. A request on stdin: a line with the count of fields, then each field as a line
+# with its length in bytes followed by its bytes; the fields are the script, then a name and a value for each
+# parameter. The answer, on the fd given as the last argument: "<exit status> <length>\n" and the script's stdout.
+export LC_ALL=C
+answer_fd=${!#}
+while IFS= read -r count; do
+  fields=()
+  for ((i = 0; i < count; i++)); do
+    IFS= read -r length
+    field=
+    if ((length > 0)); then
+      IFS= read -r -d '' -N "$length" field
+    fi
+    fields+=("$field")
+  done
+  # Two subshells: the outer one's stdout is the result, the inner one is the cell, which may exit.
+  out=$(
+    positional=()
+    for ((i = 1; i < count; i += 2)); do
+      export "${fields[i]}=${fields[i + 1]}"
+      positional+=("${fields[i + 1]}")
+    done
+    set -- "${positional[@]}"
+    (eval "${fields[0]}") </dev/null
+    status=$?
+    printf x
+    exit "$status"
+  )
+  status=$?
+  out=${out%x}
+  out=${out%$'\n'}
+  printf '%d %d\n%s' "$status" "${#out}" "$out" >&"$answer_fd"
+done
