@@ -198,7 +198,8 @@ def _cell_spec(
     constants: dict[str, Any] = {}
     modules: dict[str, str] = {}
     for key in definition.captured:
-        if key in own or key not in namespace:
+        # A builtin the notebook shadows (IPython's own open) is the guest's builtin in WebAssembly.
+        if key in own or key not in namespace or hasattr(builtins, key):
             continue
         value = namespace[key]
         if isinstance(value, types.ModuleType):
@@ -222,7 +223,8 @@ def _cell_spec(
         "form": "body" if chosen is None else "module",
         "params": ", ".join(params),
         "cell": cell,
-        "source": definition.source,
+        # The magic line, blank: options (--timeout...) change no line of the cell, nor the build.
+        "source": "\n" + cell,
         "filename": definition.filename,
         "constants": constants,
         "modules": modules,
@@ -243,7 +245,7 @@ def _imported_modules(tree: ast.AST) -> set[str]:
 
 def wasm_cache_dir() -> Path:
     """Where built components and their compiled forms are kept, by content hash."""
-    return _config.private_dir(_config.state_dir() / "runtimes" / "wasm")
+    return _config.private_dir(_config.wasm_cache_dir())
 
 
 def _componentize_py() -> str:

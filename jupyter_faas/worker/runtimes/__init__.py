@@ -9,6 +9,7 @@ the sandbox survives; if it cannot, the worker kills the sandbox at the deadline
 
 from __future__ import annotations
 
+import atexit
 import json
 import threading
 import time
@@ -120,11 +121,19 @@ def stop_all() -> None:
         runtime.stop()
 
 
+# A notebook that ran a cell with .local() keeps its runtimes until it exits.
+atexit.register(stop_all)
+
+
 def entry(program: Program) -> Callable[..., Any]:
     """The Python function a runtime's cell is shipped as: the sandbox calls it like any function."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        return invoke(program, args, kwargs)
+        try:
+            return invoke(program, args, kwargs)
+        except BaseException as error:
+            # The runtime's own frames say nothing about the cell: its error carries the cell's line.
+            raise error.with_traceback(None) from None
 
     call.__name__ = call.__qualname__ = program.name
     call.__doc__ = f"{program.name}: a {program.runtime} cell"

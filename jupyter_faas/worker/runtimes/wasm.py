@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -113,7 +114,14 @@ class WasmRuntime(_runtimes.Runtime):
         self._linker.add_wasip2()
 
     def stop(self) -> None:
+        # Closed now, not at interpreter exit, when wasmtime's own module may already be torn down.
+        for loaded in self._components.values():
+            loaded.close()
         self._components.clear()
+        if self._linker is not None:
+            self._linker.close()
+        if self._engine is not None:
+            self._engine.close()
         self._linker = None
         self._engine = None
 
@@ -149,8 +157,11 @@ class WasmRuntime(_runtimes.Runtime):
         component = self._load(program)
         store = wasmtime.Store(engine_)
         wasi = wasmtime.WasiConfig()
-        wasi.stdout_custom = _writer(sys.stdout)
-        wasi.stderr_custom = _writer(sys.stderr)
+        # wasmtime may call these on a thread of its own, where the capture does not see whose output it is:
+        # they collect it, and this thread writes it out, in order, when the call ends.
+        output: list[tuple[str, bytes]] = []
+        wasi.stdout_custom = lambda data: output.append(("stdout", bytes(data)))
+        wasi.stderr_custom = lambda data: output.append(("stderr", bytes(data)))
         if program.allow_read:
             wasi.preopen_dir(program.allow_read, program.allow_read, fs_mutable=False)
         store.set_wasi(wasi)
@@ -188,6 +199,10 @@ class WasmRuntime(_runtimes.Runtime):
                 raise RemoteError("WasmTrap", f"{program.name} trapped in WebAssembly: {first}") from None
         finally:
             timer.cancel()
+            # Consecutive pieces of one stream are decoded together: a character may be split between them.
+            for stream, pieces in itertools.groupby(output, key=lambda piece: piece[0]):
+                text = b"".join(data for _, data in pieces).decode("utf-8", "replace")
+                (sys.stdout if stream == "stdout" else sys.stderr).write(text)
         if answer.tag == "ok":
             return json.loads(answer.payload)
         raise guest_error(program.name, answer.payload)
@@ -197,13 +212,6 @@ class WasmRuntime(_runtimes.Runtime):
         with contextlib.suppress(psutil.Error):
             limit -= int(self._process.memory_info().rss)
         return max(limit, _MIN_STORE_MEMORY)
-
-
-def _writer(stream: Any) -> Any:
-    def write(data: bytes) -> None:
-        stream.write(bytes(data).decode("utf-8", "replace"))
-
-    return write
 
 
 _runtimes.RUNTIMES[WasmProgram.runtime] = WasmRuntime
