@@ -67,7 +67,9 @@ def test_results_cross_as_json(edge: dict[str, FaasFunction], platform: Platform
     assert wasm.map(["echo"] * 6, range(6)) == [edge["python"]("echo", i) for i in range(6)]
 
 
-def test_a_value_that_is_not_json_is_refused_naming_the_argument(edge: dict[str, FaasFunction], platform: Platform) -> None:
+def test_a_value_that_is_not_json_is_refused_naming_the_argument(
+    edge: dict[str, FaasFunction], platform: Platform
+) -> None:
     with pytest.raises(TypeError, match=r"argument #2 \(set\) is not a JSON value"):
         edge["wasm"]("echo", {1, 2})
 
