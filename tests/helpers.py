@@ -22,7 +22,6 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from nbclient import NotebookClient
 
-
 # Built WebAssembly components, kept across test sessions (a build takes 10-25 s and hundreds of MB): CI may keep
 # this folder between runs. A session that finds it empty builds what it needs once.
 WASM_CACHE = Path(os.environ.get("FAAS_TEST_WASM_CACHE") or Path.home() / ".cache" / "jupyter-faas-tests" / "wasm")
