@@ -25,7 +25,10 @@ CELLS = {
         "await new Promise((resolve) => setTimeout(resolve, 5));\n"
         "return {type: Array.isArray(value) ? 'array' : typeof value, value};"
     ),
-    "boom": "%%faas boom kind --lang javascript\nconst x = 1;\nif (kind === 'type') null.field;\nthrow new RangeError(`bad ${kind}`);",
+    "boom": (
+        "%%faas boom kind --lang javascript\n"
+        "const x = 1;\nif (kind === 'type') null.field;\nthrow new RangeError(`bad ${kind}`);"
+    ),
     "spin": "%%faas spin --lang javascript --timeout 2s\nwhile (true) {}",
     "hog": (
         "%%faas hog --lang javascript --memory 200MB\n"
@@ -56,11 +59,11 @@ def test_results_and_defaults_cross_as_json(js: dict[str, FaasFunction], platfor
 
 
 def test_a_thrown_error_has_its_message_and_the_cells_line(js: dict[str, FaasFunction], platform: Platform) -> None:
-    with pytest.raises(JavaScriptError, match=r"bad range \(cell line 5\)") as caught:
+    with pytest.raises(JavaScriptError, match=r"bad range \(cell line 4\)") as caught:
         js["boom"]("range")
     assert caught.value.type_name == "RangeError" and caught.value.line == 4
     assert isinstance(caught.value, RemoteError)
-    with pytest.raises(JavaScriptError, match=r"Cannot read properties of null .*\(cell line 4\)") as caught:
+    with pytest.raises(JavaScriptError, match=r"Cannot read properties of null .*\(cell line 3\)") as caught:
         js["boom"]("type")
     assert caught.value.type_name == "TypeError"
 
