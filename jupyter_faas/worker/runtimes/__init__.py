@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from jupyter_faas.errors import FaasError
-
 # A runtime stops a call at this share of its timeout, less _MARGIN, before the worker's own kill at the timeout.
 _SHARE = 0.95
 _MARGIN = 0.05
@@ -81,10 +79,6 @@ class Runtime(ABC):
     @abstractmethod
     def stop(self) -> None:
         """Release what `start` took; kill the runner process if there is one."""
-
-
-class RuntimeFailure(FaasError):
-    """A runtime or its runner broke (not the cell): it is replaced before the next call."""
 
 
 # The runtime kinds, by Program.runtime: filled in by each runtime's module when it is imported.

@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from jupyter_faas.errors import RemoteError
+from jupyter_faas.errors import RuntimeFailure, ScriptExit
 from jupyter_faas.worker import runtimes as _runtimes
 from jupyter_faas.worker.runtimes.runner import ChildRunner
 
@@ -20,19 +20,6 @@ RESERVED = frozenset(
      "LD_PRELOAD", "LD_LIBRARY_PATH", "PWD", "OLDPWD", "UID", "EUID", "PPID", "RANDOM", "SECONDS", "LINENO"}
 )  # fmt: skip
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class ScriptExit(RemoteError):
-    """A bash cell that exited with a non-zero status: the status and the end of its stderr."""
-
-    def __init__(self, status: int, stderr: str) -> None:
-        tail = stderr.strip()
-        super().__init__("ScriptExit", f"exit status {status}" + (f"; stderr ends with:\n{tail}" if tail else ""))
-        self.status = status
-        self.stderr = stderr
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.status, self.stderr))
 
 
 def check_parameter(name: str) -> str | None:
@@ -65,7 +52,7 @@ class BashRuntime(ChildRunner):
     def command(self) -> list[str]:
         bash = shutil.which("bash")
         if bash is None:
-            raise _runtimes.RuntimeFailure("bash cells need bash on the worker")
+            raise RuntimeFailure("bash cells need bash on the worker")
         return [bash, "--noprofile", "--norc", _RUNNER]
 
     def request(self, program: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:

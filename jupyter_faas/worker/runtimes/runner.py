@@ -13,10 +13,10 @@ from typing import Any
 
 import psutil
 
-from jupyter_faas.errors import FaasMemoryError, FaasTimeout
+from jupyter_faas.errors import FaasMemoryError, FaasTimeout, RuntimeFailure
 from jupyter_faas.units import format_size
 from jupyter_faas.worker import process as _process
-from jupyter_faas.worker.runtimes import Program, Runtime, RuntimeFailure
+from jupyter_faas.worker.runtimes import Program, Runtime
 
 # How often a running call's memory (the runner's whole process tree) is measured.
 _MEMORY_POLL = 0.02

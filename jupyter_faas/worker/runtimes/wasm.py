@@ -19,7 +19,7 @@ import psutil
 import wasmtime
 from wasmtime import component as _component
 
-from jupyter_faas.errors import FaasMemoryError, FaasTimeout, RemoteError
+from jupyter_faas.errors import FaasMemoryError, FaasTimeout, RemoteError, RuntimeFailure
 from jupyter_faas.units import format_size
 from jupyter_faas.worker import runtimes as _runtimes
 
@@ -133,7 +133,7 @@ class WasmRuntime(_runtimes.Runtime):
         assert self._engine is not None
         if not os.path.exists(program.precompiled):
             if not os.path.exists(program.component):
-                raise _runtimes.RuntimeFailure(
+                raise RuntimeFailure(
                     f"{program.name}: its WebAssembly component {program.component} is not on this worker; "
                     "workers need the platform's faas.state-dir (a shared folder)"
                 )

@@ -10,8 +10,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_faas import FaasFunction
 from jupyter_faas.dispatch.platform import Platform
-from jupyter_faas.errors import FaasMemoryError, FaasTimeout
-from jupyter_faas.worker.runtimes.bash import ScriptExit
+from jupyter_faas.errors import FaasMemoryError, FaasTimeout, ScriptExit
 from tests.helpers import faas_shell, run_ok
 
 CELLS = {

