@@ -12,7 +12,8 @@ from jupyter_faas.errors import RuntimeFailure, ScriptExit
 from jupyter_faas.worker import runtimes as _runtimes
 from jupyter_faas.worker.runtimes.runner import ChildRunner
 
-_RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bash_runner.sh")
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "bash_runner.sh")) as _file:
+    _RUNNER_TEXT = _file.read()
 _HEADER = re.compile(rb"(-?\d+) (\d+)\n")
 # Variables a parameter may not be named after: bash or the runner itself read them.
 RESERVED = frozenset(
@@ -53,7 +54,8 @@ class BashRuntime(ChildRunner):
         bash = shutil.which("bash")
         if bash is None:
             raise RuntimeFailure("bash cells need bash on the worker")
-        return [bash, "--noprofile", "--norc", _RUNNER]
+        # The runner's text as an argument, not a file: bash keeps a script file open, where a cell could write.
+        return [bash, "--noprofile", "--norc", "-c", _RUNNER_TEXT, "faas-bash-runner"]
 
     def request(self, program: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         values = program.bind(args, kwargs)

@@ -4,9 +4,12 @@
 export LC_ALL=C
 answer_fd=${!#}
 while IFS= read -r count; do
+  # Anything else than a request (the stream is damaged) ends the runner; the sandbox starts a new one.
+  [[ $count =~ ^[0-9]+$ ]] || exit 2
   fields=()
   for ((i = 0; i < count; i++)); do
     IFS= read -r length
+    [[ $length =~ ^[0-9]+$ ]] || exit 2
     field=
     if ((length > 0)); then
       IFS= read -r -d '' -N "$length" field
@@ -15,13 +18,16 @@ while IFS= read -r count; do
   done
   # Two subshells: the outer one's stdout is the result, the inner one is the cell, which may exit.
   out=$(
+    # The cell cannot write into the answers, nor read the requests.
+    exec {answer_fd}>&- </dev/null
+    unset answer_fd
     positional=()
     for ((i = 1; i < count; i += 2)); do
       export "${fields[i]}=${fields[i + 1]}"
       positional+=("${fields[i + 1]}")
     done
     set -- "${positional[@]}"
-    (eval "${fields[0]}") </dev/null
+    (eval "${fields[0]}")
     status=$?
     printf x
     exit "$status"

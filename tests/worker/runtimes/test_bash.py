@@ -10,7 +10,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_faas import FaasFunction
 from jupyter_faas.dispatch.platform import Platform
-from jupyter_faas.errors import FaasMemoryError, FaasTimeout, ScriptExit
+from jupyter_faas.errors import FaasMemoryError, FaasTimeout, RuntimeFailure, ScriptExit
 from tests.helpers import faas_shell, run_ok
 
 CELLS = {
@@ -21,6 +21,9 @@ CELLS = {
     "hog": "%%faas hog --lang bash --memory 150MB\nbig=$(head -c 400000000 /dev/zero | tr '\\0' a)\necho ${#big}",
     "leave": '%%faas leave --lang bash\ncd /\numask 077\nexport LEFT=1\nLOCAL=2\necho "$PWD ${LEFT:-unset}"',
     "seen": '%%faas seen --lang bash\necho "${LEFT:-unset} ${LOCAL:-unset} $(umask)"',
+    "kill_runner": "%%faas kill_runner --lang bash\nkill -9 $PPID",
+    # Every file the runner holds open, overwritten: the requests and answers pipes included.
+    "meddle": "%%faas meddle --lang bash\nfor fd in /proc/$$/fd/*; do echo '9 9' > \"$fd\" 2>/dev/null; done\necho ok",
 }
 
 
@@ -58,6 +61,23 @@ def test_each_call_is_a_subshell_that_leaves_nothing(sh: dict[str, FaasFunction]
     assert sh["leave"]() == "/ 1"
     for _ in range(4):
         assert sh["seen"]().startswith("unset unset 00")
+
+
+def test_a_cell_that_kills_or_garbles_its_runner_fails_alone(sh: dict[str, FaasFunction], platform: Platform) -> None:
+    with pytest.raises(Exception, match="runner|exit"):
+        sh["kill_runner"]()
+    assert sh["args"]("after") == "after|3|after|3\n"
+    # The garbage it writes reaches the runner, which gives up; calls after that get a new runner.
+    try:
+        sh["meddle"]()
+    except Exception as error:
+        assert "runner" in str(error), error
+    for _ in range(3):
+        try:
+            assert sh["args"]("next") == "next|3|next|3\n"
+        except RuntimeFailure:
+            continue  # the call that met the garbage
+    assert [sh["args"](str(i)) for i in range(4)] == [f"{i}|3|{i}|3\n" for i in range(4)]
 
 
 def test_the_timeout_kills_the_runner_and_the_next_call_gets_a_new_one(

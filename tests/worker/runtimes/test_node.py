@@ -11,7 +11,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_faas import FaasFunction
 from jupyter_faas.dispatch.platform import Platform
-from jupyter_faas.errors import FaasMemoryError, FaasTimeout, JavaScriptError, RemoteError
+from jupyter_faas.errors import FaasMemoryError, FaasTimeout, JavaScriptError, RemoteError, RuntimeFailure
 from jupyter_faas.worker.runtimes.node import node_command
 from tests.helpers import faas_shell, run_ok
 
@@ -34,6 +34,7 @@ CELLS = {
         "%%faas hog --lang javascript --memory 200MB\n"
         "const kept = [];\nwhile (true) kept.push(Buffer.alloc(8 * 1024 * 1024, 1));"
     ),
+    "quit": "%%faas quit code --lang javascript\nprocess.exit(code);",
     "sha": (
         "%%faas sha text --lang javascript\n"
         "const crypto = require('crypto');\nreturn crypto.createHash('sha256').update(text).digest('hex');"
@@ -88,6 +89,14 @@ def test_the_memory_limit_covers_the_runner(js: dict[str, FaasFunction], platfor
     with pytest.raises(FaasMemoryError, match="200MB|memory limit"):
         js["hog"]()
     assert js["greet"]("after") == "hello after"
+
+
+def test_a_cell_that_ends_its_runner_fails_and_the_next_call_gets_a_new_one(
+    js: dict[str, FaasFunction], platform: Platform
+) -> None:
+    with pytest.raises(RuntimeFailure, match="runner exited with code 0 during the call"):
+        js["quit"](0)
+    assert js["greet"]("again") == "hello again"
 
 
 def test_a_value_that_is_not_json_is_refused_naming_the_argument(
