@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -97,6 +98,8 @@ def _definition(
     program: _runtimes.Program, signature: inspect.Signature, limits: Limits, source: str, filename: str
 ) -> FunctionDefinition:
     payload = cloudpickle.dumps(_runtimes.entry(program), protocol=5)
+    # A runtime keeps its own isolation (a fresh instance, a subshell); faas.defaults.isolation=fresh is for Python.
+    limits = dataclasses.replace(limits, isolation="warm")
     return FunctionDefinition(
         name=program.name,
         version=hashlib.sha256(payload).hexdigest(),

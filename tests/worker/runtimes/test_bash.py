@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -93,6 +94,16 @@ def test_the_memory_limit_covers_the_scripts_processes(sh: dict[str, FaasFunctio
     with pytest.raises(FaasMemoryError):
         sh["hog"]()
     assert sh["args"]("after") == "after|3|after|3\n"
+
+
+def test_a_default_of_fresh_isolation_does_not_apply(shell: InteractiveShell, platform: Platform) -> None:
+    with dask.config.set({"faas.defaults.isolation": "fresh"}):
+        run_ok(shell, "%%faas pid_of_runner --lang bash\necho $$")
+        run_ok(shell, "%%faas pid_of_python\nimport os\nos.getpid()")
+    function = shell.user_ns["pid_of_runner"]
+    assert function.limits.isolation == "warm" and shell.user_ns["pid_of_python"].limits.isolation == "fresh"
+    # Warm runners answer, one per sandbox slot at most (2 workers x 2 slots here).
+    assert len({function() for _ in range(8)}) <= 4
 
 
 def test_parameters_must_be_shell_names_bash_does_not_own(shell: InteractiveShell) -> None:
