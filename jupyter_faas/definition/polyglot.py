@@ -39,9 +39,8 @@ from jupyter_faas.worker.runtimes import bash as _bash
 from jupyter_faas.worker.runtimes import node as _node
 from jupyter_faas.worker.runtimes import wasm as _wasm
 
-# --lang values, and the --runtime values for Python.
+# --lang values.
 LANGUAGES = ("python", "javascript", "bash")
-PYTHON_RUNTIMES = ("sandbox", "wasm")
 # Standard-library modules that import but cannot work in WebAssembly (WASI has no processes, sockets,
 # signals or threads), or that do not exist there at all.
 WASM_UNSUPPORTED = frozenset(
