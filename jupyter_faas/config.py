@@ -151,6 +151,16 @@ def state_dir() -> Path:
     return Path(os.path.expanduser(os.fspath(value)))
 
 
+def wasm_cache_dir() -> Path:
+    """Where --runtime wasm keeps its builds: `faas.runtimes.wasm-cache`, or "runtimes/wasm" in the state dir."""
+    value = _get("faas.runtimes.wasm-cache")
+    if value in (None, ""):
+        return state_dir() / "runtimes" / "wasm"
+    if not isinstance(value, str | os.PathLike):
+        raise ConfigError(f"faas.runtimes.wasm-cache: expected a folder path, got {value!r}")
+    return Path(os.path.expanduser(os.fspath(value)))
+
+
 # The state dir holds deployed code, invocation inputs and results: only its owner may read it.
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -372,6 +382,7 @@ _VALIDATORS = {
     "faas.http.allow-hosts": http_allow_hosts,
     "faas.http.tracebacks": http_tracebacks,
     "faas.pricing.gb-second": pricing,
+    "faas.runtimes.wasm-cache": wasm_cache_dir,
 }
 
 
