@@ -1,4 +1,4 @@
-"""The slim install for workers: jupyter-faas-worker in a fresh venv runs a real `dask worker` that serves invocations."""
+"""The slim install for workers: jupyter-faas-worker, in a fresh venv, runs a real `dask worker` serving invocations."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,11 @@ from jupyter_faas.client.function import function
 from jupyter_faas.dispatch.platform import Platform
 from jupyter_faas.errors import FaasTimeout
 from tests.helpers import stop_process_group, wait_for
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL = ROOT / "pyproject.toml"
@@ -36,7 +40,7 @@ def _requirements(pyproject: Path) -> dict[str, Requirement]:
 def test_the_worker_install_is_a_subset_of_the_full_one_with_the_same_floors() -> None:
     full, worker = _requirements(FULL), _requirements(WORKER)
     assert set(worker) <= set(full), sorted(set(worker) - set(full))
-    drifted = {name: (str(full[name]), str(req)) for name, req in worker.items() if full[name].specifier != req.specifier}
+    drifted = {name: (str(full[name]), str(r)) for name, r in worker.items() if full[name].specifier != r.specifier}
     assert not drifted
     # Both read the one version, so `pip install jupyter-faas-worker==X` is the worker side of jupyter-faas X.
     for pyproject in (FULL, WORKER):
@@ -80,7 +84,8 @@ def slim_env(tmp_path_factory: pytest.TempPathFactory) -> SlimEnv:
 
 def _importable(env: SlimEnv, module: str) -> bool:
     probe = f"import importlib.util, sys; sys.exit(0 if importlib.util.find_spec({module!r}) else 1)"
-    return subprocess.run([str(env.python), "-c", probe], env={**os.environ, "PYTHONPATH": ""}, timeout=60).returncode == 0
+    found = subprocess.run([str(env.python), "-c", probe], env={**os.environ, "PYTHONPATH": ""}, timeout=60)
+    return found.returncode == 0
 
 
 def test_the_worker_install_has_no_notebook_packages(slim_env: SlimEnv) -> None:
