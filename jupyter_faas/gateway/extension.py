@@ -111,6 +111,7 @@ class FaasExtension(ExtensionApp):
         self._endpoints = Endpoints(platform, registry, state_dir, serverapp.base_url, url)
         triggers = TriggerStore(state_dir / "triggers")
         self._endpoints.start_triggers(triggers)
+        self._endpoints.mark_ready()
         self._sharing = Sharing(platform, state_dir / "registry", url, state_dir)
         _deploy.serve_here(registry, url, triggers)
         self.settings.update(settings_for(self._endpoints))
