@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -133,3 +137,58 @@ def switch(live: Registry, live_triggers: TriggerStore, staged: Registry, staged
             live.undeploy(name)
             switched.removed.append(name)
     return switched
+
+
+class ServedNotebook:
+    """The notebook `serve --watch` serves: `reload()` runs it again into a staging registry and trigger folder,
+    and switches the live ones to what it deployed only if every cell ran."""
+
+    def __init__(
+        self, path: Path, url: str, registry: Registry, triggers: TriggerStore, state: Path,
+        cells: list[tuple[int, str]], on_switch: Callable[[], None],
+    ) -> None:  # fmt: skip
+        self.path, self.url, self.registry, self.triggers = path, url, registry, triggers
+        self.state, self.cells, self.on_switch = state, cells, on_switch
+
+    def reload(self) -> None:
+        """Run the notebook again if its code cells changed; what happened is printed, errors to stderr."""
+        try:
+            cells = read_cells(self.path)
+        except NotebookError as e:
+            print(f"jupyter faas serve: {e}; the previous versions keep serving", file=sys.stderr, flush=True)
+            return
+        if cells == self.cells:
+            return  # saved with other outputs or metadata: nothing that runs changed
+        self.cells = cells
+        print(f"jupyter faas serve: {self.path.name} changed; running it again", flush=True)
+        staging = self.state / "staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        staged, staged_triggers = Registry(None), TriggerStore(staging / "triggers")
+        try:
+            run_into(self.path, staged, self.url, staged_triggers, fresh=True)
+            switched = switch(self.registry, self.triggers, staged, staged_triggers)
+        except Exception as e:  # NotebookError, or a cell's deploy that failed: the old versions keep serving
+            print(
+                f"jupyter faas serve: {self.path.name}: {e}; the previous versions keep serving",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+            return
+        finally:
+            _deploy.serve_here(self.registry, self.url, self.triggers)
+            shutil.rmtree(staging, ignore_errors=True)
+        self.on_switch()
+        print(f"jupyter faas serve: {self.path.name} ran again; now serving:", flush=True)
+        for line in switched.lines():
+            print(line, flush=True)
+
+
+def watch_file(path: Path, changed: threading.Event, stop: threading.Event) -> None:
+    """Set `changed` whenever `path` is written or replaced, until `stop` is set."""
+    import watchfiles
+
+    # The folder is watched, not the file: Jupyter and editors save by renaming a new file over the old one.
+    for _ in watchfiles.watch(
+        path.parent, watch_filter=lambda _change, name: Path(name) == path, stop_event=stop, recursive=False,
+        debounce=200, raise_interrupt=False,
+    ):  # fmt: skip
+        changed.set()

@@ -1,6 +1,6 @@
-"""`jupyter faas serve NOTEBOOK.ipynb`: run a notebook once, then serve its functions over HTTP.
+"""`jupyter faas serve NOTEBOOK.ipynb`: run a notebook, then serve its functions over HTTP (`--watch`: on each save).
 
-Over 400 lines, barely: the command, its Host policy and its bounded server are one feature, used only here.
+Over 400 lines: the command, its Host policy, its HTTP thread and its bounded server are one feature, used only here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import ipaddress
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import sys
@@ -31,7 +30,6 @@ from tornado import httpserver, iostream, netutil, web
 from traitlets import Bool, Integer, List, Unicode, default
 
 from jupyter_faas import config as _config
-from jupyter_faas.client import deploy as _deploy
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.errors import ConfigError, TriggerError
 from jupyter_faas.gateway.handlers import RETRY_AFTER, NotFound, joined, routes, settings_for
@@ -39,7 +37,7 @@ from jupyter_faas.gateway.handlers import RETRY_AFTER, NotFound, joined, routes,
 # Imported from here by tests and other commands; they live in notebook.py.
 from jupyter_faas.gateway.notebook import SKIP_LINE as SKIP_LINE
 from jupyter_faas.gateway.notebook import SKIP_TAG as SKIP_TAG
-from jupyter_faas.gateway.notebook import NotebookError, read_cells, run_into, switch
+from jupyter_faas.gateway.notebook import NotebookError, ServedNotebook, read_cells, run_into, watch_file
 from jupyter_faas.gateway.notebook import code_cells as code_cells
 from jupyter_faas.gateway.notebook import run_notebook as run_notebook
 from jupyter_faas.gateway.service import Endpoints, HttpError
@@ -269,13 +267,14 @@ class ServeApp(JupyterApp):
             # of the collector's sight, full collections stop walking hundreds of thousands of objects mid-request.
             gc.collect()
             gc.freeze()
-            self._run_until_stopped(_Served(path, url, registry, triggers, endpoints, state, cells))
+            served = ServedNotebook(path, url, registry, triggers, state, cells, endpoints.refresh_triggers)
+            self._run_until_stopped(served)
         finally:
             http.stop()
             endpoints.close()
             platform.shutdown()
 
-    def _run_until_stopped(self, served: _Served) -> None:
+    def _run_until_stopped(self, served: ServedNotebook) -> None:
         """Until SIGINT or SIGTERM; with --watch, run the notebook again each time its code cells change."""
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -283,47 +282,15 @@ class ServeApp(JupyterApp):
         changed = threading.Event()
         if self.watch:
             watcher = threading.Thread(
-                target=_watch_file, args=(served.path, changed, stop), name="faas-watch-notebook", daemon=True
+                target=watch_file, args=(served.path, changed, stop), name="faas-watch-notebook", daemon=True
             )
             watcher.start()
             print(f"jupyter faas serve: watching {served.path.name}: saving it runs it again", flush=True)
         while not stop.is_set():
             if changed.wait(0.2):
                 changed.clear()
-                self._reload(served)
+                served.reload()
         print("jupyter faas serve: stopping", flush=True)
-
-    def _reload(self, served: _Served) -> None:
-        """Run the notebook again into a staging registry; switch to what it deployed only if all of it ran."""
-        try:
-            cells = read_cells(served.path)
-        except NotebookError as e:
-            print(f"jupyter faas serve: {e}; the previous versions keep serving", file=sys.stderr, flush=True)
-            return
-        if cells == served.cells:
-            return  # saved with other outputs or metadata: nothing that runs changed
-        served.cells = cells
-        print(f"jupyter faas serve: {served.path.name} changed; running it again", flush=True)
-        staging = served.state / "staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        staged, staged_triggers = Registry(None), TriggerStore(staging / "triggers")
-        try:
-            run_into(served.path, staged, served.url, staged_triggers, fresh=True)
-            switched = switch(served.registry, served.triggers, staged, staged_triggers)
-        except Exception as e:  # NotebookError, or a cell's deploy that failed: the old versions keep serving
-            print(
-                f"jupyter faas serve: {served.path.name}: {e}; the previous versions keep serving",
-                file=sys.stderr, flush=True,
-            )  # fmt: skip
-            return
-        finally:
-            _deploy.serve_here(served.registry, served.url, served.triggers)
-            shutil.rmtree(staging, ignore_errors=True)
-        if served.endpoints.triggers is not None:
-            served.endpoints.triggers.refresh()
-        print(f"jupyter faas serve: {served.path.name} runs again; now serving:", flush=True)
-        for line in switched.lines():
-            print(line, flush=True)
 
     def exit_with(self, message: str, code: int) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -370,17 +337,6 @@ class ServeApp(JupyterApp):
         await server.close_all_connections()
 
 
-class _Served:
-    """What serve keeps between runs of its notebook."""
-
-    def __init__(
-        self, path: Path, url: str, registry: Registry, triggers: TriggerStore, endpoints: Endpoints, state: Path,
-        cells: list[tuple[int, str]],
-    ) -> None:  # fmt: skip
-        self.path, self.url, self.registry, self.triggers = path, url, registry, triggers
-        self.endpoints, self.state, self.cells = endpoints, state, cells
-
-
 class _HttpThread:
     """The HTTP server on a thread and event loop of its own: it answers while the main thread runs the notebook."""
 
@@ -412,18 +368,6 @@ class _HttpThread:
             with contextlib.suppress(RuntimeError):  # the loop already ended
                 loop.call_soon_threadsafe(stop.set)
         self._thread.join(timeout=30)
-
-
-def _watch_file(path: Path, changed: threading.Event, stop: threading.Event) -> None:
-    """Set `changed` whenever `path` is written or replaced (editors and Jupyter save by renaming a new file)."""
-    import watchfiles
-
-    # The folder is watched, not the file: a save by rename replaces the file a watch would follow.
-    for _ in watchfiles.watch(
-        path.parent, watch_filter=lambda _change, name: Path(name) == path, stop_event=stop, recursive=False,
-        debounce=200, raise_interrupt=False,
-    ):  # fmt: skip
-        changed.set()
 
 
 def _busy_answer() -> bytes:

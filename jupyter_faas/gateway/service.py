@@ -133,6 +133,11 @@ class Endpoints:
         self.triggers = TriggerRunner(store, firing.launch, firing.failed, firing.takes_bytes)
         return self.triggers.start()
 
+    def refresh_triggers(self) -> None:
+        """Look at the trigger store now, rather than at the next tick."""
+        if self.triggers is not None:
+            self.triggers.refresh()
+
     def trigger_list(self) -> list[dict[str, Any]]:
         return [] if self.triggers is None else self.triggers.list()
 
