@@ -16,11 +16,15 @@ from typing import Any
 
 import dask
 import httpx
+import prometheus_client
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import HTTPClientError
 
+from jupyter_faas.client.function import function
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.dispatch.sharing import _ENV_KEYS
+from jupyter_faas.record.registry import Registry
 from tests.helpers import stop_process_group, wait_for
 
 
@@ -355,3 +359,35 @@ async def test_deploy_outside_a_server_is_a_clear_error(state_dir: Path) -> None
     finally:
         os.environ.update(saved)
         shell.user_ns.pop("lonely", None)
+
+
+# -- the server's own /metrics --------------------------------------------------------------------------------
+
+
+@function
+def metered(x: int) -> int:
+    return x + 1
+
+
+async def test_the_servers_own_metrics_carry_the_faas_series_under_its_own_auth(
+    jp_fetch: Any, jp_serverapp: Any, state_dir: Path
+) -> None:
+    # Deployed as a kernel of this server would: into the server's registry folder.
+    Registry(state_dir / "registry").deploy(metered._definition)
+    for x in range(3):
+        assert await post_json(jp_fetch, "metered", {"x": x}) == x + 1
+    text = (await jp_fetch("metrics")).body.decode()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    counted = {(s.labels.get("function"), s.labels.get("status")): s.value for s in families["faas_invocations"].samples
+               if s.name == "faas_invocations_total"}  # fmt: skip
+    assert counted == {("metered", "ok"): 3.0}
+    assert "faas_invocation_latency_seconds" in families and "faas_workers" in families
+    # The server's own series are still there beside them.
+    assert any(name.startswith("http_request_duration_seconds") for name in families)
+    # Under the server's authenticate_prometheus (on by default): no token, no metrics.
+    with pytest.raises(HTTPClientError) as raised:
+        await jp_fetch("metrics", headers={"Authorization": ""})
+    assert raised.value.code == 403
+    # One platform's series at a time: the servers the tests before started in this process left none behind.
+    mirrors = [c for c in list(prometheus_client.REGISTRY._collector_to_names) if type(c).__name__ == "_Mirror"]
+    assert len(mirrors) == 1
