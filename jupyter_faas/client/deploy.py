@@ -21,6 +21,11 @@ def serve_here(registry: Registry | None, url: str = "", triggers: TriggerStore 
     _here = None if registry is None else (registry, url, triggers)
 
 
+def served_elsewhere() -> bool:
+    """Whether another process (this kernel's Jupyter server) owns the endpoints and triggers deploys go to."""
+    return _here is None and bool(os.environ.get(REGISTRY_ENV))
+
+
 def _target() -> tuple[Registry, str, TriggerStore | None]:
     if _here is not None:
         return _here

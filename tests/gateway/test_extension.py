@@ -391,3 +391,51 @@ async def test_the_servers_own_metrics_carry_the_faas_series_under_its_own_auth(
     # One platform's series at a time: the servers the tests before started in this process left none behind.
     mirrors = [c for c in list(prometheus_client.REGISTRY._collector_to_names) if type(c).__name__ == "_Mirror"]
     assert len(mirrors) == 1
+
+
+# -- the notebook sees its endpoint's traffic on the server ------------------------------------------------------
+
+WAIT_IN_KERNEL = """
+import time
+def wait_until(condition, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+"""
+
+
+async def test_the_notebook_sees_its_endpoints_traffic_on_the_server(
+    jp_fetch: Any, jp_serverapp: Any, state_dir: Path
+) -> None:
+    async with started_kernel(jp_serverapp) as kernel:
+        await kernel.run(WAIT_IN_KERNEL)
+        await kernel.run("%%faas square x:int --http\nprint('squaring', x)\nx * x")
+        await kernel.run("assert square(2) == 4")  # the kernel's own call
+        for x in range(5):
+            assert await post_json(jp_fetch, "square", {"x": x}) == x * x
+        headers = {"Content-Type": "application/json"}
+        queued = await jp_fetch("faas", "functions", "square", method="POST", body='{"x": 9}', headers=headers,
+                                params={"async": "true"})  # fmt: skip
+        assert queued.code == 202
+        # Live: without running anything again, the kernel's figures reach the server's count and its own call.
+        await kernel.run("wait_until(lambda: square.stats()['invocations'] == 7, 'the server traffic')")
+        assert _body(await jp_fetch("faas", "api", "functions", "square"))["stats"]["invocations"] == 6
+        triggers = await kernel.run("print(sorted(r.trigger for r in square.invocations))")
+        assert triggers.strip() == str(["call", *["http"] * 6])
+        assert "squaring 9" in await kernel.run("print(square.logs(10))")
+        await kernel.run("wait_until(lambda: '<td>7</td>' in square.card.figures.value, 'the card')")
+        # Never counted twice: the kernel's own call, once it is in the shared log too, is not taken for traffic.
+        await kernel.run(
+            "import jupyter_faas\nfrom jupyter_faas.client import traffic\n"
+            "jupyter_faas.platform().flush_log()\ntraffic._traffic.poll()\nassert square.stats()['invocations'] == 7"
+        )
+        # A schedule the server fires shows up the same way; so does a function defined again in a new kernel.
+        await kernel.run("%%faas ping --every 1s\n'pong'")
+        await kernel.run("wait_until(lambda: ping.stats()['invocations'] >= 1, 'the schedule')")
+        assert (await kernel.run("print({r.trigger for r in ping.invocations})")).strip() == "{'schedule'}"
+        await kernel.run("ping.unschedule()")
+    async with started_kernel(jp_serverapp) as kernel:
+        await kernel.run(WAIT_IN_KERNEL)
+        await kernel.run("%%faas square x:int\nprint('squaring', x)\nx * x")
+        await kernel.run("wait_until(lambda: square.stats()['invocations'] == 6, 'the history')")
