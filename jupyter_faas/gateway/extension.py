@@ -109,7 +109,7 @@ class FaasExtension(ExtensionApp):
         if serverapp is None:
             raise RuntimeError("jupyter-faas: the server extension was loaded without a server")
         url = serverapp.connection_url
-        self._endpoints = Endpoints(platform, registry, state_dir, serverapp.base_url, url)
+        self._endpoints = Endpoints(platform, registry, state_dir, serverapp.base_url, url, starting=True)
         triggers = TriggerStore(state_dir / "triggers")
         # The faas_* series also on the server's own /metrics, under its authenticate_prometheus setting.
         self._unpublish_metrics = self._endpoints.metrics.publish_on(prometheus_client.REGISTRY)

@@ -250,7 +250,7 @@ class ServeApp(JupyterApp):
         os.chdir(path.parent)  # as a kernel does: relative paths in the notebook mean its own folder
         token = self.token or secrets.token_urlsafe(24)
         platform = _platform.current(start=False)
-        endpoints = Endpoints(platform, registry, state, url=url)
+        endpoints = Endpoints(platform, registry, state, url=url, starting=True)
         # Answering from now on, while the notebook runs: health says "starting" (503) until all is set.
         http = _HttpThread(lambda stop: self._serve(sockets, endpoints, token, stop))
         print(f"jupyter faas serve: running {path.name}; answering at {url} (health: starting)", flush=True)

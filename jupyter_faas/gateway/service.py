@@ -71,7 +71,13 @@ class Endpoints:
     """
 
     def __init__(
-        self, platform: Platform, registry: Registry, state_dir: Path | None, base_url: str = "/", url: str = ""
+        self,
+        platform: Platform,
+        registry: Registry,
+        state_dir: Path | None,
+        base_url: str = "/",
+        url: str = "",
+        starting: bool = False,
     ) -> None:
         self.platform = platform
         self.registry = registry
@@ -86,8 +92,10 @@ class Endpoints:
         self._outcomes = AsyncOutcomes()
         self._lock = threading.Lock()
         self.triggers: TriggerRunner | None = None
-        # Set once the owner has run what deploys (serve: the notebook) and the triggers are armed.
+        # `starting`: not ready until the owner has run what deploys (serve: its notebook) and calls mark_ready().
         self._ready = threading.Event()
+        if not starting:
+            self._ready.set()
         platform.add_listener(self.metrics.observe)
 
     def _settle_interrupted(self) -> None:
