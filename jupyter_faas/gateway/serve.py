@@ -260,6 +260,7 @@ class ServeApp(JupyterApp):
                 run_into(path, registry, url, triggers)
             except NotebookError as e:
                 self.exit_with(f"jupyter faas serve: {path.name}: {e}", 1)
+            platform.start()  # ready means the cluster is up too, also for a notebook that never calls a function
             endpoints.start_triggers(triggers)
             endpoints.mark_ready()
             self._announce(path, url, token, registry)
