@@ -252,7 +252,10 @@ class ServeApp(JupyterApp):
         platform = _platform.current(start=False)
         endpoints = Endpoints(platform, registry, state, url=url, starting=True)
         # Answering from now on, while the notebook runs: health says "starting" (503) until all is set.
-        http = _HttpThread(lambda stop: self._serve(sockets, endpoints, token, stop))
+        http = HttpThread(
+            lambda stop: serve_http(sockets, endpoints, token, self._hosts, self.public, stop),
+            on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM),  # serve without HTTP is no use: stop it
+        )
         print(f"jupyter faas serve: running {path.name}; answering at {url} (health: starting)", flush=True)
         try:
             try:
@@ -311,38 +314,41 @@ class ServeApp(JupyterApp):
             )
         print(f"  API: {url}faas/api/functions, {url}faas/api/openapi.json, {url}faas/metrics", flush=True)
 
-    async def _serve(self, sockets: list[Any], endpoints: Endpoints, token: str, stop: asyncio.Event) -> None:
-        settings = {
-            **settings_for(endpoints),
-            "faas_token": token,
-            "faas_public": self.public,
-            "faas_hosts": self._hosts,
-        }
-        app = web.Application(routes(_ServeBase, "/"), default_handler_class=joined(NotFound, _ServeBase), **settings)
-        read_timeout = _config.http_read_timeout()
-        server = _BoundedServer(
-            app,
-            max_connections=_config.http_max_connections(),
-            # Bodies over faas.http.max-body get a 413 from the handler; this only bounds what is read at all.
-            max_body_size=max(endpoints.max_body() * 4, 64 * 2**20),
-            # Headers past MAX_HEADER_BYTES get a 431 from the handler; far past it, the connection is dropped.
-            max_header_size=MAX_CONNECTION_HEADER_BYTES,
-            # A client that dribbles its headers or its body (slowloris) is cut off; others are served meanwhile.
-            idle_connection_timeout=read_timeout,
-            body_timeout=read_timeout,
-            xheaders=False,
-        )
-        server.add_sockets(sockets)
-        await stop.wait()
-        server.stop()
-        await server.close_all_connections()
+
+async def serve_http(
+    sockets: list[Any], endpoints: Endpoints, token: str, hosts: HostPolicy, public: bool, stop: asyncio.Event
+) -> None:
+    """Serve the function endpoints and the REST API on `sockets` until `stop` is set: serve's and a kernel's."""
+    settings = {**settings_for(endpoints), "faas_token": token, "faas_public": public, "faas_hosts": hosts}
+    app = web.Application(routes(_ServeBase, "/"), default_handler_class=joined(NotFound, _ServeBase), **settings)
+    read_timeout = _config.http_read_timeout()
+    server = _BoundedServer(
+        app,
+        max_connections=_config.http_max_connections(),
+        # Bodies over faas.http.max-body get a 413 from the handler; this only bounds what is read at all.
+        max_body_size=max(endpoints.max_body() * 4, 64 * 2**20),
+        # Headers past MAX_HEADER_BYTES get a 431 from the handler; far past it, the connection is dropped.
+        max_header_size=MAX_CONNECTION_HEADER_BYTES,
+        # A client that dribbles its headers or its body (slowloris) is cut off; others are served meanwhile.
+        idle_connection_timeout=read_timeout,
+        body_timeout=read_timeout,
+        xheaders=False,
+    )
+    server.add_sockets(sockets)
+    await stop.wait()
+    server.stop()
+    await server.close_all_connections()
 
 
-class _HttpThread:
-    """The HTTP server on a thread and event loop of its own: it answers while the main thread runs the notebook."""
+class HttpThread:
+    """An HTTP server on a thread and event loop of its own: it answers while the main thread runs the notebook (or
+    a kernel its cells)."""
 
-    def __init__(self, serve: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    def __init__(
+        self, serve: Callable[[asyncio.Event], Coroutine[Any, Any, None]], on_failure: Callable[[], None]
+    ) -> None:
         self._serve = serve
+        self._on_failure = on_failure
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
@@ -353,9 +359,9 @@ class _HttpThread:
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
-        except Exception as e:  # nothing answers any more: say so, and stop the process
-            print(f"jupyter faas serve: the HTTP server failed: {e!r}", file=sys.stderr, flush=True)
-            os.kill(os.getpid(), signal.SIGTERM)
+        except Exception as e:  # nothing answers any more: say so
+            print(f"jupyter-faas: the HTTP server failed: {e!r}", file=sys.stderr, flush=True)
+            self._on_failure()
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()

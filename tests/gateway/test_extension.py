@@ -346,17 +346,23 @@ async def test_after_a_restart_deployed_endpoints_answer_without_running_any_not
             stop_process_group(server)
 
 
-async def test_deploy_outside_a_server_is_a_clear_error(state_dir: Path) -> None:
+async def test_deploy_outside_a_server_and_without_the_extension_is_a_clear_error(state_dir: Path) -> None:
     from IPython.core.error import UsageError
     from IPython.core.interactiveshell import InteractiveShell
+
+    from jupyter_faas.client import deploy as _deploy
+    from jupyter_faas.gateway import inkernel
 
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "jupyter_faas")
     saved = {key: os.environ.pop(key) for key in _ENV_KEYS if key in os.environ}
+    # As in a process that never loaded the extension: no gateway of its own to fall back on.
+    _deploy.use_fallback(None)
     try:
-        with pytest.raises(UsageError, match="jupyter faas serve NOTEBOOK.ipynb"):
+        with pytest.raises(UsageError, match="%load_ext jupyter_faas.*jupyter faas serve NOTEBOOK.ipynb"):
             shell.run_cell_magic("faas", "lonely --http", "1")
     finally:
+        _deploy.use_fallback(inkernel.gateway)
         os.environ.update(saved)
         shell.user_ns.pop("lonely", None)
 
