@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypedDict, overload
 
+import cloudpickle
 from typing_extensions import Unpack
 
 from jupyter_faas import config as _config
@@ -19,6 +20,7 @@ from jupyter_faas.definition.limits import Limits
 from jupyter_faas.definition.model import FunctionDefinition, from_callable
 from jupyter_faas.definition.requirements import with_requirements
 from jupyter_faas.definition.secrets import with_secrets
+from jupyter_faas.dispatch import compose as _compose
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.errors import ConfigError, LogError, type_name
 from jupyter_faas.gateway import triggers as _triggers
@@ -26,6 +28,7 @@ from jupyter_faas.record.deadletters import DeadLetters, dead_letters_path
 from jupyter_faas.record.log import read_invocations
 from jupyter_faas.record.records import InvocationRecord
 from jupyter_faas.ui.output import CallOutput, logs_text, show_map_output
+from jupyter_faas.worker.children import Callee
 
 if TYPE_CHECKING:
     from jupyter_faas.ui.widgets import FunctionCard
@@ -46,6 +49,7 @@ class FaasFunction:
 
     def __init__(self, definition: FunctionDefinition) -> None:
         self._definition = definition
+        _compose.defined_here(definition)
         self.__name__ = definition.name
         self.__doc__ = definition.load().__doc__
         self.__signature__ = definition.signature
@@ -80,14 +84,14 @@ class FaasFunction:
         """Start one invocation; the concurrent.futures.Future ends with its result or error."""
         self._check_arguments(args, kwargs)
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
-        return _platform.current().invoke(self._definition, blob)
+        return _platform.calling().invoke(self._definition, blob)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
         self._check_arguments(args, kwargs)
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
         output = CallOutput(self.name)
-        future = _platform.current().invoke(self._definition, blob, on_output=output.collect)
+        future = _platform.calling().invoke(self._definition, blob, on_output=output.collect)
         try:
             # What the function prints appears here as it runs, as it would for a local call.
             output.wait(future)
@@ -109,9 +113,12 @@ class FaasFunction:
             # Every item has the same number of positional arguments, so one check covers them all.
             self._check_arguments(calls[0][0], {})
         began = time.monotonic()
-        results = _platform.current().map(self._definition, calls)
+        platform = _platform.calling()
+        results = platform.map(self._definition, calls)
         try:
-            if not results.wait(PROGRESS_AFTER):
+            if not isinstance(platform, _platform.Platform):
+                results.wait()  # inside a function: no progress bar, nobody watches this cell
+            elif not results.wait(PROGRESS_AFTER):
                 # Imported only now: widgets cost nothing to maps that finish within the threshold.
                 from jupyter_faas.ui import widgets as _widgets
 
@@ -133,7 +140,17 @@ class FaasFunction:
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Run here in the notebook process, on a fresh copy, as a worker would; limits are not enforced."""
         self._check_arguments(args, kwargs)
-        return self._definition.load()(*args, **kwargs)
+        function = self._definition.load()
+        names = getattr(function, "__globals__", {})
+        for key, value in list(names.items()):
+            if isinstance(value, Callee):
+                # Here, its own name is itself (recursion stays local), and another function is that function.
+                names[key] = self.local if not value.definition else FaasFunction(cloudpickle.loads(value.definition))
+        return function(*args, **kwargs)
+
+    def __faas_callee__(self) -> Callee:
+        """This function as another's payload ships it: its definition, and calls that go to the platform."""
+        return Callee(self.name, cloudpickle.dumps(self._definition, protocol=5))
 
     def deploy(self) -> str:
         """Deploy this version as an HTTP endpoint: POST {base_url}faas/functions/NAME. Returns its URL.
@@ -183,7 +200,7 @@ class FaasFunction:
         """
         self._check_arguments(args, kwargs)
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
-        future = _platform.current().invoke(self._definition, blob, trigger="queue", background=True)
+        future = _platform.calling().invoke(self._definition, blob, trigger="queue", background=True)
         future.add_done_callback(lambda done: _dead_letter_if_failed(self._definition, args, kwargs, done))
         return future.id
 

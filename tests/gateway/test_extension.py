@@ -445,3 +445,19 @@ async def test_the_notebook_sees_its_endpoints_traffic_on_the_server(
         await kernel.run(WAIT_IN_KERNEL)
         await kernel.run("%%faas square x:int\nprint('squaring', x)\nx * x")
         await kernel.run("wait_until(lambda: square.stats()['invocations'] == 6, 'the history')")
+
+
+async def test_a_deployed_function_that_calls_another_runs_it_on_the_servers_platform(
+    jp_serverapp: Any, jp_fetch: Any, state_dir: Path
+) -> None:
+    async with started_kernel(jp_serverapp) as kernel:
+        await kernel.run("%%faas square x:int --http\nx * x")
+        await kernel.run("%%faas twice x:int --http\nsquare(x) * 2")
+        assert await post_json(jp_fetch, "twice", {"x": 6}) == 72
+        caller = _body(await jp_fetch("faas", "api", "functions", "twice", "invocations"))["invocations"][0]
+        answer = _body(await jp_fetch("faas", "api", "invocations", caller["id"]))
+        assert [(child["function"], child["parent"], child["root"]) for child in answer["children"]] == [
+            ("square", caller["id"], caller["id"])
+        ]
+        rows = answer["call_tree"]["calls"]
+        assert [(row["function"], row["depth"]) for row in rows] == [("twice", 0), ("square", 1)]
