@@ -352,6 +352,14 @@ def function_defaults() -> FunctionDefaults:
     )
 
 
+def gateway_port() -> int:
+    """`faas.gateway.port`: the port of a kernel's own gateway (no Jupyter server); 0 picks a free one."""
+    port = _checked("faas.gateway.port", lambda v: _whole(v, "faas.gateway.port", minimum=0))
+    if port > 65535:
+        raise ConfigError(f"faas.gateway.port: expected a port from 0 to 65535, got {port}")
+    return port
+
+
 _VALIDATORS = {
     "faas.cluster.idle-timeout": idle_timeout,
     "faas.cluster.maximum": maximum_workers,
@@ -383,6 +391,7 @@ _VALIDATORS = {
     "faas.http.tracebacks": http_tracebacks,
     "faas.pricing.gb-second": pricing,
     "faas.runtimes.wasm-cache": wasm_cache_dir,
+    "faas.gateway.port": gateway_port,
 }
 
 

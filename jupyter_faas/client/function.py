@@ -14,6 +14,7 @@ from typing_extensions import Unpack
 
 from jupyter_faas import config as _config
 from jupyter_faas.client import deploy as _deploy
+from jupyter_faas.client import traffic as _traffic
 from jupyter_faas.definition.limits import Limits
 from jupyter_faas.definition.model import FunctionDefinition, from_callable
 from jupyter_faas.definition.requirements import with_requirements
@@ -52,6 +53,8 @@ class FaasFunction:
         self.__doc__ = definition.load().__doc__
         self.__signature__ = definition.signature
         self._card: FunctionCard | None = None
+        # In a kernel of a Jupyter server, its invocations there (HTTP, triggers) count here too.
+        _traffic.follow(definition)
 
     @property
     def name(self) -> str:

@@ -544,6 +544,15 @@ class Platform:
                 if self._stop.is_set():
                     return
 
+    def adopt(self, records: Sequence[InvocationRecord]) -> None:
+        """Keep records of invocations another process ran (a kernel's server: HTTP and triggers) as this
+        platform's: stats, cards and listeners see them; the durable log has them already."""
+        for record in records:
+            self._store(record.function).add(record)
+            for listener in self._listeners:
+                with contextlib.suppress(Exception):  # an observer's bug must not stop the others
+                    listener(record)
+
     def add_listener(self, listener: Callable[[InvocationRecord], None]) -> None:
         """Call `listener` with every finished invocation's record (from a platform thread)."""
         self._listeners = [*self._listeners, listener]

@@ -30,7 +30,7 @@ _ERRORS = {
     "431": "The request headers are too large.",
     "422": "The arguments do not fit the function's signature.",
     "500": "The function raised, ran out of memory, or returned what JSON cannot carry.",
-    "503": "No free slot within faas.http.queue-timeout.",
+    "503": "No free slot within faas.http.queue-timeout; or the server is still starting (type Starting).",
     "504": "The function ran past its timeout.",
 }
 
@@ -362,14 +362,21 @@ def document(deployments: Sequence[Deployment], base_url: str, version: str) -> 
         "get": _api("Every schedule and file trigger.", "200", _list_of("triggers", {"type": "object"}))
     }
     paths[f"{api}/openapi.json"] = {"get": _api("This document.", "200", {"type": "object"})}
-    paths[f"{api}/health"] = {
-        "get": _api(
-            "Liveness; needs no token.",
-            "200",
-            {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
-            secured=False,
-        )
+    health = _api(
+        "Readiness; needs no token.",
+        "200",
+        {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+        secured=False,
+    )
+    health["responses"]["503"] = {
+        "description": "Still starting: serve's notebook is running, or its triggers are being armed.",
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "required": ["status"], "properties": {"status": {"const": "starting"}}}
+            }
+        },
     }
+    paths[f"{api}/health"] = {"get": health}
     metrics = _api("Prometheus metrics of the invocations and the workers.", "200", None)
     metrics["responses"]["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
     paths[f"{base_url}faas/metrics"] = {"get": metrics}
