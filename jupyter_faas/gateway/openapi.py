@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from jupyter_faas.definition.schema import json_schema
 from jupyter_faas.definition.signature import annotation_name, takes_bytes
 
 if TYPE_CHECKING:
@@ -42,7 +43,17 @@ def _schema(annotation: Any) -> dict[str, Any]:
     return dict(_SCHEMAS.get(name or "", {}))
 
 
-def _request_schemas(deployment: Deployment) -> dict[str, Any]:
+def _parameter_schema(deployment: Deployment, parameter: inspect.Parameter, found: dict[str, Any]) -> dict[str, Any]:
+    """A plain type's schema, or pydantic's for a richer annotation (its named parts added to `found`)."""
+    plain = _schema(parameter.annotation)
+    if plain or parameter.annotation is inspect.Parameter.empty:
+        return plain
+    schema, named = json_schema(deployment.definition, parameter.name, f"{deployment.name}.")
+    found.update(named)
+    return schema
+
+
+def _request_schemas(deployment: Deployment, found: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments as an object, positional ones as an array; bytes when the first parameter asks."""
     signature: inspect.Signature = deployment.definition.signature
     named = [
@@ -52,7 +63,7 @@ def _request_schemas(deployment: Deployment) -> dict[str, Any]:
     ]
     keywords: dict[str, Any] = {
         "type": "object",
-        "properties": {parameter.name: _schema(parameter.annotation) for parameter in named},
+        "properties": {parameter.name: _parameter_schema(deployment, parameter, found) for parameter in named},
         "required": [parameter.name for parameter in named if parameter.default is parameter.empty],
         "additionalProperties": any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()),
     }
@@ -63,7 +74,7 @@ def _request_schemas(deployment: Deployment) -> dict[str, Any]:
     ]
     array: dict[str, Any] = {"type": "array", "minItems": sum(p.default is p.empty for p in positional)}
     if positional:  # JSON Schema wants a non-empty prefixItems, or none
-        array["prefixItems"] = [_schema(parameter.annotation) for parameter in positional]
+        array["prefixItems"] = [_parameter_schema(deployment, parameter, found) for parameter in positional]
     if not any(p.kind == p.VAR_POSITIONAL for p in signature.parameters.values()):
         array["maxItems"] = len(positional)
     content: dict[str, Any] = {"application/json": {"schema": {"oneOf": [keywords, array]}}}
@@ -95,7 +106,7 @@ def _responses(deployment: Deployment) -> dict[str, Any]:
     return responses
 
 
-def _operation(deployment: Deployment) -> dict[str, Any]:
+def _operation(deployment: Deployment, found: dict[str, Any]) -> dict[str, Any]:
     definition = deployment.definition
     doc = inspect.cleandoc(definition.load().__doc__ or "") if definition.payload else ""
     return {
@@ -111,7 +122,7 @@ def _operation(deployment: Deployment) -> dict[str, Any]:
                 "schema": {"type": "boolean"},
             }
         ],
-        "requestBody": {"required": False, "content": _request_schemas(deployment)},
+        "requestBody": {"required": False, "content": _request_schemas(deployment, found)},
         "responses": _responses(deployment),
     }
 
@@ -279,8 +290,10 @@ _COMPONENTS: dict[str, Any] = {
 
 def document(deployments: Sequence[Deployment], base_url: str, version: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
+    # The named schemas of the parameters' models, dataclasses and TypedDicts, each under FUNCTION.NAME.
+    found: dict[str, Any] = {}
     for deployment in deployments:
-        paths[f"{base_url}faas/functions/{deployment.name}"] = {"post": _operation(deployment)}
+        paths[f"{base_url}faas/functions/{deployment.name}"] = {"post": _operation(deployment, found)}
     api = f"{base_url}faas/api"
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     ident = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -382,7 +395,7 @@ def document(deployments: Sequence[Deployment], base_url: str, version: str) -> 
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization"},
             },
-            "schemas": copy.deepcopy(_COMPONENTS),
+            "schemas": {**copy.deepcopy(_COMPONENTS), **found},
         },
         "security": [{"bearer": []}, {"token": []}],
     }

@@ -34,6 +34,7 @@ from jupyter_faas.client.function import FaasFunction
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.errors import ConfigError, TriggerError
 from jupyter_faas.gateway.handlers import RETRY_AFTER, NotFound, joined, routes, settings_for
+from jupyter_faas.gateway.keys import OWNER, PUBLIC, Caller, KeyStore, bearer, caller_of, keys_path
 from jupyter_faas.gateway.service import Endpoints, HttpError
 from jupyter_faas.gateway.triggers import TriggerStore
 from jupyter_faas.record.registry import Registry
@@ -145,7 +146,10 @@ def _is_loopback(ip: str) -> bool:
 
 
 class _ServeBase(web.RequestHandler):
-    """A known Host and Origin, then a token in the Authorization header: `Bearer TOKEN` or `token TOKEN`."""
+    """A known Host and Origin, then a token in the Authorization header: `Bearer TOKEN` or `token TOKEN`.
+
+    The server's token is the owner's; a function key (`fk_...`) reaches only its functions.
+    """
 
     def faas_admit(self) -> None:
         policy: HostPolicy = self.settings["faas_hosts"]
@@ -162,14 +166,23 @@ class _ServeBase(web.RequestHandler):
         if not policy.origin_allowed(origin, host):
             raise HttpError(403, "OriginNotAllowed", "requests from the web pages of other origins are refused")
 
-    def faas_guard(self, public: bool = False) -> None:
+    def faas_guard(self, public: bool = False) -> Caller:
+        given = bearer(self.request.headers.get("Authorization", ""))
+        if given is not None and hmac.compare_digest(given.encode(), self.settings["faas_token"].encode()):
+            return OWNER
+        caller = None if given is None else caller_of(self.settings["faas_endpoints"].keys, given)
+        if caller is not None:
+            return caller
         if public and self.settings["faas_public"]:
-            return
-        scheme, _, given = self.request.headers.get("Authorization", "").strip().partition(" ")
-        if scheme.lower() not in ("bearer", "token") or not given.strip():
+            return PUBLIC
+        if given is None:
             raise HttpError(401, "Unauthorized", "send the token: Authorization: Bearer TOKEN")
-        if not hmac.compare_digest(given.strip().encode(), self.settings["faas_token"].encode()):
-            raise HttpError(403, "Forbidden", "the token is wrong")
+        raise HttpError(403, "Forbidden", "the token is wrong, or the function key was revoked")
+
+
+def serve_state(path: Path) -> Path:
+    """The state folder of `serve` for this notebook: its triggers, function keys, dead letters."""
+    return _config.state_dir() / "serve" / f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 
 
 class NotebookError(Exception):
@@ -264,14 +277,14 @@ class ServeApp(JupyterApp):
         host = f"[{self.ip}]" if ":" in self.ip else self.ip
         url = f"http://{host}:{port}/"
         registry = Registry(None)
-        state = _config.state_dir() / "serve" / f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+        state = serve_state(path)
         try:
             triggers = TriggerStore(state / "triggers")
         except TriggerError as e:
             self.exit_with(f"jupyter faas serve: {e}", 2)
         # The notebook is the source of truth: its run sets the triggers again. What files were handled stays.
         triggers.clear()
-        _deploy.serve_here(registry, url, triggers)
+        _deploy.serve_here(registry, url, triggers, KeyStore(keys_path(state)))
         os.chdir(path.parent)  # as a kernel does: relative paths in the notebook mean its own folder
         try:
             namespace = run_notebook(path)
@@ -279,7 +292,7 @@ class ServeApp(JupyterApp):
             self.exit_with(f"jupyter faas serve: {path.name}: {e}", 1)
         for value in list(namespace.values()):
             if isinstance(value, FaasFunction):
-                registry.deploy(value._definition)
+                value.deploy()  # with the --rate and --quota of its magic line
         token = self.token or secrets.token_urlsafe(24)
         platform = _platform.current()
         endpoints = Endpoints(platform, registry, state, url=url)

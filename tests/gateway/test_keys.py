@@ -1,0 +1,276 @@
+"""Function keys, rate limits, quotas and Idempotency-Key, against `jupyter faas serve` as a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dask
+import httpx
+import pytest
+
+from jupyter_faas.gateway.serve import serve_state
+from tests.helpers import (
+    AUTH,
+    Served,
+    error_of,
+    invocations_of,
+    start_serve,
+    stop_process_group,
+    wait_for,
+    wait_for_outcome,
+    write_notebook,
+)
+
+CELLS = [
+    "%%faas square x:int --http\nx * x",
+    "%%faas cube x:int\nx ** 3",
+    # Three calls a minute per caller: the fourth within the minute is refused, and never runs.
+    "%%faas limited x:int --rate 3/min\nx",
+    "%%faas daily x:int --quota 2/day\nx",
+    # A fresh random answer each run: a repeat that ran again would differ.
+    "%%faas stamp x:int\nimport uuid\nuuid.uuid4().hex",
+]
+ENV = {"DASK_FAAS__CLUSTER__IDLE_TIMEOUT": "300s"}
+
+
+class Serve:
+    """serve of one notebook, restartable on the same state dir."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.notebook = write_notebook(folder / "keys.ipynb", CELLS)
+        self.state = folder / "state"
+        self.server: Served = start_serve(self.notebook, self.state, env=ENV)
+
+    def restart(self) -> None:
+        stop_process_group(self.server.process)
+        self.server = start_serve(self.notebook, self.state, env=ENV)
+
+    def stop(self) -> None:
+        stop_process_group(self.server.process)
+
+    def keys_command(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        environment = {**os.environ, "DASK_FAAS__STATE_DIR": str(self.state)}
+        return subprocess.run(
+            [sys.executable, "-m", "jupyter_faas.cli", "keys", *arguments, "--notebook", str(self.notebook)],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=60,
+        )
+
+    def new_key(self, *functions: str) -> dict[str, Any]:
+        response = self.server.get("faas/api/keys", headers=AUTH)
+        assert response.status_code == 200
+        made = httpx.post(
+            f"{self.server.url}faas/api/keys", json={"functions": list(functions) or "*"}, headers=AUTH, timeout=30
+        )
+        assert made.status_code == 201, made.text
+        return dict(made.json())
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    running = Serve(tmp_path_factory.mktemp("keys"))
+    try:
+        assert running.server.post("square", json={"x": 2}, headers=AUTH).json() == 4
+        yield running
+    finally:
+        running.stop()
+
+
+def test_a_key_calls_its_function_and_nothing_else(serve: Serve) -> None:
+    made = serve.new_key("square")
+    assert set(made) >= {"id", "key", "functions"} and made["functions"] == ["square"]
+    key = made["key"]
+    assert key.startswith("fk_")
+    server = serve.server
+    assert server.post("square", json={"x": 5}, headers=bearer(key)).json() == 25
+    before = len(invocations_of(server, "cube"))
+    refused = server.post("cube", json={"x": 5}, headers=bearer(key))
+    assert refused.status_code == 403 and error_of(refused)["type"] == "Forbidden"
+    assert len(invocations_of(server, "cube")) == before  # refused before it ran
+    # Not deployed, or not a name at all: the same 403, so a key learns nothing of other functions.
+    assert server.post("nothing_here", json={}, headers=bearer(key)).status_code == 403
+    for path in ("faas/api/functions", "faas/api/functions/square", "faas/api/keys", "faas/api/openapi.json",
+                 "faas/metrics", "faas/api/dead-letters", "faas/api/triggers", "faas/api/platform"):  # fmt: skip
+        assert server.get(path, headers=bearer(key)).status_code == 403, path
+    made_by_key = httpx.post(f"{server.url}faas/api/keys", json={"functions": "*"}, headers=bearer(key), timeout=30)
+    assert made_by_key.status_code == 403  # a key never makes keys
+    # The owner's token still reaches everything.
+    assert server.post("cube", json={"x": 2}, headers=AUTH).json() == 8
+
+
+def test_a_key_polls_its_own_async_calls_only(serve: Serve) -> None:
+    key = serve.new_key("square")["key"]
+    server = serve.server
+    queued = server.post("square", params={"async": "true"}, json={"x": 3}, headers=bearer(key))
+    assert queued.status_code == 202
+    ident = queued.json()["id"]
+    outcome = wait_for(
+        lambda: (r := server.get(f"faas/api/invocations/{ident}", headers=bearer(key))).json()["status"]
+        not in ("queued", "running")
+        and r.json(),
+        message="the async call to settle",
+    )
+    assert outcome["result"] == 9
+    other = server.post("cube", params={"async": "true"}, json={"x": 3}, headers=AUTH).json()["id"]
+    wait_for_outcome(server, other)
+    assert server.get(f"faas/api/invocations/{other}", headers=bearer(key)).status_code == 403
+
+
+def test_a_revoked_key_is_refused_at_once_from_rest_and_from_the_command_line(serve: Serve) -> None:
+    server = serve.server
+    made = serve.new_key("square")
+    assert server.post("square", json={"x": 1}, headers=bearer(made["key"])).status_code == 200
+    revoked = httpx.delete(f"{server.url}faas/api/keys/{made['id']}", headers=AUTH, timeout=30)
+    assert revoked.status_code == 204
+    refused = server.post("square", json={"x": 1}, headers=bearer(made["key"]))
+    assert refused.status_code == 403
+    assert httpx.delete(f"{server.url}faas/api/keys/{made['id']}", headers=AUTH, timeout=30).status_code == 404
+
+    created = serve.keys_command("create", "square", "--note", "for the CLI test")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.split()[0]
+    assert secret.startswith("fk_")
+    assert server.post("square", json={"x": 4}, headers=bearer(secret)).json() == 16
+    listed = serve.keys_command("list")
+    line = next(line for line in listed.stdout.splitlines() if "for the CLI test" in line)
+    assert secret not in listed.stdout
+    key_id = line.split()[0]
+    assert serve.keys_command("revoke", key_id).returncode == 0
+    assert server.post("square", json={"x": 4}, headers=bearer(secret)).status_code == 403
+    assert serve.keys_command("revoke", key_id).returncode == 1
+    bad = serve.keys_command("create", "not a name")
+    assert bad.returncode == 1 and "not a valid function name" in bad.stderr
+
+
+def test_keys_are_stored_hashed_in_a_0600_file_and_the_secret_is_nowhere_on_disk(serve: Serve) -> None:
+    made = serve.new_key("square", "cube")
+    secret = made["key"]
+    assert serve.server.post("cube", json={"x": 3}, headers=bearer(secret)).json() == 27
+    with dask.config.set({"faas.state-dir": str(serve.state)}):
+        path = serve_state(serve.notebook.resolve()) / "keys.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    assert hashlib.sha256(secret.encode()).hexdigest() in text
+    for file in serve.folder.rglob("*"):
+        if file.is_file():
+            assert secret.encode() not in file.read_bytes(), file
+    listed = serve.server.get("faas/api/keys", headers=AUTH).json()["keys"]
+    entry = next(key for key in listed if key["id"] == made["id"])
+    assert entry["functions"] == ["cube", "square"] and "key" not in entry and "sha256" not in entry
+
+
+def test_past_the_rate_the_answer_is_429_with_retry_after_and_the_function_never_ran(serve: Serve) -> None:
+    server = serve.server
+    key = serve.new_key("limited")["key"]
+    statuses = [server.post("limited", json={"x": n}, headers=bearer(key)).status_code for n in range(3)]
+    assert statuses == [200, 200, 200]
+    refused = server.post("limited", json={"x": 99}, headers=bearer(key))
+    assert refused.status_code == 429
+    assert error_of(refused)["type"] == "TooManyRequests" and "3 calls per minute" in error_of(refused)["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 20
+    # The bucket is per caller: the owner's token has a bucket of its own.
+    assert server.post("limited", json={"x": 7}, headers=AUTH).status_code == 200
+    ran = [record for record in invocations_of(server, "limited") if record["status"] == "ok"]
+    assert len(ran) == 4  # 99 never ran
+
+
+def test_a_quota_caps_each_key_per_day_and_survives_a_restart(serve: Serve) -> None:
+    key = serve.new_key("daily")["key"]
+    assert [serve.server.post("daily", json={"x": n}, headers=bearer(key)).status_code for n in range(2)] == [
+        200,
+        200,
+    ]
+    refused = serve.server.post("daily", json={"x": 3}, headers=bearer(key))
+    assert refused.status_code == 429 and "quota" in error_of(refused)["message"]
+    assert 0 < int(refused.headers["Retry-After"]) <= 86400
+    # Idempotency across the same restart: a first request, kept on disk.
+    stamp_key = serve.new_key("stamp")["key"]
+    stamp_headers = {**bearer(stamp_key), "Idempotency-Key": str(uuid.uuid4())}
+    first = serve.server.post("stamp", json={"x": 1}, headers=stamp_headers)
+    assert first.status_code == 200
+
+    serve.restart()
+    again = serve.server.post("daily", json={"x": 4}, headers=bearer(key))
+    assert again.status_code == 429  # a restart hands out no fresh quota
+    # The same random value: the answer kept on disk, not a second run (which would draw another).
+    repeated = serve.server.post("stamp", json={"x": 1}, headers=stamp_headers)
+    assert repeated.status_code == 200 and repeated.json() == first.json()
+    assert repeated.headers["Idempotent-Replayed"] == "true"
+    assert repeated.headers["X-Request-Id"] == first.headers["X-Request-Id"]
+
+
+def test_an_idempotency_key_runs_once_sync_and_async_and_refuses_another_body(serve: Serve) -> None:
+    server = serve.server
+    key = serve.new_key("stamp")["key"]
+    headers = {**bearer(key), "Idempotency-Key": "order-" + uuid.uuid4().hex}
+    before = len(invocations_of(server, "stamp"))
+    answers = [server.post("stamp", json={"x": 1}, headers=headers) for _ in range(3)]
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.json() for a in answers}) == 1
+    other = server.post("stamp", json={"x": 2}, headers=headers)
+    assert other.status_code == 422 and error_of(other)["type"] == "IdempotencyKeyReused"
+    as_async = server.post("stamp", params={"async": "true"}, json={"x": 1}, headers=headers)
+    assert as_async.status_code == 422  # sync and async are different requests
+    assert len(invocations_of(server, "stamp")) == before + 1
+
+    queued_headers = {**bearer(key), "Idempotency-Key": uuid.uuid4().hex}
+    ids = {
+        server.post("stamp", params={"async": "true"}, json={"x": 5}, headers=queued_headers).json()["id"]
+        for _ in range(3)
+    }
+    assert len(ids) == 1
+    wait_for_outcome(server, ids.pop())
+    assert len(invocations_of(server, "stamp")) == before + 2
+    # Another caller's same key is its own request: keys are per caller.
+    owner = server.post("stamp", json={"x": 1}, headers={**AUTH, "Idempotency-Key": headers["Idempotency-Key"]})
+    assert owner.status_code == 200 and owner.json() != answers[0].json()
+
+
+def test_concurrent_repeats_wait_for_the_first_and_it_runs_once(serve: Serve) -> None:
+    server = serve.server
+    headers = {**AUTH, "Idempotency-Key": uuid.uuid4().hex}
+    before = len(invocations_of(server, "stamp"))
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            url = f"{server.url}faas/functions/stamp"
+            return await asyncio.gather(*(client.post(url, json={"x": 8}, headers=headers) for _ in range(8)))
+
+    answers = asyncio.run(burst())
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.json() for a in answers}) == 1
+    assert len(invocations_of(server, "stamp")) == before + 1
+
+
+def test_an_idempotency_key_that_is_too_long_is_400(serve: Serve) -> None:
+    response = serve.server.post("stamp", json={"x": 1}, headers={**AUTH, "Idempotency-Key": "k" * 300})
+    assert response.status_code == 400 and "Idempotency-Key" in error_of(response)["message"]
+
+
+def test_bad_rate_and_quota_on_the_magic_line_are_refused_naming_the_option(tmp_path: Path) -> None:
+    notebook = write_notebook(tmp_path / "bad.ipynb", ["%%faas f x:int --rate fast --http\nx"])
+    environment = {**os.environ, "DASK_FAAS__STATE_DIR": str(tmp_path / "state")}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "jupyter_faas.cli", "serve", str(notebook), "--port", "0"],
+        capture_output=True, text=True, env=environment, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and "--rate" in result.stderr and "50/s" in result.stderr, result.stderr
+    assert time.monotonic() - started < 120
