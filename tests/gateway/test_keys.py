@@ -121,12 +121,12 @@ def test_a_key_polls_its_own_async_calls_only(serve: Serve) -> None:
     queued = server.post("square", params={"async": "true"}, json={"x": 3}, headers=bearer(key))
     assert queued.status_code == 202
     ident = queued.json()["id"]
-    outcome = wait_for(
-        lambda: (r := server.get(f"faas/api/invocations/{ident}", headers=bearer(key))).json()["status"]
-        not in ("queued", "running")
-        and r.json(),
-        message="the async call to settle",
-    )
+
+    def settled() -> dict[str, Any] | None:
+        state: dict[str, Any] = server.get(f"faas/api/invocations/{ident}", headers=bearer(key)).json()
+        return None if state["status"] in ("queued", "running") else state
+
+    outcome = wait_for(settled, message="the async call to settle")
     assert outcome["result"] == 9
     other = server.post("cube", params={"async": "true"}, json={"x": 3}, headers=AUTH).json()["id"]
     wait_for_outcome(server, other)
