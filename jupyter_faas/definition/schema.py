@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import inspect
 import json
 import threading
@@ -43,14 +45,15 @@ def _plain(annotation: Any) -> bool:
 
 
 def _resolved(definition: FunctionDefinition) -> dict[str, Any]:
-    """Each parameter's annotation, with those written as text (`from __future__ import annotations`) evaluated."""
+    """Each parameter's annotation, with those written as text (`from __future__ import annotations`) evaluated
+    in the function's own globals (what it captured) and typing's names; one that names nothing known stays text."""
     annotations = {name: p.annotation for name, p in definition.signature.parameters.items()}
     if any(isinstance(a, str) and annotation_name(a) is None for a in annotations.values()):
-        try:
-            hints = typing.get_type_hints(definition.load(), include_extras=True)
-        except Exception:  # a name the server cannot resolve: that parameter is not checked at the door
-            hints = {}
-        annotations.update({name: hint for name, hint in hints.items() if name in annotations})
+        namespace = {**vars(typing), **definition.load().__globals__}
+        for name, annotation in annotations.items():
+            if isinstance(annotation, str) and annotation_name(annotation) is None:
+                with contextlib.suppress(Exception):  # a name unknown here: not checked at the door
+                    annotations[name] = eval(annotation, namespace)  # the function's own code, run by its owner
     return annotations
 
 
@@ -67,7 +70,30 @@ def _compatible(annotation: Any) -> Any:
     return annotation
 
 
+def _repair_missing(annotation: Any, seen: set[int] | None = None) -> None:
+    """Put dataclasses.MISSING back in the fields of the dataclasses `annotation` uses.
+
+    cloudpickle (3.1) copies a dataclass defined in a notebook by value, and its fields' MISSING sentinel with it:
+    a copy that is not MISSING, so every field without a default looks as if it had one, and pydantic refuses it.
+    """
+    seen = set() if seen is None else seen
+    if id(annotation) in seen:
+        return
+    seen.add(id(annotation))
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        for field in dataclasses.fields(annotation):
+            for attribute in ("default", "default_factory"):
+                if type(getattr(field, attribute)).__name__ == "_MISSING_TYPE":
+                    setattr(field, attribute, dataclasses.MISSING)
+            _repair_missing(field.type, seen)
+    for argument in typing.get_args(annotation):
+        _repair_missing(argument, seen)
+
+
 def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
+    if isinstance(annotation, str):
+        return None  # text that names nothing known here
+    _repair_missing(annotation)
     try:
         return TypeAdapter(annotation)
     except (PydanticUserError, TypeError, NameError):

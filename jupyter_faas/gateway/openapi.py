@@ -25,11 +25,15 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
 _ERRORS = {
     "400": "The body is not valid JSON.",
     "401": "No token was given.",
-    "403": "The token is wrong.",
+    "403": "The token is wrong, or the function key was revoked or does not reach this function or route.",
     "404": "No function of that name is deployed.",
     "413": "The body is larger than faas.http.max-body.",
     "431": "The request headers are too large.",
-    "422": "The arguments do not fit the function's signature.",
+    "409": "The first request with this Idempotency-Key was cut short by a restart; it is not run again.",
+    "422": "The arguments do not fit the function's signature (the parameter named), or the Idempotency-Key was "
+    "used with another body.",
+    "429": "Past the function's rate or daily quota for this caller (Retry-After says when to try again), or its "
+    "queue is full; the function did not run.",
     "500": "The function raised, ran out of memory, or returned what JSON cannot carry.",
     "503": "No free slot within faas.http.queue-timeout.",
     "504": "The function ran past its timeout.",
@@ -120,7 +124,15 @@ def _operation(deployment: Deployment, found: dict[str, Any]) -> dict[str, Any]:
                 "required": False,
                 "description": "true: answer 202 with an invocation id at once, instead of waiting for the result.",
                 "schema": {"type": "boolean"},
-            }
+            },
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "Repeats with this key (per caller, within faas.http.idempotency-ttl) get the first "
+                "answer, or the first invocation id, and never run the function again.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            },
         ],
         "requestBody": {"required": False, "content": _request_schemas(deployment, found)},
         "responses": _responses(deployment),
@@ -152,10 +164,11 @@ def _api(
 
 _API_ERRORS = {
     "400": "A query parameter is malformed.",
-    "404": "No such function, invocation or dead letter.",
+    "404": "No such function, invocation, dead letter or key.",
     "410": "The async result is no longer kept (past faas.http.async-results-max-bytes); "
     "the error's invocation_status is its status.",
-    "422": "The dead letter's input no longer fits the function's signature, or cannot be read back.",
+    "422": "The dead letter's input no longer fits the function's signature, or cannot be read back; or a key's "
+    'functions are not a list of names or "*".',
     "500": "The registry cannot be read.",
 }
 
@@ -170,7 +183,20 @@ def _list_of(key: str, item: dict[str, Any]) -> dict[str, Any]:
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 
+_KEY_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "string"},
+    "functions": {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"const": "*"}]},
+    "created": {"type": "number"},
+    "note": {"type": "string"},
+}
+
 _COMPONENTS: dict[str, Any] = {
+    "FunctionKey": {"type": "object", "required": ["id", "functions"], "properties": _KEY_PROPERTIES},
+    "NewKey": {
+        "type": "object",
+        "required": ["id", "key", "functions"],
+        "properties": {**_KEY_PROPERTIES, "key": {"type": "string", "pattern": "^fk_"}},
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -375,6 +401,25 @@ def document(deployments: Sequence[Deployment], base_url: str, version: str) -> 
         "get": _api("Every schedule and file trigger.", "200", _list_of("triggers", {"type": "object"}))
     }
     paths[f"{api}/openapi.json"] = {"get": _api("This document.", "200", {"type": "object"})}
+    key_body = {
+        "type": "object",
+        "required": ["functions"],
+        "properties": {
+            "functions": {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"const": "*"}]},
+            "note": {"type": "string", "maxLength": 200},
+        },
+    }
+    created = _api("A new function key: its secret `key` is in this answer only.", "201", _ref("NewKey"), "422")
+    created["requestBody"] = {"required": True, "content": {"application/json": {"schema": key_body}}}
+    paths[f"{api}/keys"] = {
+        "get": _api("Every function key, without its secret.", "200", _list_of("keys", _ref("FunctionKey"))),
+        "post": created,
+    }
+    paths[f"{api}/keys/{{id}}"] = {
+        "parameters": [ident],
+        "get": _api("One function key, without its secret.", "200", _ref("FunctionKey"), "404"),
+        "delete": _api("Revoke it: refused from the next request on.", "204", None, "404"),
+    }
     paths[f"{api}/health"] = {
         "get": _api(
             "Liveness; needs no token.",

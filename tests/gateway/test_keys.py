@@ -17,6 +17,7 @@ from typing import Any
 import dask
 import httpx
 import pytest
+from openapi_spec_validator import validate as validate_spec
 
 from jupyter_faas.gateway.serve import serve_state
 from tests.helpers import (
@@ -31,6 +32,38 @@ from tests.helpers import (
     write_notebook,
 )
 
+# Every kind of annotation the door checks with pydantic, defined in the notebook as a user would.
+SHAPES = """%%faas
+import dataclasses
+from typing import Literal, Optional, TypedDict
+from pydantic import BaseModel
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: float = 0.0
+
+class Movie(TypedDict):
+    title: str
+    year: int
+
+class Order(BaseModel):
+    item: str
+    quantity: int = 1
+
+def shapes(counts: list[int], weights: dict[str, float], point: Point, movie: Movie, order: Order,
+           mode: Literal["fast", "slow"] = "fast", maybe: Optional[int] = None) -> list:
+    return [sum(counts), sum(weights.values()), point.x + point.y, movie["year"], order.quantity, mode, maybe,
+            type(point).__name__, type(order).__name__]
+"""
+GOOD_SHAPES = {
+    "counts": [1, 2],
+    "weights": {"a": 1, "b": 0.5},
+    "point": {"x": 2},
+    "movie": {"title": "M", "year": 1931},
+    "order": {"item": "tea", "quantity": 3},
+}
+
 CELLS = [
     "%%faas square x:int --http\nx * x",
     "%%faas cube x:int\nx ** 3",
@@ -39,6 +72,7 @@ CELLS = [
     "%%faas daily x:int --quota 2/day\nx",
     # A fresh random answer each run: a repeat that ran again would differ.
     "%%faas stamp x:int\nimport uuid\nuuid.uuid4().hex",
+    SHAPES,
 ]
 ENV = {"DASK_FAAS__CLUSTER__IDLE_TIMEOUT": "300s"}
 
@@ -274,3 +308,43 @@ def test_bad_rate_and_quota_on_the_magic_line_are_refused_naming_the_option(tmp_
     )  # fmt: skip
     assert result.returncode == 1 and "--rate" in result.stderr and "50/s" in result.stderr, result.stderr
     assert time.monotonic() - started < 120
+
+
+def test_rich_annotations_are_checked_at_the_door_and_the_function_gets_the_annotated_types(serve: Serve) -> None:
+    server = serve.server
+    answer = server.post("shapes", json=GOOD_SHAPES, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == [3, 1.5, 2.0, 1931, 3, "fast", None, "Point", "Order"]
+    before = len(invocations_of(server, "shapes"))
+    bad = {
+        "counts": [1, "2"],
+        "weights": {"a": "heavy"},
+        "point": {"y": 1},
+        "movie": {"title": "M", "year": "1931"},
+        "order": {"quantity": 1},
+        "mode": "medium",
+        "maybe": "3",
+    }
+    for name, value in bad.items():
+        refused = server.post("shapes", json={**GOOD_SHAPES, name: value}, headers=AUTH)
+        assert refused.status_code == 422, (name, refused.text)
+        error = error_of(refused)
+        assert error["type"] == "ArgumentError" and error["parameter"] == name
+        assert f"parameter {name!r}" in error["message"]
+    assert len(invocations_of(server, "shapes")) == before  # none of them ran
+
+
+def test_openapi_has_the_real_json_schemas_and_the_new_answers(serve: Serve) -> None:
+    document = serve.server.get("faas/api/openapi.json", headers=AUTH).json()
+    validate_spec(document)
+    request = document["paths"]["/faas/functions/shapes"]["post"]["requestBody"]["content"]["application/json"]
+    keywords = request["schema"]["oneOf"][0]["properties"]
+    assert keywords["counts"] == {"type": "array", "items": {"type": "integer"}}
+    assert keywords["weights"] == {"type": "object", "additionalProperties": {"type": "number"}}
+    assert keywords["mode"]["enum"] == ["fast", "slow"]
+    assert keywords["point"]["required"] == ["x"] and keywords["order"]["required"] == ["item"]
+    assert keywords["movie"]["required"] == ["title", "year"]
+    assert {"anyOf": [{"type": "integer"}, {"type": "null"}]}.items() <= keywords["maybe"].items()
+    responses = document["paths"]["/faas/functions/square"]["post"]["responses"]
+    assert {"409", "422", "429"} <= set(responses)
+    assert "/faas/api/keys" in document["paths"] and "/faas/api/keys/{id}" in document["paths"]
