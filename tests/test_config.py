@@ -65,6 +65,7 @@ def test_a_yaml_file_in_the_dask_config_folder_sets_keys(tmp_path: Path) -> None
         ("faas.http.allow-hosts", ["a b"], "faas.http.allow-hosts: 'a b' is not a host name"),
         ("faas.http.queue-timeout", "soon", "faas.http.queue-timeout: expected a duration"),
         ("faas.http.tracebacks", "maybe", "faas.http.tracebacks: expected true or false"),
+        ("faas.http.idempotency-ttl", "forever", "faas.http.idempotency-ttl: expected a duration"),
     ],
 )
 def test_a_bad_value_fails_validation_naming_its_key(key: str, value: object, message: str) -> None:

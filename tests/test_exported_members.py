@@ -47,6 +47,7 @@ EXCEPTIONS = {
     "LogError": (errors.FaasError, OSError),
     "CallDepthExceeded": (errors.FaasError,),
     "NestedCallError": (errors.FaasError,),
+    "FunctionKeyError": (errors.FaasError, ValueError),
 }
 
 

@@ -1,4 +1,5 @@
-"""Function keys, rate limits, quotas and Idempotency-Key, against `jupyter faas serve` as a real subprocess."""
+"""Function keys, rate limits, quotas, Idempotency-Key and input schemas: the key store itself, then
+`jupyter faas serve` as a real subprocess answering real HTTP."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import httpx
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
+from jupyter_faas.errors import FunctionKeyError
+from jupyter_faas.gateway.keys import OWNER, KeyStore, keys_path
 from jupyter_faas.gateway.serve import serve_state
 from tests.helpers import (
     AUTH,
@@ -111,6 +114,49 @@ class Serve:
         )
         assert made.status_code == 201, made.text
         return dict(made.json())
+
+
+def test_a_key_made_in_one_process_is_found_and_revoked_in_another_at_once(tmp_path: Path) -> None:
+    old = os.umask(0)  # so that a file made without an explicit mode would be world-readable
+    try:
+        kernel, server = KeyStore(keys_path(tmp_path / "state")), KeyStore(keys_path(tmp_path / "state"))
+        key, secret = kernel.create(["square"], "for Ada")
+    finally:
+        os.umask(old)
+    found = server.find(secret)
+    assert found is not None and found.id == key.id and found.functions == ("square",)
+    caller = found.caller()
+    assert caller.may_call("square") and not caller.may_call("cube") and not caller.admin
+    assert OWNER.admin and OWNER.may_call("anything")
+    assert server.find(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
+    assert server.find("not-a-key") is None
+    assert stat.S_IMODE(keys_path(tmp_path / "state").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    assert secret not in keys_path(tmp_path / "state").read_text()
+    assert server.revoke(key.id) is True
+    assert kernel.find(secret) is None and kernel.revoke(key.id) is False
+    every, _ = kernel.create("*")
+    assert every.functions is None and every.caller().may_call("anything")
+    assert [k.id for k in server.listed()] == [every.id]
+
+
+@pytest.mark.parametrize(
+    ("functions", "message"),
+    [([], "a list of names"), ("not a name", "not a valid function name"), ([3], "a string, not int"),
+     ({"square": 1}, "a list of names"), (["class"], "keyword")],
+)  # fmt: skip
+def test_a_key_for_what_is_no_function_name_is_refused(tmp_path: Path, functions: Any, message: str) -> None:
+    with pytest.raises(FunctionKeyError, match=message):
+        KeyStore(keys_path(tmp_path)).create(functions)
+
+
+def test_a_damaged_key_file_is_an_error_naming_it_never_an_open_door(tmp_path: Path) -> None:
+    path = keys_path(tmp_path)
+    store = KeyStore(path)
+    _, secret = store.create(["square"])
+    path.write_text('{"keys": [{"id": 1}]}')
+    with pytest.raises(FunctionKeyError, match=str(path)):
+        store.find(secret)
 
 
 def bearer(key: str) -> dict[str, str]:
