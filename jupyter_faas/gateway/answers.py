@@ -203,6 +203,9 @@ def describe_deployment(
             "memory_bytes": limits.memory,
             "retries": limits.retries,
             "concurrency": limits.concurrency,
+            # Per caller, over HTTP: "50/s", "10000/day", or None.
+            "rate": deployment.rate,
+            "quota": deployment.quota,
         },
         "url": url,
         "stats": finite(stats),

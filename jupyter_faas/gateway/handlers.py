@@ -362,23 +362,29 @@ class _Keys(_Faas):
     """GET: every function key, without secrets. POST {"functions": [NAME, ...] or "*", "note": TEXT}: a new key,
     its secret in the answer this once only (201)."""
 
+    _kept: list[bytes]
+    _kept_size = 0
+
+    async def admit(self) -> None:
+        self._kept = []
+        await super().admit()
+
     def data_received(self, chunk: bytes) -> None:
-        kept: list[bytes] = self.__dict__.setdefault("_kept", [])
-        if sum(map(len, kept)) + len(chunk) <= MAX_KEYS_BODY:
-            kept.append(chunk)
-        else:
-            self._too_large = True
+        # Past the limit nothing more is kept; post() answers 413 once the body has been read.
+        self._kept_size += len(chunk)
+        if self._kept_size <= MAX_KEYS_BODY:
+            self._kept.append(chunk)
 
     async def get(self) -> None:
         keys = await asyncio.to_thread(self.endpoints.keys.listed)
         self.send_json({"keys": described(keys)})
 
     async def post(self) -> None:
-        if getattr(self, "_too_large", False):
+        if self._kept_size > MAX_KEYS_BODY:
             raise HttpError(413, "PayloadTooLarge", f"a key's request body is at most {MAX_KEYS_BODY} bytes")
         try:
-            data = json.loads(b"".join(self.__dict__.get("_kept", [])) or b"{}")
-        except ValueError as e:
+            data = json.loads(b"".join(self._kept) or b"{}")
+        except (ValueError, RecursionError) as e:
             raise HttpError(400, "InvalidJSON", f"the request body is not valid JSON: {e}") from None
         if not isinstance(data, dict) or "functions" not in data:
             raise HttpError(422, "KeyError", 'send {"functions": ["NAME", ...]}, or {"functions": "*"} for all')

@@ -23,7 +23,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 _ERRORS = {
-    "400": "The body is not valid JSON.",
+    "400": "The body is not valid JSON, or the Idempotency-Key is not 1 to 255 printable characters.",
     "401": "No token was given.",
     "403": "The token is wrong, or the function key was revoked or does not reach this function or route.",
     "404": "No function of that name is deployed.",
@@ -411,6 +411,8 @@ def document(deployments: Sequence[Deployment], base_url: str, version: str) -> 
     }
     created = _api("A new function key: its secret `key` is in this answer only.", "201", _ref("NewKey"), "422")
     created["requestBody"] = {"required": True, "content": {"application/json": {"schema": key_body}}}
+    created["responses"]["400"] = _error("The body is not valid JSON.")
+    created["responses"]["413"] = _error("The body is over 64 KiB.")
     paths[f"{api}/keys"] = {
         "get": _api("Every function key, without its secret.", "200", _list_of("keys", _ref("FunctionKey"))),
         "post": created,

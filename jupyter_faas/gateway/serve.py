@@ -318,6 +318,7 @@ class ServeApp(JupyterApp):
         for deployment in deployments:
             print(f"  POST {url}faas/functions/{deployment.name}    {deployment.definition.describe_signature()}")
         print(f"  token: {token}    (send it as: Authorization: Bearer {token})")
+        print(f"  a key for one function only: jupyter faas keys create NAME --notebook {path}")
         if self.public:
             print(
                 "  WARNING: --public: the function endpoints answer anyone who can reach this address, "

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -76,6 +78,7 @@ CELLS = [
     # A fresh random answer each run: a repeat that ran again would differ.
     "%%faas stamp x:int\nimport uuid\nuuid.uuid4().hex",
     SHAPES,
+    "%%faas nap seconds:float\nimport time\ntime.sleep(seconds)\nseconds",
 ]
 ENV = {"DASK_FAAS__CLUSTER__IDLE_TIMEOUT": "300s"}
 
@@ -157,6 +160,12 @@ def test_a_damaged_key_file_is_an_error_naming_it_never_an_open_door(tmp_path: P
     path.write_text('{"keys": [{"id": 1}]}')
     with pytest.raises(FunctionKeyError, match=str(path)):
         store.find(secret)
+
+
+def _quietly(post: Any, *args: Any, **kwargs: Any) -> None:
+    """A request whose server goes away under it: its connection error is expected."""
+    with contextlib.suppress(httpx.HTTPError):
+        post(*args, **kwargs)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -285,8 +294,20 @@ def test_a_quota_caps_each_key_per_day_and_survives_a_restart(serve: Serve) -> N
     stamp_headers = {**bearer(stamp_key), "Idempotency-Key": str(uuid.uuid4())}
     first = serve.server.post("stamp", json={"x": 1}, headers=stamp_headers)
     assert first.status_code == 200
+    # A sync request still running when serve stops: its mark is on disk before the answer would be.
+    nap_headers = {**AUTH, "Idempotency-Key": uuid.uuid4().hex}
+    cut = threading.Thread(target=lambda: _quietly(serve.server.post, "nap", json={"seconds": 30}, headers=nap_headers))
+    marks = serve.state / "serve"
+    before = set(marks.rglob("idempotency/*.json"))
+    cut.start()
+    wait_for(lambda: set(marks.rglob("idempotency/*.json")) - before, message="the running request's mark")
 
     serve.restart()
+    cut.join(timeout=60)
+    interrupted = serve.server.post("nap", json={"seconds": 30}, headers=nap_headers)
+    assert interrupted.status_code == 409, interrupted.text
+    assert error_of(interrupted)["type"] == "IdempotencyInterrupted" and error_of(interrupted)["invocation"]
+    assert invocations_of(serve.server, "nap") == []  # not run again
     again = serve.server.post("daily", json={"x": 4}, headers=bearer(key))
     assert again.status_code == 429  # a restart hands out no fresh quota
     # The same random value: the answer kept on disk, not a second run (which would draw another).
@@ -337,6 +358,18 @@ def test_concurrent_repeats_wait_for_the_first_and_it_runs_once(serve: Serve) ->
     assert {a.status_code for a in answers} == {200}
     assert len({a.json() for a in answers}) == 1
     assert len(invocations_of(server, "stamp")) == before + 1
+
+
+def test_the_keys_route_refuses_bad_bodies_with_clear_errors(serve: Serve) -> None:
+    url = f"{serve.server.url}faas/api/keys"
+    bodies = [
+        (b"{", 400), (b"[" * 70000, 413), (b"[" * 60000, 400), (b"[]", 422), (b'{"functions": []}', 422),
+        (b'{"functions": ["a b"]}', 422), (b'{"note": "x"}', 422),
+    ]  # fmt: skip
+    for body, status in bodies:
+        response = httpx.post(url, content=body, headers={**AUTH, "Content-Type": "application/json"}, timeout=30)
+        assert response.status_code == status, (body[:20], response.text)
+        error_of(response)
 
 
 def test_an_idempotency_key_that_is_too_long_is_400(serve: Serve) -> None:
