@@ -21,8 +21,11 @@ from jupyter_faas.gateway.answers import HttpError, Reply
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
 IDEMPOTENCY_FOLDER = "idempotency"
-# Every this many answers kept, the folder is swept of those past their time to live.
-SWEEP_EVERY = 200
+# Every this many answers kept, the folder is swept of those past their time to live, and then of the oldest
+# beyond these bounds: a caller who sends a new key with every request cannot fill the disk.
+SWEEP_EVERY = 500
+MAX_KEPT_ANSWERS = 100_000
+MAX_KEPT_BYTES = 2**30
 # Answers that mean the function never ran are not kept: a repeat may run it.
 _NEVER_RAN = (429, 503)
 
@@ -187,19 +190,35 @@ class Idempotency:
             if kept["created"] + self.ttl < now:
                 del self._memory[entry]
 
-    def sweep(self) -> int:
-        """Remove the answers past their time to live; how many."""
+    def sweep(self, max_answers: int = MAX_KEPT_ANSWERS, max_bytes: int = MAX_KEPT_BYTES) -> int:
+        """Remove the answers past their time to live, then the oldest beyond `max_answers` or `max_bytes`;
+        how many. A repeat of a request whose answer was removed early runs it again."""
         if self.folder is None:
             before = len(self._memory)
             self._sweep_memory()
+            while len(self._memory) > max_answers:
+                del self._memory[min(self._memory, key=lambda entry: self._memory[entry]["created"])]
             return before - len(self._memory)
         removed = 0
         limit = time.time() - self.ttl
+        kept: list[tuple[float, int, Path]] = []
         for path in self.folder.glob("*.json"):
             with contextlib.suppress(OSError):
-                if path.stat().st_mtime < limit:
+                status = path.stat()
+                if status.st_mtime < limit:
                     path.unlink()
                     removed += 1
+                else:
+                    kept.append((status.st_mtime, status.st_size, path))
+        kept.sort()  # oldest first
+        count, total = len(kept), sum(size for _, size, _ in kept)
+        for _, size, path in kept:
+            if count <= max_answers and total <= max_bytes:
+                break
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+            count, total = count - 1, total - size
         return removed
 
 
