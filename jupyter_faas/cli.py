@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jupyter_core.application import JupyterApp
 
+from jupyter_faas.gateway.keyscli import KeysApp
 from jupyter_faas.gateway.serve import ServeApp
 
 
@@ -14,6 +15,7 @@ class FaasApp(JupyterApp):
     description = "Serverless functions native to Jupyter. Subcommands: serve."
     subcommands = {
         "serve": (ServeApp, ServeApp.description.splitlines()[0]),
+        "keys": (KeysApp, KeysApp.description),
     }
 
     def start(self) -> None:

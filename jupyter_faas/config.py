@@ -277,6 +277,10 @@ def http_max_connections() -> int:
     return _checked("faas.http.max-connections", lambda v: _whole(v, "faas.http.max-connections", minimum=1))
 
 
+def http_idempotency_ttl() -> float:
+    return _checked("faas.http.idempotency-ttl", lambda v: parse_duration(v, "faas.http.idempotency-ttl"))
+
+
 def http_allow_hosts() -> tuple[str, ...]:
     """`faas.http.allow-hosts`: Host names `serve` answers to besides the addresses it listens on."""
     value = _get("faas.http.allow-hosts")
@@ -389,6 +393,7 @@ _VALIDATORS = {
     "faas.http.max-connections": http_max_connections,
     "faas.http.allow-hosts": http_allow_hosts,
     "faas.http.tracebacks": http_tracebacks,
+    "faas.http.idempotency-ttl": http_idempotency_ttl,
     "faas.pricing.gb-second": pricing,
     "faas.runtimes.wasm-cache": wasm_cache_dir,
     "faas.gateway.port": gateway_port,

@@ -25,6 +25,7 @@ Our exception hierarchy:
   + LogError (also OSError)
   + CallDepthExceeded
   + NestedCallError
+  + FunctionKeyError (also ValueError)
 """
 
 from __future__ import annotations
@@ -147,6 +148,10 @@ class CallDepthExceeded(FaasError):
 
 class NestedCallError(FaasError):
     """A call made inside a function cannot go where it was made from: e.g. a process the function started."""
+
+
+class FunctionKeyError(FaasError, ValueError):
+    """A function key cannot be made, found or revoked, or the key store cannot be read; the message says which."""
 
 
 def type_name(error: BaseException) -> str:

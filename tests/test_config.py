@@ -69,6 +69,7 @@ def test_a_yaml_file_in_the_dask_config_folder_sets_keys(tmp_path: Path) -> None
         ("faas.gateway.port", -1, "faas.gateway.port: expected a whole number of at least 0"),
         ("faas.gateway.port", 70000, "faas.gateway.port: expected a port from 0 to 65535"),
         ("faas.gateway.port", "http", "faas.gateway.port"),
+        ("faas.http.idempotency-ttl", "forever", "faas.http.idempotency-ttl: expected a duration"),
     ],
 )
 def test_a_bad_value_fails_validation_naming_its_key(key: str, value: object, message: str) -> None:

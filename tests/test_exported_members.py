@@ -50,6 +50,7 @@ EXCEPTIONS = {
     "LogError": (errors.FaasError, OSError),
     "CallDepthExceeded": (errors.FaasError,),
     "NestedCallError": (errors.FaasError,),
+    "FunctionKeyError": (errors.FaasError, ValueError),
 }
 
 

@@ -23,6 +23,8 @@ from jupyter_faas.dispatch import compose as _compose
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.errors import ConfigError, LogError
 from jupyter_faas.gateway import triggers as _triggers
+from jupyter_faas.gateway.keys import NewKey
+from jupyter_faas.gateway.ratelimit import check as check_limits
 from jupyter_faas.record.deadletters import keep_if_failed
 from jupyter_faas.record.log import read_invocations
 from jupyter_faas.record.records import InvocationRecord
@@ -55,6 +57,9 @@ class FaasFunction:
         self._card: FunctionCard | None = None
         # In a kernel of a Jupyter server, its invocations there (HTTP, triggers) count here too.
         _traffic.follow(definition)
+        # The endpoint's limits per caller ("50/s", "10000/day"), kept for every later deploy of this function.
+        self._rate: str | None = None
+        self._quota: str | None = None
 
     @property
     def name(self) -> str:
@@ -151,16 +156,32 @@ class FaasFunction:
         """This function as another's payload ships it: its definition, and calls that go to the platform."""
         return Callee(self.name, cloudpickle.dumps(self._definition, protocol=5))
 
-    def deploy(self) -> str:
+    def deploy(self, rate: str | None = None, quota: str | None = None) -> str:
         """Deploy this version as an HTTP endpoint: POST {base_url}faas/functions/NAME. Returns its URL.
 
         Deploying again switches the name to the new version; requests under way finish on the old one.
+        `rate="50/s"` limits each caller (each function key, the owner's token) to a token bucket of that rate,
+        `quota="10000/day"` to that many calls a UTC day; past either the answer is 429 with Retry-After, and the
+        function does not run. Both are kept for later deploys of this function object.
         """
-        return _deploy.deploy(self._definition)
+        check_limits(rate, quota)
+        self._rate = rate if rate is not None else self._rate
+        self._quota = quota if quota is not None else self._quota
+        return _deploy.deploy(self._definition, rate=self._rate, quota=self._quota)
 
     def undeploy(self) -> bool:
         """Remove the endpoint; False if it was not deployed."""
         return _deploy.undeploy(self.name)
+
+    def create_key(self, note: str = "") -> NewKey:
+        """A new function key that calls this function's endpoint and nothing else: the secret (`fk_...`), shown
+        this once only (the server keeps its sha256), with `.id` to revoke it."""
+        key, secret = _deploy.key_store().create([self.name], note)
+        return NewKey(secret, key)
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Refuse the key with this id from now on, on every route; False if there is none."""
+        return _deploy.key_store().revoke(key_id)
 
     def schedule(self, every: Any = None, cron: str | None = None) -> dict[str, Any]:
         """Invoke on a schedule: `every="30s"` or `cron="*/5 * * * *"`, from the server that owns the platform.
