@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jupyter_core.application import JupyterApp
 
+from jupyter_faas.export.app import ExportApp
 from jupyter_faas.gateway.serve import ServeApp
 
 
@@ -11,9 +12,10 @@ class FaasApp(JupyterApp):
     """jupyter-faas from the command line."""
 
     name = "jupyter-faas"
-    description = "Serverless functions native to Jupyter. Subcommands: serve."
+    description = "Serverless functions native to Jupyter. Subcommands: serve, export."
     subcommands = {
         "serve": (ServeApp, ServeApp.description.splitlines()[0]),
+        "export": (ExportApp, ExportApp.description.splitlines()[0]),
     }
 
     def start(self) -> None:
