@@ -145,8 +145,8 @@ def test_template_yaml_passes_cfn_lint_and_maps_the_settings(exports: dict[str, 
     # Errors and warnings, as the cfn-lint command fails on; informational suggestions are not failures.
     problems = [str(m) for m in lint_all(text) if m.rule.id[0] in "EW"]
     assert not problems, problems
-    # The linter does look: the same template with a runtime Lambda does not have is an error.
-    broken = text.replace("Runtime: python", "Runtime: pythonX", 1)
+    # The linter does look: the same template with more memory than Lambda gives is an error.
+    broken = text.replace("MemorySize: 287", "MemorySize: 99999", 1)
     assert any(m.rule.id.startswith("E") for m in lint_all(broken))
     template = yaml.safe_load(text)
     resources = template["Resources"]
