@@ -316,6 +316,9 @@ def generate(definition: FunctionDefinition, namespace: Mapping[str, Any] | None
     for key in sorted(values):
         if key not in own_names:
             collector.add(key, values[key])
+    # A def's closure variables become the module's globals: at module level the def reads them from there.
+    for key, cell in zip(function.__code__.co_freevars, function.__closure__ or (), strict=True):
+        collector.add(key, cell.cell_contents)
     module.text = _assemble(module, collector, code_text, definition)
     return module
 
