@@ -80,7 +80,7 @@ class ExportApp(JupyterApp):
 
     def start(self) -> None:
         if len(self.extra_args) != 1:
-            self.exit_with("jupyter faas export: give exactly one notebook, e.g. jupyter faas export f.ipynb --to knative --out build", 2)
+            self.exit_with("jupyter faas export: give exactly one notebook, e.g. " + self.examples, 2)
         if not self.to or not self.out:
             self.exit_with(f"jupyter faas export: give --to ({'|'.join(TARGETS)}) and --out DIR", 2)
         try:

@@ -21,7 +21,7 @@ sam deploy --guided    # asks for the secret parameters (NoEcho) and deploys the
 # or as a container image: docker build -t NAME NAME/ (PackageType: Image in the template)
 """
 
-_APP_PY = '''"""{name} on AWS Lambda: lambda_handler answers Function URL and API Gateway v2 events as jupyter faas serve does."""
+_APP_PY = '''"""{name} on AWS Lambda: lambda_handler answers Function URL and API Gateway v2 events as serve does."""
 
 import base64
 
@@ -78,7 +78,8 @@ def _resource(planned: Planned, parameters: dict[str, Any]) -> dict[str, Any]:
     if not MIN_MEMORY_MB <= memory <= MAX_MEMORY_MB:
         clamped = min(max(memory, MIN_MEMORY_MB), MAX_MEMORY_MB)
         planned.warnings.append(
-            f"{planned.name}: --memory {memory} MB is outside Lambda's {MIN_MEMORY_MB}-{MAX_MEMORY_MB} MB; set to {clamped}"
+            f"{planned.name}: --memory {memory} MB is outside Lambda's {MIN_MEMORY_MB}-{MAX_MEMORY_MB} MB; "
+            f"set to {clamped}"
         )
         memory = clamped
     planned.mapped.append(("--memory", f"MemorySize: {memory}"))
@@ -99,7 +100,8 @@ def _resource(planned: Planned, parameters: dict[str, Any]) -> dict[str, Any]:
         retries = min(limits.retries, MAX_ASYNC_RETRIES)
         if retries < limits.retries:
             planned.warnings.append(
-                f"{planned.name}: --retries {limits.retries} is over Lambda's {MAX_ASYNC_RETRIES} for async calls; set to that"
+                f"{planned.name}: --retries {limits.retries} is over Lambda's {MAX_ASYNC_RETRIES} for async calls; "
+                "set to that"
             )
         properties["EventInvokeConfig"] = {"MaximumRetryAttempts": retries}
         planned.mapped.append(("--retries", f"EventInvokeConfig.MaximumRetryAttempts: {retries} (async calls)"))

@@ -122,7 +122,7 @@ def export(exportables: Sequence[Exportable], to: Any, out: Any) -> ExportResult
 
 def export_definition(definition: FunctionDefinition, to: Any, out: Any) -> ExportResult:
     """`fn.export(to=..., out=...)`: one function of this notebook, each warning also shown as a Python warning."""
-    shell = get_ipython()  # type: ignore[no-untyped-call]  # IPython has no annotations
+    shell = get_ipython()
     namespace = shell.user_ns if shell is not None else None
     result = export([Exportable(definition, triggers_of(definition.name), namespace)], to, out)
     for warning in result.warnings:

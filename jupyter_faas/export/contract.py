@@ -118,8 +118,8 @@ def check_arguments(name: str, signature: inspect.Signature, args: tuple[Any, ..
         bound = signature.bind(*args, **kwargs)
     except TypeError as e:
         message = str(e)
-        parameter = message.split("'")[1] if "'" in message else None
-        raise ContractError(422, "ArgumentError", f"{name}(): {message}", parameter=parameter) from None
+        named = message.split("'")[1] if "'" in message else None
+        raise ContractError(422, "ArgumentError", f"{name}(): {message}", parameter=named) from None
     for parameter_name, value in bound.arguments.items():
         parameter = signature.parameters[parameter_name]
         if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
@@ -181,9 +181,7 @@ def answer(
         if method.upper() != "POST":
             raise ContractError(405, "MethodNotAllowed", "Method Not Allowed")
         if len(body) > MAX_BODY_BYTES:
-            raise ContractError(
-                413, "PayloadTooLarge", f"the request body is over the limit of {MAX_BODY_BYTES} bytes"
-            )
+            raise ContractError(413, "PayloadTooLarge", f"the request body is over the limit of {MAX_BODY_BYTES} bytes")
         args, kwargs = read_arguments(name, content_type, body)
         try:
             check_arguments(name, inspect.signature(function), args, kwargs)

@@ -23,7 +23,7 @@ kubectl patch ksvc NAME --type merge --patch-file service-patch.yaml    # the ti
 # or, without the func CLI: docker build -t ghcr.io/YOU/NAME . && docker push ghcr.io/YOU/NAME
 """
 
-_FUNC_PY = '''"""{name} as a Knative function: func-python serves what new() returns; it answers as jupyter faas serve does."""
+_FUNC_PY = '''"""{name} as a Knative function: func-python serves what new() returns, answering as serve does."""
 
 import asyncio
 
@@ -106,7 +106,7 @@ def _func_yaml(planned: Planned, maximum: int) -> dict[str, Any]:
     planned.mapped.append(("--memory", f"deploy.options.resources.limits.memory: {resource_limits['memory']}"))
     if limits.concurrency is not None:
         resource_limits["concurrency"] = limits.concurrency
-        planned.mapped.append(("--concurrency", f"containerConcurrency (resources.limits.concurrency): {limits.concurrency}"))
+        planned.mapped.append(("--concurrency", f"containerConcurrency (limits.concurrency): {limits.concurrency}"))
     planned.mapped.append(("scale to zero, maximum", f"deploy.options.scale.min: 0, max: {maximum}"))
     document: dict[str, Any] = {
         "specVersion": FUNC_SPEC_VERSION,
@@ -117,12 +117,16 @@ def _func_yaml(planned: Planned, maximum: int) -> dict[str, Any]:
     if planned.definition.secrets:
         secret = f"{dns_name(planned.name)}-secrets"
         document["run"] = {
-            "envs": [{"name": name, "value": f"{{{{ secret:{secret}:{name} }}}}"} for name in planned.definition.secrets]
+            "envs": [{"name": key, "value": f"{{{{ secret:{secret}:{key} }}}}"} for key in planned.definition.secrets]
         }
         planned.mapped.append(
             ("--secret", f"run.envs from the Kubernetes Secret {secret} (keys {', '.join(planned.definition.secrets)})")
         )
     return document
+
+
+def _service(planned: Planned) -> dict[str, str]:
+    return {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": dns_name(planned.name)}
 
 
 def _pingsource(planned: Planned) -> dict[str, Any] | None:
@@ -132,7 +136,9 @@ def _pingsource(planned: Planned) -> dict[str, Any] | None:
     spec = schedules[0]
     line = spec.cron if spec.cron is not None else cron_for_every(spec.every or 0)
     if line is None:
-        planned.not_mapped(f"--every {spec.every:g}s", "a PingSource fires on cron lines, whole minutes that divide an hour or a day")
+        planned.not_mapped(
+            f"--every {spec.every:g}s", "a PingSource fires on cron lines: minutes dividing an hour or a day"
+        )
         return None
     planned.mapped.append((f"schedule ({spec.describe()})", f"PingSource schedule {line!r} (pingsource.yaml)"))
     return {
@@ -143,7 +149,7 @@ def _pingsource(planned: Planned) -> dict[str, Any] | None:
             "schedule": line,
             "contentType": "application/json",
             "data": "{}",
-            "sink": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": dns_name(planned.name)}},
+            "sink": {"ref": _service(planned)},
         },
     }
 
@@ -160,7 +166,7 @@ def _trigger(planned: Planned) -> dict[str, Any] | None:
         "spec": {
             "broker": "default",
             "filter": {"attributes": {"type": f"jupyter-faas.{planned.name}"}},
-            "subscriber": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": dns_name(planned.name)}},
+            "subscriber": {"ref": _service(planned)},
             "delivery": {"retry": retries, "backoffPolicy": "exponential", "backoffDelay": "PT1S"},
         },
     }

@@ -1,4 +1,4 @@
-"""The OpenFaaS target: stack.yml with `lang: python3-http`, and per function a handler folder with handle(event, context)."""
+"""The OpenFaaS target: stack.yml with `lang: python3-http`, per function a folder with handle(event, context)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ faas-cli up -f stack.yml       # builds, pushes and deploys every function
 # or build one without faas-cli: docker build -t NAME NAME/
 """
 
-_HANDLER_PY = '''"""{name} as an OpenFaaS python3-http function: handle(event, context) answers as jupyter faas serve does."""
+_HANDLER_PY = '''"""{name} as an OpenFaaS python3-http function: handle(event, context) answers as serve does."""
 
 import os
 from pathlib import Path
@@ -50,7 +50,7 @@ def handle(event, context):
     return (answer.body, answer.status, answer.headers)
 '''
 
-_INDEX_PY = '''"""Serves handler.handle as the python3-http template does (Flask, on waitress), for a build without faas-cli."""
+_INDEX_PY = '''"""Serves handler.handle as the python3-http template does (Flask on waitress), for docker build."""
 
 import os
 
@@ -154,7 +154,7 @@ def _function(planned: Planned, maximum: int) -> dict[str, Any]:
     if limits.retries:
         annotations["com.openfaas.retry.attempts"] = str(limits.retries)
         planned.mapped.append(
-            ("--retries", f"queue-worker retries: annotation com.openfaas.retry.attempts {limits.retries} (async calls)")
+            ("--retries", f"queue-worker retries: com.openfaas.retry.attempts {limits.retries} (async calls)")
         )
     if annotations:
         function["annotations"] = annotations

@@ -122,7 +122,8 @@ def readme(target: str, commands: str, planned_all: list[Planned]) -> str:
             rows = "\n".join(
                 f"| `{c.name}` | {c.how} | {format_size(c.size) if c.size else '-'} | {c.detail} |" for c in captures
             )
-            parts.append(f"Captured from the notebook:\n\n| name | carried as | size | what |\n|---|---|---|---|\n{rows}\n")
+            table = f"| name | carried as | size | what |\n|---|---|---|---|\n{rows}\n"
+            parts.append(f"Captured from the notebook:\n\n{table}")
         else:
             parts.append("It captures nothing from the notebook.\n")
         if planned.requirements:

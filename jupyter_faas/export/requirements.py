@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from collections.abc import Iterable
 from importlib import metadata
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+
+@functools.cache
+def _distributions() -> dict[str, list[str]]:
+    """Which installed distributions provide each top-level module; reading every package's metadata takes a while."""
+    return dict(metadata.packages_distributions())
 
 
 def imported_modules(text: str) -> list[str]:
@@ -31,7 +38,7 @@ def requirements_for(
     lines = list(dict.fromkeys(declared))
     have = {canonicalize_name(Requirement(line).name) for line in lines}
     warnings: list[str] = []
-    distributions = metadata.packages_distributions()
+    distributions = _distributions()
     for module in modules:
         if module in sys.stdlib_module_names or module == "__future__":
             continue

@@ -10,8 +10,8 @@ import sys
 import textwrap
 import tokenize
 import types
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
@@ -317,8 +317,8 @@ def generate(definition: FunctionDefinition, namespace: Mapping[str, Any] | None
         if key not in own_names:
             collector.add(key, values[key])
     # A def's closure variables become the module's globals: at module level the def reads them from there.
-    for key, cell in zip(function.__code__.co_freevars, function.__closure__ or (), strict=True):
-        collector.add(key, cell.cell_contents)
+    for variable, closure_cell in zip(function.__code__.co_freevars, function.__closure__ or (), strict=True):
+        collector.add(variable, closure_cell.cell_contents)
     module.text = _assemble(module, collector, code_text, definition)
     return module
 

@@ -33,9 +33,11 @@ CELLS = [
     "%%faas gather *items\nlen(items)",
     "%%faas scaled x:float --timeout 5s --memory 300MB --concurrency 3\nmath.floor(helper(x)) + sum(FACTORS)",
     "%%faas bad_result\nfloat('nan')",
-    "%%faas --every 5m\nimport hashlib\ndef digest(text: str = 'tick'):\n    return hashlib.sha256(text.encode()).hexdigest()",
+    "%%faas --every 5m\nimport hashlib\ndef digest(text: str = 'tick'):\n"
+    "    return hashlib.sha256(text.encode()).hexdigest()",
     "%%faas keyed --secret API_KEY\nimport os\nlen(os.environ['API_KEY'])",
     "%%faas watched path --on-file inbox\npath",
+    "%%faas unused\n0",
 ]
 
 # The functions each target serves for the contract table (one server process each).
@@ -145,7 +147,13 @@ def exports(notebook: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     """The three exports of the notebook by the real CLI, run side by side: target -> (folder, what it printed)."""
     root = tmp_path_factory.mktemp("exports")
     with ThreadPoolExecutor(3) as pool:
-        runs = {t: pool.submit(run_export, notebook, t, root / t) for t in ("knative", "openfaas", "lambda")}
+        # knative picks its functions with --function (all but `unused`); the others export every one.
+        picked = [item for name in (*SERVED, "watched") for item in ("--function", name)]
+        runs = {
+            "knative": pool.submit(run_export, notebook, "knative", root / "knative", *picked),
+            "openfaas": pool.submit(run_export, notebook, "openfaas", root / "openfaas"),
+            "lambda": pool.submit(run_export, notebook, "lambda", root / "lambda"),
+        }
     done = {}
     for target, future in runs.items():
         result = future.result()
@@ -208,7 +216,12 @@ def start_servers(
         port = free_port()
         environment = {key: value.replace("{PORT}", str(port)) for key, value in env.items()}
         process = subprocess.Popen(
-            command, cwd=cwd, env=environment, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command,
+            cwd=cwd,
+            env=environment,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         started.append(process)
         urls[name] = f"http://127.0.0.1:{port}/"

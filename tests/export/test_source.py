@@ -1,4 +1,4 @@
-"""Generated modules: readable code from the cell, captures as JSON or cloudpickle data, and what cannot travel named."""
+"""Generated modules: readable code from the cell, captures as JSON or cloudpickle data, what cannot travel named."""
 
 from __future__ import annotations
 
@@ -21,9 +21,7 @@ from tests.helpers import faas_shell, run_ok
 def _run_exported(folder: Path, name: str, call: str) -> Any:
     """Import the generated module in a fresh interpreter, from its own folder, and evaluate `call` there."""
     code = f"import sys\nsys.path.insert(0, '.')\nimport json, {name} as m\nprint(json.dumps(m.{call}))"
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", code], cwd=folder, capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=folder, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -35,11 +33,11 @@ def _export_one(shell: InteractiveShell, name: str, out: Path) -> tuple[Path, An
 
 def test_a_form_one_cell_becomes_a_def_with_its_parameters_and_returns_its_last_expression(tmp_path: Path) -> None:
     with faas_shell() as shell:
-        run_ok(shell, "%%faas greet name:str greeting='hi there' times=2\n# say it\n(greeting + ' ' + name + '!') * times")
+        run_ok(shell, "%%faas greet name:str greeting='hi there' times=2\n# say it\nf'{greeting} {name}!' * times")
         folder, _ = _export_one(shell, "greet", tmp_path / "out")
     text = (folder / "greet.py").read_text()
     assert "def greet(name: str, greeting='hi there', times=2):" in text
-    assert "    # say it\n    return (greeting" in text
+    assert "    # say it\n    return f'{greeting} {name}!' * times" in text
     assert _run_exported(folder, "greet", "greet('ann', times=1)") == "hi there ann!"
 
 
@@ -85,7 +83,8 @@ def test_captures_go_as_json_when_they_fit_else_pickled_and_notebook_helpers_as_
     assert _run_exported(folder, "compute", "compute(2.5)") == json.loads(json.dumps(expected))
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "| `RATES` | json |" in readme and "| `PAIR` | pickle |" in readme
-    assert any(line.startswith("cloudpickle==") for line in (tmp_path / "out/compute/requirements.txt").read_text().split())
+    requirements = (tmp_path / "out/compute/requirements.txt").read_text().split()
+    assert any(line.startswith("cloudpickle==") for line in requirements)
     assert result.warnings == ()
 
 
