@@ -27,6 +27,8 @@ def collect(path: Path, names: Sequence[str] = ()) -> list[Exportable]:
     """Run the notebook as `serve` does (its folder, cells tagged faas-skip left out), and take its %%faas functions
     with the triggers its cells set; only `names`, in that order, when given."""
     previous = Path.cwd()
+    # Only a platform the notebook's own cells started is stopped after: one this process had before is kept.
+    was_running = _platform.current(start=False).started
     with tempfile.TemporaryDirectory(prefix="jupyter-faas-export-") as state:
         # Deploys and triggers the notebook asks for are kept here, to be read as settings, not run.
         _deploy.serve_here(Registry(None), "", TriggerStore(Path(state) / "triggers"))
@@ -48,7 +50,7 @@ def collect(path: Path, names: Sequence[str] = ()) -> list[Exportable]:
             os.chdir(previous)
             _deploy.serve_here(None)
             platform = _platform.current(start=False)
-            if platform.started:
+            if platform.started and not was_running:
                 platform.shutdown()
 
 

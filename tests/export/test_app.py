@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.export.conftest import REQUESTS, SERVED, Request, run_export
+from jupyter_faas.errors import ExportError
+from jupyter_faas.export.app import export_notebook
+from jupyter_faas.gateway.serve import NotebookError
+from tests.export.conftest import REQUESTS, SERVED, Request
 from tests.helpers import write_notebook
 
 
@@ -28,24 +31,20 @@ def test_only_the_functions_asked_for_are_exported(exports: dict[str, tuple[Path
     assert (lambda_out / "unused").is_dir()
 
 
-@pytest.mark.parametrize(
-    ("arguments", "message"),
-    [
-        (["--to", "lambda", "--out", "OUT", "--function", "nope"], "--function nope: functions.ipynb has no such"),
-    ],
-)
-def test_bad_options_fail_naming_the_option(notebook: Path, tmp_path: Path, arguments: list[str], message: str) -> None:
-    arguments = [a.replace("OUT", str(tmp_path / "out")) for a in arguments]
+def test_a_bad_target_fails_naming_the_option_before_anything_runs(notebook: Path, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "jupyter_faas.cli", "export", str(notebook), *arguments],
+        [sys.executable, "-m", "jupyter_faas.cli", "export", str(notebook), "--to", "heroku", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert not (tmp_path / "out").exists()
+    assert result.returncode == 2, result.stderr
+    assert "--to must be one of knative, openfaas, lambda, got 'heroku'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_a_failing_cell_stops_it_naming_the_cell(tmp_path: Path) -> None:
+def test_an_unknown_function_or_a_failing_cell_stops_it_and_nothing_is_written(notebook: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"--function nope: functions.ipynb has no such function; it has add, "):
+        export_notebook(notebook, "lambda", tmp_path / "out", ["square", "nope"])
     broken = write_notebook(tmp_path / "broken.ipynb", ["%%faas square x:int\nx * x", "1 / 0"])
-    result = run_export(broken, "knative", tmp_path / "out")
-    assert result.returncode == 1 and "cell" in result.stderr and "ZeroDivisionError" in result.stderr
+    with pytest.raises(NotebookError, match=r"cell 3 \('1 / 0'\) failed: ZeroDivisionError"):
+        export_notebook(broken, "knative", tmp_path / "out")
     assert not (tmp_path / "out").exists()
