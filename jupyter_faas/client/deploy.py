@@ -21,6 +21,11 @@ def serve_here(registry: Registry | None, url: str = "", triggers: TriggerStore 
     _here = None if registry is None else (registry, url, triggers)
 
 
+def serving_here() -> tuple[Registry, str, TriggerStore | None] | None:
+    """What `serve_here` set last (None if nothing): to put back after borrowing it."""
+    return _here
+
+
 def _target() -> tuple[Registry, str, TriggerStore | None]:
     if _here is not None:
         return _here

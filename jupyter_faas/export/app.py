@@ -29,6 +29,7 @@ def collect(path: Path, names: Sequence[str] = ()) -> list[Exportable]:
     previous = Path.cwd()
     # Only a platform the notebook's own cells started is stopped after: one this process had before is kept.
     was_running = _platform.current(start=False).started
+    before = _deploy.serving_here()
     with tempfile.TemporaryDirectory(prefix="jupyter-faas-export-") as state:
         # Deploys and triggers the notebook asks for are kept here, to be read as settings, not run.
         _deploy.serve_here(Registry(None), "", TriggerStore(Path(state) / "triggers"))
@@ -48,7 +49,7 @@ def collect(path: Path, names: Sequence[str] = ()) -> list[Exportable]:
             return [Exportable(functions[name]._definition, triggers_of(name), namespace) for name in chosen]
         finally:
             os.chdir(previous)
-            _deploy.serve_here(None)
+            _deploy.serve_here(*before) if before is not None else _deploy.serve_here(None)
             platform = _platform.current(start=False)
             if platform.started and not was_running:
                 platform.shutdown()

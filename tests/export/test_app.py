@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from jupyter_faas.client import deploy as _deploy
 from jupyter_faas.errors import ExportError
 from jupyter_faas.export.app import export_notebook
 from jupyter_faas.gateway.serve import NotebookError
+from jupyter_faas.record.registry import Registry
 from tests.export.conftest import REQUESTS, SERVED, Request
 from tests.helpers import write_notebook
 
@@ -42,8 +44,16 @@ def test_a_bad_target_fails_naming_the_option_before_anything_runs(notebook: Pat
 
 
 def test_an_unknown_function_or_a_failing_cell_stops_it_and_nothing_is_written(notebook: Path, tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match=r"--function nope: functions.ipynb has no such function; it has add, "):
-        export_notebook(notebook, "lambda", tmp_path / "out", ["square", "nope"])
+    # Where this process deploys (a server extension's registry, say) is borrowed while the notebook runs, then
+    # given back as it was.
+    mine = (Registry(None), "http://mine/", None)
+    _deploy.serve_here(*mine)
+    try:
+        with pytest.raises(ExportError, match=r"--function nope: functions.ipynb has no such function; it has add, "):
+            export_notebook(notebook, "lambda", tmp_path / "out", ["square", "nope"])
+        assert _deploy.serving_here() == mine
+    finally:
+        _deploy.serve_here(None)
     broken = write_notebook(tmp_path / "broken.ipynb", ["%%faas square x:int\nx * x", "1 / 0"])
     with pytest.raises(NotebookError, match=r"cell 3 \('1 / 0'\) failed: ZeroDivisionError"):
         export_notebook(broken, "knative", tmp_path / "out")
