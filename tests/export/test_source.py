@@ -149,3 +149,13 @@ def test_the_notebook_api_exports_and_refuses_a_folder_it_did_not_write(target: 
         assert (mine / "notes.txt").read_text() == "keep me"
         bad = shell.run_cell(f"square.export(to='heroku', out={str(tmp_path / 'x')!r})")
         assert "--to must be one of knative, openfaas, lambda" in str(bad.error_in_exec)
+
+
+def test_requirements_hold_the_declared_ones_then_each_installed_import_pinned(tmp_path: Path) -> None:
+    with faas_shell() as shell:
+        run_ok(shell, '%%faas parse text --requirements "PyYAML>=6"\nimport yaml, croniter\nyaml.safe_load(text)')
+        _, result = _export_one(shell, "parse", tmp_path / "out")
+    lines = (tmp_path / "out" / "parse" / "requirements.txt").read_text().split()
+    assert lines[0] == "PyYAML>=6" and len([line for line in lines if line.lower().startswith("pyyaml")]) == 1
+    assert any(line.startswith("croniter==") for line in lines), lines
+    assert result.warnings == ()
