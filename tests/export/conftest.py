@@ -122,16 +122,6 @@ def notebook(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_notebook(folder / "functions.ipynb", CELLS)
 
 
-@pytest.fixture(scope="session")
-def serve_answers(notebook: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[Request, tuple[int, str, Any]]:
-    """What a real `jupyter faas serve` of the notebook answers to every row, asked once; then it is stopped."""
-    served = start_serve(notebook, tmp_path_factory.mktemp("serve-state"))
-    try:
-        return {request: send(f"{served.url}faas/functions/{request.function}", request, AUTH) for request in REQUESTS}
-    finally:
-        stop_process_group(served.process)
-
-
 def run_export(notebook: Path, target: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "jupyter_faas.cli", "export", str(notebook), "--to", target, "--out", str(out), *extra],
@@ -142,24 +132,52 @@ def run_export(notebook: Path, target: str, out: Path, *extra: str) -> subproces
     )
 
 
+@dataclass
+class Prepared:
+    """The session's shared work: serve's answers to the table, and the CLI's runs."""
+
+    serve_answers: dict[Request, tuple[int, str, Any]]
+    exports: dict[str, tuple[Path, str]]
+    bad_target: subprocess.CompletedProcess[str]
+
+
 @pytest.fixture(scope="session")
-def exports(notebook: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
-    """The three exports of the notebook by the real CLI, run side by side: target -> (folder, what it printed)."""
+def prepared(notebook: Path, tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    """The three exports of the notebook by the real CLI (and one with a bad --to), run side by side while a real
+    `jupyter faas serve` of the same notebook answers every row of the table; serve is stopped after."""
     root = tmp_path_factory.mktemp("exports")
-    with ThreadPoolExecutor(3) as pool:
-        # knative picks its functions with --function (all but `unused`); the others export every one.
-        picked = [item for name in (*SERVED, "watched") for item in ("--function", name)]
+    # knative picks its functions with --function (all but `unused`); the others export every one.
+    picked = [item for name in (*SERVED, "watched") for item in ("--function", name)]
+    with ThreadPoolExecutor(4) as pool:
         runs = {
             "knative": pool.submit(run_export, notebook, "knative", root / "knative", *picked),
             "openfaas": pool.submit(run_export, notebook, "openfaas", root / "openfaas"),
             "lambda": pool.submit(run_export, notebook, "lambda", root / "lambda"),
         }
-    done = {}
-    for target, future in runs.items():
-        result = future.result()
-        assert result.returncode == 0, result.stderr
-        done[target] = (root / target, result.stdout + result.stderr)
-    return done
+        bad = pool.submit(run_export, notebook, "heroku", root / "heroku")
+        served = start_serve(notebook, tmp_path_factory.mktemp("serve-state"))
+        try:
+            answers = {r: send(f"{served.url}faas/functions/{r.function}", r, AUTH) for r in REQUESTS}
+        finally:
+            stop_process_group(served.process)
+        done = {}
+        for target, future in runs.items():
+            result = future.result()
+            assert result.returncode == 0, result.stderr
+            done[target] = (root / target, result.stdout + result.stderr)
+        return Prepared(answers, done, bad.result())
+
+
+@pytest.fixture(scope="session")
+def serve_answers(prepared: Prepared) -> dict[Request, tuple[int, str, Any]]:
+    """What a real `jupyter faas serve` of the notebook answers to every row."""
+    return prepared.serve_answers
+
+
+@pytest.fixture(scope="session")
+def exports(prepared: Prepared) -> dict[str, tuple[Path, str]]:
+    """The three exports: target -> (folder, what the CLI printed)."""
+    return prepared.exports
 
 
 def fresh_venv(folder: Path, requirement_files: list[Path], *packages: str) -> tuple[Path, float]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ from jupyter_faas.errors import ExportError
 from jupyter_faas.export.app import export_notebook
 from jupyter_faas.gateway.serve import NotebookError
 from jupyter_faas.record.registry import Registry
-from tests.export.conftest import REQUESTS, SERVED, Request
+from tests.export.conftest import REQUESTS, SERVED, Prepared, Request
 from tests.helpers import write_notebook
 
 
@@ -33,14 +31,11 @@ def test_only_the_functions_asked_for_are_exported(exports: dict[str, tuple[Path
     assert (lambda_out / "unused").is_dir()
 
 
-def test_a_bad_target_fails_naming_the_option_before_anything_runs(notebook: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "jupyter_faas.cli", "export", str(notebook), "--to", "heroku", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+def test_a_bad_target_fails_naming_the_option_before_anything_runs(prepared: Prepared) -> None:
+    result = prepared.bad_target
     assert result.returncode == 2, result.stderr
     assert "--to must be one of knative, openfaas, lambda, got 'heroku'" in result.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert "is a serverless function" not in result.stdout  # refused before the notebook ran
 
 
 def test_an_unknown_function_or_a_failing_cell_stops_it_and_nothing_is_written(notebook: Path, tmp_path: Path) -> None:
