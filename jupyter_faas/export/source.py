@@ -160,8 +160,11 @@ def _form_one(name: str, cell: str, signature: inspect.Signature, module: Module
 
 
 def _is_exported_function(value: Any) -> bool:
-    # A jupyter-faas function object (client.function.FaasFunction), known by its definition.
-    return isinstance(getattr(value, "_definition", None), FunctionDefinition)
+    # A jupyter-faas object: a function (or the stand-in a definition keeps for one it calls), or anything else of
+    # the package's, which an export cannot carry since it runs without jupyter-faas.
+    if isinstance(getattr(value, "_definition", None), FunctionDefinition):
+        return True
+    return isinstance(value, object) and type(value).__module__.split(".")[0] == "jupyter_faas"
 
 
 def _carry(module: Module, name: str, value: Any, what: str) -> None:
@@ -237,9 +240,9 @@ class _Collector:
         self.done.add(name)
         module = self.module
         if _is_exported_function(value):
-            module.captures.append(Capture(name, "not exported", 0, "another jupyter-faas function"))
+            module.captures.append(Capture(name, "not exported", 0, "a jupyter-faas function or object"))
             module.warnings.append(
-                f"{module.name}: it calls the jupyter-faas function {name!r}, which an export cannot carry: "
+                f"{module.name}: it uses the jupyter-faas function or object {name!r}, which an export cannot carry: "
                 "export that function too and call it over HTTP, or pass its result as an argument"
             )
             return
