@@ -164,7 +164,7 @@ def _is_exported_function(value: Any) -> bool:
     # the package's, which an export cannot carry since it runs without jupyter-faas.
     if isinstance(getattr(value, "_definition", None), FunctionDefinition):
         return True
-    return isinstance(value, object) and type(value).__module__.split(".")[0] == "jupyter_faas"
+    return type(value).__module__.split(".")[0] == "jupyter_faas"
 
 
 def _carry(module: Module, name: str, value: Any, what: str) -> None:
