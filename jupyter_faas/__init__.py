@@ -73,6 +73,9 @@ def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext jupyter_faas`: registers the %%faas magic."""
     from jupyter_faas.client.magic import FaasMagics
 
+    # Imported for what it sets up: deploys in a kernel no Jupyter server owns go to a gateway of its own.
+    from jupyter_faas.gateway import inkernel  # noqa: F401
+
     ipython.register_magics(FaasMagics)
 
 

@@ -151,6 +151,16 @@ def state_dir() -> Path:
     return Path(os.path.expanduser(os.fspath(value)))
 
 
+def wasm_cache_dir() -> Path:
+    """Where --runtime wasm keeps its builds: `faas.runtimes.wasm-cache`, or "runtimes/wasm" in the state dir."""
+    value = _get("faas.runtimes.wasm-cache")
+    if value in (None, ""):
+        return state_dir() / "runtimes" / "wasm"
+    if not isinstance(value, str | os.PathLike):
+        raise ConfigError(f"faas.runtimes.wasm-cache: expected a folder path, got {value!r}")
+    return Path(os.path.expanduser(os.fspath(value)))
+
+
 # The state dir holds deployed code, invocation inputs and results: only its owner may read it.
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -217,6 +227,10 @@ def capture_max_bytes() -> int:
 
 def call_max_bytes() -> int:
     return _checked("faas.call.max-bytes", lambda v: parse_size(v, "faas.call.max-bytes", minimum=1))
+
+
+def compose_max_depth() -> int:
+    return _checked("faas.compose.max-depth", lambda v: _whole(v, "faas.compose.max-depth", minimum=1))
 
 
 def queue_max_pending() -> int:
@@ -338,6 +352,14 @@ def function_defaults() -> FunctionDefaults:
     )
 
 
+def gateway_port() -> int:
+    """`faas.gateway.port`: the port of a kernel's own gateway (no Jupyter server); 0 picks a free one."""
+    port = _checked("faas.gateway.port", lambda v: _whole(v, "faas.gateway.port", minimum=0))
+    if port > 65535:
+        raise ConfigError(f"faas.gateway.port: expected a port from 0 to 65535, got {port}")
+    return port
+
+
 _VALIDATORS = {
     "faas.cluster.idle-timeout": idle_timeout,
     "faas.cluster.maximum": maximum_workers,
@@ -368,6 +390,8 @@ _VALIDATORS = {
     "faas.http.allow-hosts": http_allow_hosts,
     "faas.http.tracebacks": http_tracebacks,
     "faas.pricing.gb-second": pricing,
+    "faas.runtimes.wasm-cache": wasm_cache_dir,
+    "faas.gateway.port": gateway_port,
 }
 
 

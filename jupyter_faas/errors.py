@@ -7,6 +7,9 @@ Our exception hierarchy:
   + FaasMemoryError (also MemoryError)
   + WorkerLost
   + RemoteError
+    - JavaScriptError
+    - ScriptExit
+  + RuntimeFailure
   + NoCapacity
   + VersionMismatch
   + MissingSecret
@@ -20,6 +23,8 @@ Our exception hierarchy:
   + ResultTooLarge
   + RegistryError
   + LogError (also OSError)
+  + CallDepthExceeded
+  + NestedCallError
   + ExportError (also ValueError)
 """
 
@@ -51,6 +56,34 @@ class RemoteError(FaasError):
         super().__init__(f"{type_name}: {message}" if message else type_name)
         self.type_name = type_name
         self.message = message
+
+
+class JavaScriptError(RemoteError):
+    """An error a JavaScript cell threw: its name (`type_name`), its message, and the cell line it came from."""
+
+    def __init__(self, type_name: str, message: str, line: int | None = None) -> None:
+        super().__init__(type_name, message)
+        self.line = line
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, self.message, self.line))
+
+
+class ScriptExit(RemoteError):
+    """A bash cell that exited with a non-zero status: `status`, and the end of its stderr."""
+
+    def __init__(self, status: int, stderr: str) -> None:
+        tail = stderr.strip()
+        super().__init__("ScriptExit", f"exit status {status}" + (f"; stderr ends with:\n{tail}" if tail else ""))
+        self.status = status
+        self.stderr = stderr
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.status, self.stderr))
+
+
+class RuntimeFailure(FaasError):
+    """A runtime of another language, or its runner process, broke (not the cell): it is replaced for the next call."""
 
 
 class NoCapacity(FaasError):
@@ -107,6 +140,14 @@ class RegistryError(FaasError):
 
 class LogError(FaasError, OSError):
     """The invocation log cannot be created, read or written; the message names the file."""
+
+
+class CallDepthExceeded(FaasError):
+    """A call made inside a function went deeper than faas.compose.max-depth; the message names the chain."""
+
+
+class NestedCallError(FaasError):
+    """A call made inside a function cannot go where it was made from: e.g. a process the function started."""
 
 
 def type_name(error: BaseException) -> str:

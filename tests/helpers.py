@@ -22,6 +22,10 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from nbclient import NotebookClient
 
+# Built WebAssembly components, kept across test sessions (a build takes 10-25 s and hundreds of MB): CI may keep
+# this folder between runs. A session that finds it empty builds what it needs once.
+WASM_CACHE = Path(os.environ.get("FAAS_TEST_WASM_CACHE") or Path.home() / ".cache" / "jupyter-faas-tests" / "wasm")
+
 
 def stop_process_group(process: subprocess.Popen) -> None:
     """SIGTERM a process started with start_new_session, and its children; SIGKILL what is left after 30 s."""
@@ -92,6 +96,8 @@ TOKEN = "serve-test-token"
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# What serve prints once it answers HTTP, before its notebook has run (health says "starting" then).
+EARLY_ANNOUNCEMENT = r"answering at (http://\S+/) \(health: starting\)"
 
 
 def write_notebook(path: Path, sources: list[str], skip_tagged: str | None = None) -> Path:
@@ -130,10 +136,12 @@ def start_serve(
     env: dict[str, str] | None = None,
     umask: int = -1,
     token: str = TOKEN,
+    announcement: str = r"function\(s\) of .* at (http://\S+/)",
 ) -> Served:
     """Start serve on a free port and wait for its announcement; the caller stops it with stop_process_group.
 
-    `umask` is the one serve runs under (-1: this process's own).
+    `umask` is the one serve runs under (-1: this process's own). `announcement`: the line to wait for, its
+    group the URL (the default: once ready; EARLY_ANNOUNCEMENT: as soon as it answers, while its notebook runs).
     """
     environment = {**os.environ, "DASK_FAAS__STATE_DIR": str(state), **(env or {})}
     process = subprocess.Popen(
@@ -157,7 +165,7 @@ def start_serve(
             if process.poll() is not None:
                 break
             continue
-        found = re.search(r"function\(s\) of .* at (http://\S+/)", line)
+        found = re.search(announcement, line)
         if found:
             return Served(found.group(1), process, kept, reader)
     stop_process_group(process)

@@ -32,6 +32,9 @@ EXCEPTIONS = {
     "FaasMemoryError": (errors.FaasError, MemoryError),
     "WorkerLost": (errors.FaasError,),
     "RemoteError": (errors.FaasError,),
+    "JavaScriptError": (errors.RemoteError,),
+    "ScriptExit": (errors.RemoteError,),
+    "RuntimeFailure": (errors.FaasError,),
     "NoCapacity": (errors.FaasError,),
     "VersionMismatch": (errors.FaasError,),
     "MissingSecret": (errors.FaasError,),
@@ -45,6 +48,8 @@ EXCEPTIONS = {
     "QueueFull": (errors.FaasError,),
     "RegistryError": (errors.FaasError,),
     "LogError": (errors.FaasError, OSError),
+    "CallDepthExceeded": (errors.FaasError,),
+    "NestedCallError": (errors.FaasError,),
     "ExportError": (errors.FaasError, ValueError),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,16 @@ from jupyter_faas.gateway.triggers import TriggerSpec, TriggerStore
 from jupyter_faas.record.registry import Registry
 
 _here: tuple[Registry, str, TriggerStore | None] | None = None
+# Where deploys go when neither this process nor a Jupyter server owns the endpoints: a kernel's own gateway,
+# started on first need (`start=True`); None from it while not started. Set by jupyter_faas.gateway.inkernel.
+Fallback = Callable[[bool], "tuple[Registry, str, TriggerStore | None] | None"]
+_fallback: Fallback | None = None
+
+
+def use_fallback(fallback: Fallback | None) -> None:
+    """Called by the in-kernel gateway's module: deploys with no server go to the gateway it starts."""
+    global _fallback
+    _fallback = fallback
 
 
 def serve_here(registry: Registry | None, url: str = "", triggers: TriggerStore | None = None) -> None:
@@ -26,7 +37,13 @@ def serving_here() -> tuple[Registry, str, TriggerStore | None] | None:
     return _here
 
 
-def _target() -> tuple[Registry, str, TriggerStore | None]:
+def served_elsewhere() -> bool:
+    """Whether another process (this kernel's Jupyter server) owns the endpoints and triggers deploys go to."""
+    return _here is None and bool(os.environ.get(REGISTRY_ENV))
+
+
+def _target(start: bool = True) -> tuple[Registry, str, TriggerStore | None]:
+    """Where deploys and triggers go; `start=False` for looks that must not start a kernel's own gateway."""
     if _here is not None:
         return _here
     directory = os.environ.get(REGISTRY_ENV)
@@ -34,9 +51,13 @@ def _target() -> tuple[Registry, str, TriggerStore | None]:
         triggers = os.environ.get(TRIGGERS_ENV)
         store = TriggerStore(Path(triggers)) if triggers else None
         return Registry(Path(directory)), os.environ.get(URL_ENV, ""), store
+    own = _fallback(start) if _fallback is not None else None
+    if own is not None:
+        return own
     raise FaasError(
-        "deploying and triggers need a server to run them, and this process has none. Open the notebook in "
-        "JupyterLab or Notebook 7 with jupyter-faas installed, or run: jupyter faas serve NOTEBOOK.ipynb"
+        "deploying and triggers need a server to run them, and this process has none. Run %load_ext jupyter_faas "
+        "first (a kernel then serves its own functions), open the notebook in JupyterLab or Notebook 7 with "
+        "jupyter-faas installed, or run: jupyter faas serve NOTEBOOK.ipynb"
     )
 
 
@@ -48,12 +69,14 @@ def deploy(definition: FunctionDefinition) -> str:
 
 
 def undeploy(name: str) -> bool:
+    if _fallback is not None and _here is None and not os.environ.get(REGISTRY_ENV) and _fallback(False) is None:
+        return False  # a kernel whose own gateway never started has deployed nothing
     registry, _, _ = _target()
     return registry.undeploy(name)
 
 
-def _store() -> TriggerStore:
-    _, _, store = _target()
+def _store(start: bool = True) -> TriggerStore:
+    _, _, store = _target(start)
     if store is None:
         raise FaasError("this Jupyter server's jupyter-faas has no trigger store; restart the server")
     return store
@@ -66,6 +89,8 @@ def add_trigger(definition: FunctionDefinition, spec: TriggerSpec) -> None:
 
 
 def remove_trigger(name: str, kind: str) -> bool:
+    if _fallback is not None and _here is None and not os.environ.get(REGISTRY_ENV) and _fallback(False) is None:
+        return False
     return _store().remove(name, kind)
 
 
@@ -84,7 +109,7 @@ def triggers() -> list[dict[str, Any]]:
 def function_triggers(name: str) -> list[str]:
     """What fires `name` besides calls: "every 30 s", "files matching '*.png' in /data"; [] without a server."""
     try:
-        store = _store()
+        store = _store(start=False)
     except ConfigError:
         raise  # a bad setting must be seen, not read as "no server"
     except FaasError:
@@ -95,7 +120,7 @@ def function_triggers(name: str) -> list[str]:
 def triggers_stamp() -> int | None:
     """Changes whenever a trigger is set or removed: cheap to poll."""
     try:
-        return _store().directory.stat().st_mtime_ns
+        return _store(start=False).directory.stat().st_mtime_ns
     except ConfigError:
         raise
     except (FaasError, OSError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import threading
 import time
@@ -11,22 +10,26 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypedDict, overload
 
+import cloudpickle
 from typing_extensions import Unpack
 
 from jupyter_faas import config as _config
 from jupyter_faas.client import deploy as _deploy
+from jupyter_faas.client import traffic as _traffic
 from jupyter_faas.definition.limits import Limits
 from jupyter_faas.definition.model import FunctionDefinition, from_callable
 from jupyter_faas.definition.requirements import with_requirements
 from jupyter_faas.definition.secrets import with_secrets
+from jupyter_faas.dispatch import compose as _compose
 from jupyter_faas.dispatch import platform as _platform
-from jupyter_faas.errors import ConfigError, LogError, type_name
+from jupyter_faas.errors import ConfigError, LogError
 from jupyter_faas.export import build as _export
 from jupyter_faas.gateway import triggers as _triggers
-from jupyter_faas.record.deadletters import DeadLetters, dead_letters_path
+from jupyter_faas.record.deadletters import keep_if_failed
 from jupyter_faas.record.log import read_invocations
 from jupyter_faas.record.records import InvocationRecord
 from jupyter_faas.ui.output import CallOutput, logs_text, show_map_output
+from jupyter_faas.worker.children import Callee
 
 if TYPE_CHECKING:
     from jupyter_faas.ui.widgets import FunctionCard
@@ -47,10 +50,13 @@ class FaasFunction:
 
     def __init__(self, definition: FunctionDefinition) -> None:
         self._definition = definition
+        _compose.defined_here(definition)
         self.__name__ = definition.name
         self.__doc__ = definition.load().__doc__
         self.__signature__ = definition.signature
         self._card: FunctionCard | None = None
+        # In a kernel of a Jupyter server, its invocations there (HTTP, triggers) count here too.
+        _traffic.follow(definition)
 
     @property
     def name(self) -> str:
@@ -79,14 +85,14 @@ class FaasFunction:
         """Start one invocation; the concurrent.futures.Future ends with its result or error."""
         self._check_arguments(args, kwargs)
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
-        return _platform.current().invoke(self._definition, blob)
+        return _platform.calling().invoke(self._definition, blob)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
         self._check_arguments(args, kwargs)
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
         output = CallOutput(self.name)
-        future = _platform.current().invoke(self._definition, blob, on_output=output.collect)
+        future = _platform.calling().invoke(self._definition, blob, on_output=output.collect)
         try:
             # What the function prints appears here as it runs, as it would for a local call.
             output.wait(future)
@@ -108,9 +114,12 @@ class FaasFunction:
             # Every item has the same number of positional arguments, so one check covers them all.
             self._check_arguments(calls[0][0], {})
         began = time.monotonic()
-        results = _platform.current().map(self._definition, calls)
+        platform = _platform.calling()
+        results = platform.map(self._definition, calls)
         try:
-            if not results.wait(PROGRESS_AFTER):
+            if not isinstance(platform, _platform.Platform):
+                results.wait()  # inside a function: no progress bar, nobody watches this cell
+            elif not results.wait(PROGRESS_AFTER):
                 # Imported only now: widgets cost nothing to maps that finish within the threshold.
                 from jupyter_faas.ui import widgets as _widgets
 
@@ -132,7 +141,17 @@ class FaasFunction:
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Run here in the notebook process, on a fresh copy, as a worker would; limits are not enforced."""
         self._check_arguments(args, kwargs)
-        return self._definition.load()(*args, **kwargs)
+        function = self._definition.load()
+        names = getattr(function, "__globals__", {})
+        for key, value in list(names.items()):
+            if isinstance(value, Callee):
+                # Here, its own name is itself (recursion stays local), and another function is that function.
+                names[key] = self.local if not value.definition else FaasFunction(cloudpickle.loads(value.definition))
+        return function(*args, **kwargs)
+
+    def __faas_callee__(self) -> Callee:
+        """This function as another's payload ships it: its definition, and calls that go to the platform."""
+        return Callee(self.name, cloudpickle.dumps(self._definition, protocol=5))
 
     def deploy(self) -> str:
         """Deploy this version as an HTTP endpoint: POST {base_url}faas/functions/NAME. Returns its URL.
@@ -182,7 +201,7 @@ class FaasFunction:
         """
         self._check_arguments(args, kwargs)
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
-        future = _platform.current().invoke(self._definition, blob, trigger="queue", background=True)
+        future = _platform.calling().invoke(self._definition, blob, trigger="queue", background=True)
         future.add_done_callback(lambda done: _dead_letter_if_failed(self._definition, args, kwargs, done))
         return future.id
 
@@ -259,16 +278,8 @@ class FaasFunction:
 def _dead_letter_if_failed(
     definition: FunctionDefinition, args: tuple[Any, ...], kwargs: dict[str, Any], future: Future[Any]
 ) -> None:
-    error = future.exception()
-    if error is None:
-        return
-    # In the JSON form an HTTP replay can send: positional arguments as an array, keywords as an object.
-    body = json.dumps(list(args) if not kwargs else {**kwargs}, default=repr).encode()
-    kind = type_name(error)
-    DeadLetters(dead_letters_path(_config.state_dir())).add(
-        future.id,  # type: ignore[attr-defined]
-        definition.name, definition.version, "application/json", body, {"type": kind, "message": str(error)},
-    )  # fmt: skip
+    letter_id: str = future.id  # type: ignore[attr-defined]
+    keep_if_failed(letter_id, definition.name, definition.version, args, kwargs, future.exception())
 
 
 def _with_logged_output(name: str, records: list[InvocationRecord]) -> list[InvocationRecord]:

@@ -18,6 +18,7 @@ from jupyter_faas import config as _config
 from jupyter_faas.client.function import FaasFunction
 from jupyter_faas.definition.limits import Limits
 from jupyter_faas.definition.model import check_name, from_cell
+from jupyter_faas.definition.polyglot import LANGUAGES, from_lang_cell, from_wasm_cell
 from jupyter_faas.definition.requirements import with_requirements
 from jupyter_faas.definition.secrets import with_secrets
 from jupyter_faas.definition.signature import annotation_name
@@ -147,6 +148,13 @@ class FaasMagics(Magics):
     @argument("--cron", help="Invoke it on a cron schedule, e.g. '*/5 * * * *'.")
     @argument("--on-file", dest="on_file", help="Invoke it once for each file dropped in this folder.")
     @argument("--pattern", help="With --on-file: only the files matching this glob, e.g. '*.png'.")
+    @argument(
+        "--runtime",
+        help="python (default): the sandbox process; wasm: the cell built into a WebAssembly component, "
+        "run by wasmtime in a fresh instance per call.",
+    )
+    @argument("--lang", help="python (default), javascript (Node.js) or bash: the language of the cell.")
+    @argument("--allow-read", dest="allow_read", metavar="DIR", help="With --runtime wasm: one folder it may read.")
     @line_cell_magic
     def faas(self, line: str, cell: str | None = None) -> Any:
         """Turn the cell into a stateless function that runs on an elastic Dask cluster.
@@ -181,14 +189,33 @@ class FaasMagics(Magics):
                 isolation=_unquote(args.isolation),
                 option_prefix="--",
             )
-            definition = from_cell(
-                cell,
-                self._user_ns,
-                limits,
-                name=name,
-                params=args.params,
-                magic_line=line.strip(),
-            )
+            runtime, lang = _runtime_options(args)
+            if lang != "python":
+                definition = from_lang_cell(cell, lang, limits, name, args.params, magic_line=line.strip())
+            elif runtime == "wasm":
+                progress = _BuildProgress()
+                try:
+                    definition = from_wasm_cell(
+                        cell,
+                        self._user_ns,
+                        limits,
+                        name=name,
+                        params=args.params,
+                        magic_line=line.strip(),
+                        allow_read=_unquote(args.allow_read),
+                        on_progress=progress,
+                    )
+                finally:
+                    progress.done()
+            else:
+                definition = from_cell(
+                    cell,
+                    self._user_ns,
+                    limits,
+                    name=name,
+                    params=args.params,
+                    magic_line=line.strip(),
+                )
             if args.requirements:
                 definition = with_requirements(definition, [_unquote(r) or "" for r in args.requirements])
             if args.secrets:
@@ -259,6 +286,50 @@ class FaasMagics(Magics):
                 raise UsageError(str(e)) from None
             full_key = key if key.startswith("faas.") else f"faas.{key}"
             print(f"{full_key} = {value!r}")
+
+
+def _runtime_options(args: argparse.Namespace) -> tuple[str, str]:
+    """(runtime, language) from the magic line; options that apply only to the Python sandbox are refused."""
+    runtime = (_unquote(args.runtime) or "python").lower()
+    lang = (_unquote(args.lang) or "python").lower()
+    if lang in ("js", "node"):
+        lang = "javascript"
+    if runtime not in ("python", "wasm"):
+        raise UsageError(f"%%faas --runtime {runtime}: expected python or wasm")
+    if lang not in LANGUAGES:
+        raise UsageError(f"%%faas --lang {lang}: expected one of {', '.join(LANGUAGES)}")
+    if lang != "python" and runtime == "wasm":
+        raise UsageError(f"%%faas --runtime wasm runs Python cells; --lang {lang} runs on its own runner")
+    if args.allow_read is not None and runtime != "wasm":
+        raise UsageError("%%faas --allow-read goes with --runtime wasm (the Python sandbox reads what its user can)")
+    if runtime == "python" and lang == "python":
+        return runtime, lang
+    chosen = f"--runtime {runtime}" if lang == "python" else f"--lang {lang}"
+    python_only = {
+        "--requirements": bool(args.requirements),
+        "--secret": bool(args.secrets),
+        "--isolation": args.isolation is not None and (_unquote(args.isolation) or "").lower() == "fresh",
+    }
+    for option, given in python_only.items():
+        if given:
+            raise UsageError(f"%%faas {option} applies to the Python sandbox only, not to {chosen}")
+    return runtime, lang
+
+
+class _BuildProgress:
+    """Shows a WebAssembly build's progress in the cell's output, on one line rewritten in place."""
+
+    def __init__(self) -> None:
+        self._width = 0
+
+    def __call__(self, text: str) -> None:
+        padding = " " * max(self._width - len(text), 0)
+        self._width = len(text)
+        print(f"\r{text}{padding}", end="", flush=True)
+
+    def done(self) -> None:
+        if self._width:
+            print(flush=True)
 
 
 def _deployed_message(name: str, url: str, signature: inspect.Signature) -> str:

@@ -19,6 +19,7 @@ import cloudpickle
 from jupyter_faas import config as _config
 from jupyter_faas.errors import DefinitionError
 from jupyter_faas.units import format_size
+from jupyter_faas.worker.children import Callee
 
 # Module name given to cell-defined code, so that cloudpickle always ships it by value.
 CELL_MODULE = "__faas__"
@@ -92,6 +93,10 @@ def capture(
             # __name__ and __builtins__ are the function's own module globals, never the notebook's.
             if key in captured or key in missing or key in _NOT_CAPTURED:
                 continue
+            if key == name:
+                # Its own name: the function itself, which no value can hold (its payload would contain itself).
+                captured[key] = Callee(name)
+                continue
             found, value = lookup(key)
             if not found:
                 # A name the function assigns through `global` may exist by the time it is read.
@@ -108,7 +113,7 @@ def capture(
 def _is_immutable(value: Any, depth: int = 0) -> bool:
     if depth > 4:
         return False
-    if isinstance(value, _IMMUTABLE_ATOMS) or value is Ellipsis:
+    if isinstance(value, (*_IMMUTABLE_ATOMS, Callee)) or hasattr(type(value), "__faas_callee__") or value is Ellipsis:
         return True
     if isinstance(value, tuple | frozenset):
         return all(_is_immutable(item, depth + 1) for item in value)
@@ -191,9 +196,25 @@ class _Bounded:
         return size
 
 
+def _as_callee(value: Any) -> Callee | None:
+    """A jupyter-faas function (anything whose type says how) as a payload ships it; None for anything else."""
+    make = getattr(type(value), "__faas_callee__", None)
+    return make(value) if make is not None else None
+
+
+class _PayloadPickler(cloudpickle.CloudPickler):  # type: ignore[misc]  # cloudpickle has no type information
+    """cloudpickle, except that a jupyter-faas function a payload names travels as a Callee."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        callee = _as_callee(obj) if not isinstance(obj, type) else None
+        if callee is not None:
+            return callee.__reduce__()
+        return super().reducer_override(obj)
+
+
 def _pickle(value: Any, limit: float, keep: bool = True) -> _Bounded:
     target = _Bounded(limit, keep)
-    cloudpickle.CloudPickler(target, protocol=5).dump(value)
+    _PayloadPickler(target, protocol=5).dump(value)
     return target
 
 

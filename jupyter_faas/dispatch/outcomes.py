@@ -190,5 +190,7 @@ def conclude(invocation: Invocation, outcome: Outcome) -> tuple[InvocationRecord
         memory_limit=definition.limits.memory,
         trigger=invocation.trigger,
         output=_final_output(invocation, outcome),
+        parent=invocation.parent,
+        root=invocation.root,
     )
     return record, result, error

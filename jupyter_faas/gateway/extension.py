@@ -8,6 +8,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
+import prometheus_client
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.application import ExtensionApp
@@ -108,9 +109,12 @@ class FaasExtension(ExtensionApp):
         if serverapp is None:
             raise RuntimeError("jupyter-faas: the server extension was loaded without a server")
         url = serverapp.connection_url
-        self._endpoints = Endpoints(platform, registry, state_dir, serverapp.base_url, url)
+        self._endpoints = Endpoints(platform, registry, state_dir, serverapp.base_url, url, starting=True)
         triggers = TriggerStore(state_dir / "triggers")
+        # The faas_* series also on the server's own /metrics, under its authenticate_prometheus setting.
+        self._unpublish_metrics = self._endpoints.metrics.publish_on(prometheus_client.REGISTRY)
         self._endpoints.start_triggers(triggers)
+        self._endpoints.mark_ready()
         self._sharing = Sharing(platform, state_dir / "registry", url, state_dir)
         _deploy.serve_here(registry, url, triggers)
         self.settings.update(settings_for(self._endpoints))
@@ -126,6 +130,7 @@ class FaasExtension(ExtensionApp):
         sharing = getattr(self, "_sharing", None)
         if sharing is not None:
             sharing.close()
+            self._unpublish_metrics()
             self._endpoints.close()
             _deploy.serve_here(None)
             await asyncio.to_thread(self._platform.shutdown)

@@ -307,7 +307,10 @@ class _Health(_Faas):
     unauthenticated = ("get",)
 
     def get(self) -> None:
-        self.send_json({"status": "ok"})
+        reply = self.endpoints.health()
+        if reply.status == 503:
+            self.set_header("Retry-After", "1")
+        self.send_reply(reply)
 
 
 class _Invocation(_Faas):

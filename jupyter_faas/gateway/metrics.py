@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from jupyter_faas.record.records import InvocationRecord
 
@@ -16,6 +20,20 @@ if TYPE_CHECKING:
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# The series published on another registry now (one platform's at a time per target), to take back first.
+_published: dict[int, Collector] = {}
+_published_lock = threading.Lock()
+
+
+class _Mirror(Collector):
+    """Collects a Metrics registry's series for another registry: the same values, read when scraped."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self._registry.collect()
 
 
 class Metrics:
@@ -50,3 +68,22 @@ class Metrics:
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+    def publish_on(self, target: CollectorRegistry) -> Callable[[], None]:
+        """Also show these series on `target`: jupyter_server's /metrics serves prometheus_client's global
+        registry. Returns what takes them off again. A platform published there before is taken off first."""
+        mirror = _Mirror(self.registry)
+        with _published_lock:
+            previous = _published.pop(id(target), None)
+            if previous is not None:
+                target.unregister(previous)
+            target.register(mirror)
+            _published[id(target)] = mirror
+
+        def unpublish() -> None:
+            with _published_lock:
+                if _published.get(id(target)) is mirror:
+                    del _published[id(target)]
+                    target.unregister(mirror)
+
+        return unpublish

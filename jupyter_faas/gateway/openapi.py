@@ -30,7 +30,7 @@ _ERRORS = {
     "431": "The request headers are too large.",
     "422": "The arguments do not fit the function's signature.",
     "500": "The function raised, ran out of memory, or returned what JSON cannot carry.",
-    "503": "No free slot within faas.http.queue-timeout.",
+    "503": "No free slot within faas.http.queue-timeout; or the server is still starting (type Starting).",
     "504": "The function ran past its timeout.",
 }
 
@@ -201,6 +201,8 @@ _COMPONENTS: dict[str, Any] = {
             "trigger": {"type": "string"},
             "latency_ms": _NUMBER_OR_NULL,
             "output": {"type": ["string", "null"]},
+            "parent": {"type": ["string", "null"], "description": "The invocation that made this call."},
+            "root": {"type": ["string", "null"], "description": "The top of its call tree."},
         },
     },
     "Invocation": {
@@ -214,6 +216,19 @@ _COMPONENTS: dict[str, Any] = {
             "error": {"type": "object"},
             "output": {"type": ["string", "null"]},
             "record": {"type": "object"},
+            "children": {
+                "description": "The calls this invocation made, as records, in the order it made them.",
+                "type": "array",
+                "items": {"type": "object"},
+            },
+            "call_tree": {
+                "description": "This invocation and every call below it (a waterfall), with their cost together.",
+                "type": "object",
+                "properties": {
+                    "calls": {"type": "array", "items": {"type": "object"}},
+                    "tree_cost_usd": {"type": "number"},
+                },
+            },
         },
     },
     "Platform": {
@@ -347,14 +362,21 @@ def document(deployments: Sequence[Deployment], base_url: str, version: str) -> 
         "get": _api("Every schedule and file trigger.", "200", _list_of("triggers", {"type": "object"}))
     }
     paths[f"{api}/openapi.json"] = {"get": _api("This document.", "200", {"type": "object"})}
-    paths[f"{api}/health"] = {
-        "get": _api(
-            "Liveness; needs no token.",
-            "200",
-            {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
-            secured=False,
-        )
+    health = _api(
+        "Readiness; needs no token.",
+        "200",
+        {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+        secured=False,
+    )
+    health["responses"]["503"] = {
+        "description": "Still starting: serve's notebook is running, or its triggers are being armed.",
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "required": ["status"], "properties": {"status": {"const": "starting"}}}
+            }
+        },
     }
+    paths[f"{api}/health"] = {"get": health}
     metrics = _api("Prometheus metrics of the invocations and the workers.", "200", None)
     metrics["responses"]["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
     paths[f"{base_url}faas/metrics"] = {"get": metrics}

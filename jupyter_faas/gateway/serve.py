@@ -1,6 +1,6 @@
-"""`jupyter faas serve NOTEBOOK.ipynb`: run a notebook once, then serve its functions over HTTP.
+"""`jupyter faas serve NOTEBOOK.ipynb`: run a notebook, then serve its functions over HTTP (`--watch`: on each save).
 
-Over 400 lines, barely: the command, its Host policy and its bounded server are one feature, used only here.
+Over 400 lines: the command, its Host policy, its HTTP thread and its bounded server are one feature, used only here.
 """
 
 from __future__ import annotations
@@ -17,30 +17,34 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 import uuid
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
-import nbformat
 import psutil
 from jupyter_core.application import JupyterApp
 from tornado import httpserver, iostream, netutil, web
 from traitlets import Bool, Integer, List, Unicode, default
 
 from jupyter_faas import config as _config
-from jupyter_faas.client import deploy as _deploy
-from jupyter_faas.client.function import FaasFunction
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.errors import ConfigError, TriggerError
 from jupyter_faas.gateway.handlers import RETRY_AFTER, NotFound, joined, routes, settings_for
+
+# Imported from here by tests and other commands; they live in notebook.py.
+from jupyter_faas.gateway.notebook import SKIP_LINE as SKIP_LINE
+from jupyter_faas.gateway.notebook import SKIP_TAG as SKIP_TAG
+from jupyter_faas.gateway.notebook import NotebookError, ServedNotebook, read_cells, run_into, watch_file
+from jupyter_faas.gateway.notebook import code_cells as code_cells
+from jupyter_faas.gateway.notebook import run_notebook as run_notebook
 from jupyter_faas.gateway.service import Endpoints, HttpError
 from jupyter_faas.gateway.triggers import TriggerStore
 from jupyter_faas.record.registry import Registry
 
 TOKEN_ENV = "JUPYTER_FAAS_TOKEN"
-SKIP_TAG = "faas-skip"
-SKIP_LINE = "# faas: skip"
 # Request headers up to this size are read (and get 431 past _handlers.MAX_HEADER_BYTES); more drops the connection.
 MAX_CONNECTION_HEADER_BYTES = 256 * 2**10
 
@@ -172,43 +176,6 @@ class _ServeBase(web.RequestHandler):
             raise HttpError(403, "Forbidden", "the token is wrong")
 
 
-class NotebookError(Exception):
-    """A cell of the served notebook failed; the message names the cell."""
-
-
-def code_cells(notebook: Any) -> list[tuple[int, str]]:
-    """(cell number from 1, source) of the code cells to run: not tagged faas-skip, not starting `# faas: skip`."""
-    cells = []
-    for number, cell in enumerate(notebook.cells, start=1):
-        if cell.cell_type != "code":
-            continue
-        source = cell.source
-        first_line = source.lstrip().split("\n", 1)[0].strip().lower()
-        if SKIP_TAG in cell.get("metadata", {}).get("tags", []) or first_line.replace(" ", "") == "#faas:skip":
-            continue
-        cells.append((number, source))
-    return cells
-
-
-def run_notebook(path: Path) -> dict[str, Any]:
-    """Run the notebook's code cells once, top to bottom, in a fresh namespace; that namespace."""
-    from IPython.core.interactiveshell import InteractiveShell
-
-    try:
-        notebook = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]  # nbformat has no annotations
-    except (OSError, ValueError, nbformat.reader.NotJSONError) as e:
-        raise NotebookError(f"cannot read {path}: {e}") from None
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "jupyter_faas")
-    for number, source in code_cells(notebook):
-        result = shell.run_cell(source, store_history=False)  # type: ignore[no-untyped-call]  # nor has IPython's
-        if not result.success:
-            error = result.error_in_exec or result.error_before_exec
-            first = source.strip().split("\n", 1)[0][:60]
-            raise NotebookError(f"cell {number} ({first!r}) failed: {type(error).__name__}: {error}")
-    return cast(dict[str, Any], shell.user_ns)  # typed Any in IPython
-
-
 class ServeApp(JupyterApp):
     """Serve every %%faas function of a notebook at POST /faas/functions/NAME, with the REST API beside it."""
 
@@ -223,6 +190,11 @@ class ServeApp(JupyterApp):
     port = Integer(8765, config=True, help="The port to listen on; 0 picks a free one.")
     token = Unicode(config=True, help=f"The token requests must send (also ${TOKEN_ENV}); one is made if unset.")
     public = Bool(False, config=True, help="No token for the function endpoints (the REST API still needs it).")
+    watch = Bool(
+        False,
+        config=True,
+        help="Run the notebook again whenever it is saved; a run that fails keeps the previous versions serving.",
+    )
     allow_host = List(
         Unicode(),
         config=True,
@@ -236,6 +208,10 @@ class ServeApp(JupyterApp):
         "allow-host": "ServeApp.allow_host",
     }
     flags = {
+        "watch": (
+            {"ServeApp": {"watch": True}},
+            "Run the notebook again whenever it is saved, switching each function to its new version.",
+        ),
         "public": (
             {"ServeApp": {"public": True}},
             "Serve the function endpoints without a token (a warning is printed).",
@@ -271,29 +247,54 @@ class ServeApp(JupyterApp):
             self.exit_with(f"jupyter faas serve: {e}", 2)
         # The notebook is the source of truth: its run sets the triggers again. What files were handled stays.
         triggers.clear()
-        _deploy.serve_here(registry, url, triggers)
         os.chdir(path.parent)  # as a kernel does: relative paths in the notebook mean its own folder
-        try:
-            namespace = run_notebook(path)
-        except NotebookError as e:
-            self.exit_with(f"jupyter faas serve: {path.name}: {e}", 1)
-        for value in list(namespace.values()):
-            if isinstance(value, FaasFunction):
-                registry.deploy(value._definition)
         token = self.token or secrets.token_urlsafe(24)
-        platform = _platform.current()
-        endpoints = Endpoints(platform, registry, state, url=url)
-        endpoints.start_triggers(triggers)
-        self._announce(path, url, token, registry)
-        # What start-up built (the notebook's namespace, parsers, grammars) lives as long as we do: moved out
-        # of the collector's sight, full collections stop walking hundreds of thousands of objects mid-request.
-        gc.collect()
-        gc.freeze()
+        platform = _platform.current(start=False)
+        endpoints = Endpoints(platform, registry, state, url=url, starting=True)
+        # Answering from now on, while the notebook runs: health says "starting" (503) until all is set.
+        http = HttpThread(
+            lambda stop: serve_http(sockets, endpoints, token, self._hosts, self.public, stop),
+            on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM),  # serve without HTTP is no use: stop it
+        )
+        print(f"jupyter faas serve: running {path.name}; answering at {url} (health: starting)", flush=True)
         try:
-            asyncio.run(self._serve(sockets, endpoints, token))
+            try:
+                cells = read_cells(path)
+                run_into(path, registry, url, triggers)
+            except NotebookError as e:
+                self.exit_with(f"jupyter faas serve: {path.name}: {e}", 1)
+            platform.start()  # ready means the cluster is up too, also for a notebook that never calls a function
+            endpoints.start_triggers(triggers)
+            endpoints.mark_ready()
+            self._announce(path, url, token, registry)
+            # What start-up built (the notebook's namespace, parsers, grammars) lives as long as we do: moved out
+            # of the collector's sight, full collections stop walking hundreds of thousands of objects mid-request.
+            gc.collect()
+            gc.freeze()
+            served = ServedNotebook(path, url, registry, triggers, state, cells, endpoints.refresh_triggers)
+            self._run_until_stopped(served)
         finally:
+            http.stop()
             endpoints.close()
             platform.shutdown()
+
+    def _run_until_stopped(self, served: ServedNotebook) -> None:
+        """Until SIGINT or SIGTERM; with --watch, run the notebook again each time its code cells change."""
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        changed = threading.Event()
+        if self.watch:
+            watcher = threading.Thread(
+                target=watch_file, args=(served.path, changed, stop), name="faas-watch-notebook", daemon=True
+            )
+            watcher.start()
+            print(f"jupyter faas serve: watching {served.path.name}: saving it runs it again", flush=True)
+        while not stop.is_set():
+            if changed.wait(0.2):
+                changed.clear()
+                served.reload()
+        print("jupyter faas serve: stopping", flush=True)
 
     def exit_with(self, message: str, code: int) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -313,36 +314,67 @@ class ServeApp(JupyterApp):
             )
         print(f"  API: {url}faas/api/functions, {url}faas/api/openapi.json, {url}faas/metrics", flush=True)
 
-    async def _serve(self, sockets: list[Any], endpoints: Endpoints, token: str) -> None:
-        settings = {
-            **settings_for(endpoints),
-            "faas_token": token,
-            "faas_public": self.public,
-            "faas_hosts": self._hosts,
-        }
-        app = web.Application(routes(_ServeBase, "/"), default_handler_class=joined(NotFound, _ServeBase), **settings)
-        read_timeout = _config.http_read_timeout()
-        server = _BoundedServer(
-            app,
-            max_connections=_config.http_max_connections(),
-            # Bodies over faas.http.max-body get a 413 from the handler; this only bounds what is read at all.
-            max_body_size=max(endpoints.max_body() * 4, 64 * 2**20),
-            # Headers past MAX_HEADER_BYTES get a 431 from the handler; far past it, the connection is dropped.
-            max_header_size=MAX_CONNECTION_HEADER_BYTES,
-            # A client that dribbles its headers or its body (slowloris) is cut off; others are served meanwhile.
-            idle_connection_timeout=read_timeout,
-            body_timeout=read_timeout,
-            xheaders=False,
-        )
-        server.add_sockets(sockets)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        print("jupyter faas serve: stopping", flush=True)
-        server.stop()
-        await server.close_all_connections()
+
+async def serve_http(
+    sockets: list[Any], endpoints: Endpoints, token: str, hosts: HostPolicy, public: bool, stop: asyncio.Event
+) -> None:
+    """Serve the function endpoints and the REST API on `sockets` until `stop` is set: serve's and a kernel's."""
+    settings = {**settings_for(endpoints), "faas_token": token, "faas_public": public, "faas_hosts": hosts}
+    app = web.Application(routes(_ServeBase, "/"), default_handler_class=joined(NotFound, _ServeBase), **settings)
+    read_timeout = _config.http_read_timeout()
+    server = _BoundedServer(
+        app,
+        max_connections=_config.http_max_connections(),
+        # Bodies over faas.http.max-body get a 413 from the handler; this only bounds what is read at all.
+        max_body_size=max(endpoints.max_body() * 4, 64 * 2**20),
+        # Headers past MAX_HEADER_BYTES get a 431 from the handler; far past it, the connection is dropped.
+        max_header_size=MAX_CONNECTION_HEADER_BYTES,
+        # A client that dribbles its headers or its body (slowloris) is cut off; others are served meanwhile.
+        idle_connection_timeout=read_timeout,
+        body_timeout=read_timeout,
+        xheaders=False,
+    )
+    server.add_sockets(sockets)
+    await stop.wait()
+    server.stop()
+    await server.close_all_connections()
+
+
+class HttpThread:
+    """An HTTP server on a thread and event loop of its own: it answers while the main thread runs the notebook (or
+    a kernel its cells)."""
+
+    def __init__(
+        self, serve: Callable[[asyncio.Event], Coroutine[Any, Any, None]], on_failure: Callable[[], None]
+    ) -> None:
+        self._serve = serve
+        self._on_failure = on_failure
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="faas-http", daemon=True)
+        self._thread.start()
+        self._started.wait()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception as e:  # nothing answers any more: say so
+            print(f"jupyter-faas: the HTTP server failed: {e!r}", file=sys.stderr, flush=True)
+            self._on_failure()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._started.set()
+        await self._serve(self._stop)
+
+    def stop(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stop.set)
+        self._thread.join(timeout=30)
 
 
 def _busy_answer() -> bytes:

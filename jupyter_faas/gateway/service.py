@@ -38,6 +38,7 @@ from jupyter_faas.gateway.firing import TriggerFiring
 from jupyter_faas.gateway.metrics import Metrics
 from jupyter_faas.gateway.openapi import document
 from jupyter_faas.gateway.triggers import TriggerRunner, TriggerStore, read_dropped_file
+from jupyter_faas.record.calltree import summary
 from jupyter_faas.record.deadletters import DamagedLetter, DeadLetters, dead_letters_path, whole_input
 from jupyter_faas.record.inflight import InFlight, inflight_path
 from jupyter_faas.record.outcomes import AsyncOutcomes, AsyncStatus, Dropped
@@ -48,6 +49,8 @@ log = logging.getLogger("jupyter_faas.endpoints")
 
 # Most records one request for a function's invocations returns.
 MAX_LISTED = 1000
+# Seconds a request refused while the server starts is told to wait (Retry-After).
+STARTING_RETRY_AFTER = 1
 
 
 @dataclass
@@ -69,7 +72,13 @@ class Endpoints:
     """
 
     def __init__(
-        self, platform: Platform, registry: Registry, state_dir: Path | None, base_url: str = "/", url: str = ""
+        self,
+        platform: Platform,
+        registry: Registry,
+        state_dir: Path | None,
+        base_url: str = "/",
+        url: str = "",
+        starting: bool = False,
     ) -> None:
         self.platform = platform
         self.registry = registry
@@ -84,6 +93,10 @@ class Endpoints:
         self._outcomes = AsyncOutcomes()
         self._lock = threading.Lock()
         self.triggers: TriggerRunner | None = None
+        # `starting`: not ready until the owner has run what deploys (serve: its notebook) and calls mark_ready().
+        self._ready = threading.Event()
+        if not starting:
+            self._ready.set()
         platform.add_listener(self.metrics.observe)
 
     def _settle_interrupted(self) -> None:
@@ -102,6 +115,21 @@ class Endpoints:
                 "jupyter-faas: invocation %s of %s was interrupted by a restart", entry["id"], entry["function"]
             )
 
+    @property
+    def ready(self) -> bool:
+        """Whether the functions and triggers are all set: health says "ok", and the functions answer."""
+        return self._ready.is_set()
+
+    def mark_ready(self, timeout: float = 10.0) -> None:
+        """Ready from now on, once the trigger runner has armed the stored triggers (waits up to `timeout`)."""
+        if self.triggers is not None:
+            self.triggers.wait_armed(timeout)
+        self._ready.set()
+
+    def health(self) -> Reply:
+        """200 `{"status": "ok"}` once ready; until then 503 `{"status": "starting"}` (a readiness probe's answer)."""
+        return Reply(200, {"status": "ok"}) if self.ready else Reply(503, {"status": "starting"})
+
     def close(self) -> None:
         if self.triggers is not None:
             self.triggers.close()
@@ -113,6 +141,11 @@ class Endpoints:
         firing = TriggerFiring(self.platform, self.registry, self.dead_letters)
         self.triggers = TriggerRunner(store, firing.launch, firing.failed, firing.takes_bytes)
         return self.triggers.start()
+
+    def refresh_triggers(self) -> None:
+        """Look at the trigger store now, rather than at the next tick."""
+        if self.triggers is not None:
+            self.triggers.refresh()
 
     def trigger_list(self) -> list[dict[str, Any]]:
         return [] if self.triggers is None else self.triggers.list()
@@ -136,6 +169,11 @@ class Endpoints:
 
     def prepare(self, name: str, content_type: str, body: bytes) -> Call:
         """Read a request into a call of the deployed function, or raise the HttpError that answers it."""
+        if not self.ready:
+            raise HttpError(
+                503, "Starting", "the server is still starting (running its notebook, setting its triggers); "
+                "GET faas/api/health says when it is ready", retry_after=STARTING_RETRY_AFTER,
+            )  # fmt: skip
         deployment = self._deployment(name)
         limit = _config.http_max_body()
         if len(body) > limit:
@@ -257,7 +295,7 @@ class Endpoints:
         record = self.platform.find_record(invocation_id)
         if outcome is None:
             if record is not None:
-                return finite(record.to_dict())
+                return finite({**record.to_dict(), **self._calls_of(invocation_id)})
             letter = self.dead_letters.get(invocation_id)
             if letter is not None:
                 # An invocation that ended as a dead letter before this process knew of it (a restart).
@@ -272,7 +310,13 @@ class Endpoints:
         if record is not None:
             answer["output"] = record.output
             answer["record"] = finite(record.to_dict())
+            answer.update(finite(self._calls_of(invocation_id)))
         return answer
+
+    def _calls_of(self, invocation_id: str) -> dict[str, Any]:
+        """The calls it made (`children`), and its whole call tree as a waterfall with its cost."""
+        children = [record.to_dict() for record in self.platform.children(invocation_id)]
+        return {"children": children, "call_tree": summary(self.platform.call_tree(invocation_id))}
 
     # -- dead letters: these do file work, so the handlers run them off the event loop ----------------
 

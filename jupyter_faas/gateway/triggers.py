@@ -258,10 +258,17 @@ class TriggerRunner:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="faas-triggers", daemon=True)
+        # Set once the first look at the store has armed every trigger in it (schedules due, folders watched).
+        self._armed = threading.Event()
 
     def start(self) -> TriggerRunner:
+        self._wake.set()  # the first look at the store at once, not a tick later
         self._thread.start()
         return self
+
+    def wait_armed(self, timeout: float) -> bool:
+        """Wait until the triggers stored when the runner started are armed; False at the timeout."""
+        return self._armed.wait(timeout)
 
     def close(self) -> None:
         self._stop.set()
@@ -306,6 +313,8 @@ class TriggerRunner:
                         self._scan(state)
             except Exception:  # a broken trigger must not stop the others; the next tick tries again
                 log.exception("jupyter-faas: the trigger runner hit an error")
+            # After the first pass: every stored trigger is armed, and the files already there are being looked at.
+            self._armed.set()
 
     def _sync(self) -> None:
         specs = {spec.id: spec for spec in self.store.specs()}

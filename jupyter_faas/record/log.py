@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,9 @@ from jupyter_faas.config import PRIVATE_FILE_MODE, open_private, private_dir
 from jupyter_faas.errors import LogError
 from jupyter_faas.record.logschema import (
     BOOL_COLUMNS,
+    COLUMNS,
     TABLE,
+    columns_of,
     ensure_schema,
     insert_chunk,
     rollback,
@@ -442,6 +444,66 @@ def read_invocations(
             if value is not None:
                 setattr(record, name, bool(value))
     return records
+
+
+def read_logged_after(
+    state_dir: Path,
+    functions: Sequence[str],
+    triggers: Sequence[str],
+    after: int = 0,
+    upto: int | None = None,
+    limit: int = 10_000,
+) -> tuple[list[InvocationRecord], int]:
+    """Records of `functions` started by `triggers`, logged after row `after` (and at or before row `upto`), in
+    the order they were logged; and the row to read after next time: every row committed so far was looked at.
+
+    Rows are numbered in commit order, whichever process wrote them: a reader that keeps the returned row as its
+    cursor sees each row once, also when other processes write meanwhile.
+    """
+    path = Path(state_dir) / LOG_FILENAME
+    if _forked_while_open:
+        raise LogError(f"this process was forked while its parent had the invocation log {path} open")
+    if not functions or not triggers or not path.exists():
+        return [], after
+    try:
+        conn = _connect(path, create=False)
+    except sqlite3.Error as e:
+        if not path.exists():
+            return [], after
+        raise LogError(f"cannot read the invocation log {path}: {e}") from e
+    try:
+        present = set(columns_of(conn))
+        if not present:
+            return [], after
+        select = ", ".join(name if name in present else "NULL" for name in COLUMNS)
+        marks = ", ".join("?" * len(functions)), ", ".join("?" * len(triggers))
+        sql = (
+            f"SELECT rowid, {select} FROM {TABLE} WHERE rowid > ? AND rowid <= ? "
+            f"AND function IN ({marks[0]}) AND trigger IN ({marks[1]}) ORDER BY rowid LIMIT ?"
+        )
+        conn.execute("BEGIN")  # one snapshot for both reads: nothing committed between them is skipped
+        try:
+            (last,) = conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {TABLE}").fetchone()
+            end = last if upto is None else min(last, upto)
+            rows = conn.execute(sql, [after, end, *functions, *triggers, limit]).fetchall()
+        finally:
+            rollback(conn)
+    except sqlite3.Error as e:
+        raise LogError(f"cannot read the invocation log {path}: {e}") from e
+    finally:
+        _close(conn)
+    records = [_record_of(row[1:]) for row in rows]
+    # Past the last row read only when the answer was whole: a page cut at `limit` resumes after its last row.
+    return records, (rows[-1][0] if len(rows) == limit else max(end, after))
+
+
+def _record_of(row: Sequence[Any]) -> InvocationRecord:
+    record = InvocationRecord(*row)
+    for name in BOOL_COLUMNS:
+        value = getattr(record, name)
+        if value is not None:
+            setattr(record, name, bool(value))
+    return record
 
 
 # Every open log, for the fork and exit hooks; the writer thread keeps a running log alive by itself.

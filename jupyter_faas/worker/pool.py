@@ -14,13 +14,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 
 import psutil
 
+from jupyter_faas.errors import FaasError
 from jupyter_faas.units import format_size
+from jupyter_faas.worker import wire as _wire
 from jupyter_faas.worker.capture import Segments
-from jupyter_faas.worker.messages import Answer, AnswerStatus, Package, SandboxMessage, SandboxRun
+from jupyter_faas.worker.messages import (
+    Answer,
+    AnswerStatus,
+    ChildReply,
+    Package,
+    SandboxCall,
+    SandboxMessage,
+    SandboxRun,
+)
 
 # How often a running invocation's memory is sampled; fast calls answer before the first sample.
 _MEMORY_POLL = 0.05
@@ -32,6 +42,22 @@ NO_RESULT_LIMIT = 2**62
 OnAnswer = Callable[[int, Answer], None]
 # (index, segments, bytes dropped so far): output of a call still running.
 OnOutput = Callable[[int, Segments, int], None]
+# (index, the call, seconds the invocation has left): a call the running invocation makes.
+OnCall = Callable[[int, SandboxCall, float], None]
+
+
+# The answer to a call made where nothing can take it.
+_NO_UPSTREAM = pickle.dumps(
+    ("error", FaasError("this worker cannot pass calls to other functions on to a platform"), []), protocol=5
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where the calls a batch's invocations make go, and where their answers come back from."""
+
+    sock: socket.socket
+    on_call: OnCall
 
 
 # The only variables a sandbox starts with: what programs and Python need to run, never a token or a
@@ -82,8 +108,9 @@ class Batch:
     max_result: int = NO_RESULT_LIMIT
 
 
-# What a sandbox may send: a streamed output, a request for the package, or an answer's status.
-_MESSAGES = frozenset({"output", "missing", "ok", "error", "memory"})
+# What a sandbox may send: a streamed output, a request for the package, a call, or an answer's status
+# ("timeout" when a runtime of worker/runtimes/ stopped its call itself).
+_MESSAGES = frozenset({"output", "missing", "call", "ok", "error", "memory", "timeout"})
 
 
 class SandboxGone(Exception):
@@ -180,11 +207,19 @@ class Sandbox:
             self.process.wait(timeout=10)
         self.conn.close()
 
-    def run(self, batch: Batch, indices: list[int], on_answer: OnAnswer, on_output: OnOutput) -> int:
+    def run(
+        self,
+        batch: Batch,
+        indices: list[int],
+        on_answer: OnAnswer,
+        on_output: OnOutput,
+        upstream: Upstream | None = None,
+    ) -> int:
         """Run the batch's calls at `indices`, answering each; returns how many were answered.
 
         Fewer than all means the sandbox was killed (timeout, memory) or died; the last one answered
-        says why, and the rest have not started.
+        says why, and the rest have not started. Calls the invocations make go `upstream`, and the
+        answers that come back from there are passed on to the sandbox.
         """
         self._wait_ready()
         name, timeout, memory = batch.name, batch.timeout, batch.memory
@@ -200,7 +235,15 @@ class Sandbox:
                 message = f"{name} ran past its timeout of {timeout:g}s and was stopped"
                 on_answer(index, failure("timeout", "FaasTimeout", message, time.time() - timeout, fresh, None))
                 return answered + 1
-            if not self.conn.poll(min(_MEMORY_POLL, remaining)):
+            ready = wait([self.conn] if upstream is None else [self.conn, upstream.sock], min(_MEMORY_POLL, remaining))
+            if upstream is not None and upstream.sock in ready:
+                try:
+                    reply = _wire.receive(upstream.sock)
+                except OSError:
+                    self.kill()  # the platform is gone: nobody waits for this call any more
+                    raise
+                self._pass_on(reply)
+            if self.conn not in ready:
                 resident = self._resident(batch.isolation == "fresh")
                 if resident is not None and resident > memory:
                     self.kill()
@@ -233,6 +276,12 @@ class Sandbox:
             if sent[0] == "missing":
                 self._send(batch, indices, with_package=True)
                 continue
+            if sent[0] == "call":
+                if upstream is None:
+                    self._pass_on(("reply", sent[1], _NO_UPSTREAM))
+                else:
+                    upstream.on_call(index, sent, deadline - time.monotonic())
+                continue
             self.known.add(batch.version)
             fresh = False
             on_answer(index, sent)
@@ -244,6 +293,13 @@ class Sandbox:
                 self.kill()
                 return answered
         return answered
+
+    def _pass_on(self, reply: ChildReply) -> None:
+        """An answer to a call of the running invocation; anything else from upstream is no answer and is dropped."""
+        if not isinstance(reply, tuple) or len(reply) != 3 or reply[0] != "reply":
+            return
+        with contextlib.suppress(OSError):  # a sandbox that is gone is found out by the loop
+            self.conn.send_bytes(pickle.dumps(reply, protocol=5))
 
     def _send(self, batch: Batch, indices: list[int], with_package: bool) -> None:
         package = batch.package if with_package else None
@@ -304,13 +360,22 @@ class Invoker:
 
     def _release(self, sandbox: Sandbox) -> None:
         with self._lock:
-            if sandbox.alive and not self._closed:
+            # Past the slots, sandboxes were started for invocations that ran while their callers waited
+            # on them: once idle again, the extra ones end.
+            if sandbox.alive and not self._closed and len(self._idle) < self.slots:
                 self._idle.append(sandbox)
                 return
             self._all.discard(sandbox)
         sandbox.kill()
 
-    def invoke(self, batch: Batch, indices: list[int], on_answer: OnAnswer, on_output: OnOutput) -> None:
+    def invoke(
+        self,
+        batch: Batch,
+        indices: list[int],
+        on_answer: OnAnswer,
+        on_output: OnOutput,
+        upstream: Upstream | None = None,
+    ) -> None:
         """Run every call at `indices`, each with its own timeout; a killed sandbox is replaced mid-batch."""
         name = batch.name
         remaining = list(indices)
@@ -322,7 +387,7 @@ class Invoker:
                     on_answer(index, failure("error", "SandboxExit", f"{name}: {gone}", time.time(), False, None))
                 return
             try:
-                answered = sandbox.run(batch, remaining, on_answer, on_output)
+                answered = sandbox.run(batch, remaining, on_answer, on_output, upstream)
             except SandboxGone as gone:
                 sandbox.kill()
                 message = f"the process running {name} {gone}"

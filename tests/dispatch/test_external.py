@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -18,7 +20,17 @@ from distributed import Client
 
 from jupyter_faas.client.function import FaasFunction, function
 from jupyter_faas.dispatch.platform import Platform
-from tests.helpers import AUTH, invocations_of, start_serve, stop_process_group, wait_for, write_notebook
+from tests.helpers import (
+    AUTH,
+    WASM_CACHE,
+    invocations_of,
+    start_serve,
+    stop_process_group,
+    wait_for,
+    write_notebook,
+)
+from tests.worker.runtimes.test_wasm import EDGE
+from tests.worker.runtimes.test_wasm import LINE as WASM_LINE
 
 DASK = str(Path(sys.executable).parent / "dask")
 
@@ -93,6 +105,8 @@ NOTEBOOK_CELLS = [
     "assert square(7) == 49",
     "assert square.map(range(200)) == [x * x for x in range(200)]",
     "%%faas ticker --every 1s\n'tick'",
+    # A function that calls another: the call goes back to serve's platform, through the external worker.
+    "%%faas twice x:int --http\nsquare(x) * 2",
 ]
 
 
@@ -109,11 +123,18 @@ def test_the_same_notebook_runs_unchanged_on_an_external_cluster(external: Exter
         for x in (3, 4, 5):
             response = httpx.post(f"{server.url}faas/functions/square", json={"x": x}, headers=AUTH, timeout=60)
             assert response.json() == x * x
+        response = httpx.post(f"{server.url}faas/functions/twice", json={"x": 6}, headers=AUTH, timeout=60)
+        assert response.json() == 72
+        caller = invocations_of(server, "twice")[-1]
+        answer = server.get(f"faas/api/invocations/{caller['id']}", headers=AUTH).json()
+        assert [(child["function"], child["parent"]) for child in answer["children"]] == [("square", caller["id"])]
+        assert [row["function"] for row in answer["call_tree"]["calls"]] == ["twice", "square"]
         (inbox / "hello.txt").write_text("hello")
         wait_for(lambda: invocations_of(server, "shout"), 30, "the file trigger")
         wait_for(lambda: invocations_of(server, "ticker"), 30, "the schedule")
         records = invocations_of(server, "square")
-        assert Counter(r["trigger"] for r in records) == Counter({"call": 201, "http": 3})
+        assert Counter(r["trigger"] for r in records) == Counter({"call": 202, "http": 3})
+        assert [r["parent"] for r in records if r["parent"]] == [caller["id"]]
         assert {r["status"] for r in records} == {"ok"}
         # Every invocation ran on the external workers, and the map used both of them.
         external_workers = external.worker_addresses()
@@ -373,3 +394,38 @@ def test_requirements_are_installed_on_an_external_cluster_before_the_first_call
             lambda dask_scheduler: [*dask_scheduler.plugins, *dask_scheduler.worker_plugins]
         )
     assert any(name.startswith("jupyter-faas-pip-") for name in plugins)
+
+
+def test_cells_of_every_runtime_answer_http_on_an_external_cluster(external: ExternalCluster, tmp_path: Path) -> None:
+    # The same WebAssembly cell as tests/worker/runtimes/test_wasm.py: its build is cached, serve finds it.
+    cells = [
+        f"%%faas {WASM_LINE} --http\n{EDGE}",
+        "%%faas greet name --lang javascript --http\nreturn `hello ${name}`;",
+        '%%faas count_words text --lang bash --http\nprintf "%s" "$text" | wc -w',
+        "assert edge('echo', 5)['echo'] == 5 and greet('map') == 'hello map' and count_words('a b') == '2'",
+    ]
+    notebook = write_notebook(tmp_path / "polyglot.ipynb", cells)
+    env = {"DASK_FAAS__CLUSTER__ADDRESS": external.address, "DASK_FAAS__RUNTIMES__WASM_CACHE": str(WASM_CACHE)}
+    server = start_serve(notebook, tmp_path / "state", env=env)
+    try:
+        signature = hmac.new(b"k", b"body", hashlib.sha256).hexdigest()
+        answers = {
+            "edge": server.post("edge", json={"mode": "verify", "arg": ["k", "body", signature]}, headers=AUTH),
+            "greet": server.post("greet", json={"name": "http"}, headers=AUTH),
+            "count_words": server.post("count_words", json={"text": "one two three"}, headers=AUTH),
+        }
+        assert {name: (r.status_code, r.json()) for name, r in answers.items()} == {
+            "edge": (200, True),
+            "greet": (200, "hello http"),
+            "count_words": (200, "3"),
+        }
+        external_workers = external.worker_addresses()
+        for name in answers:
+            records = invocations_of(server, name)
+            assert {r["status"] for r in records} == {"ok"} and {r["worker"] for r in records} <= external_workers
+            assert Counter(r["trigger"] for r in records)["http"] == 1
+        # The cell's error, over HTTP: a 500 whose error is the cell's own.
+        failed = server.post("edge", json={"mode": "fail"}, headers=AUTH)
+        assert failed.status_code == 500 and failed.json()["error"]["type"] == "ZeroDivisionError"
+    finally:
+        stop_process_group(server.process)

@@ -16,11 +16,15 @@ from typing import Any
 
 import dask
 import httpx
+import prometheus_client
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import HTTPClientError
 
+from jupyter_faas.client.function import function
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.dispatch.sharing import _ENV_KEYS
+from jupyter_faas.record.registry import Registry
 from tests.helpers import stop_process_group, wait_for
 
 
@@ -342,16 +346,118 @@ async def test_after_a_restart_deployed_endpoints_answer_without_running_any_not
             stop_process_group(server)
 
 
-async def test_deploy_outside_a_server_is_a_clear_error(state_dir: Path) -> None:
+async def test_deploy_outside_a_server_and_without_the_extension_is_a_clear_error(state_dir: Path) -> None:
     from IPython.core.error import UsageError
     from IPython.core.interactiveshell import InteractiveShell
+
+    from jupyter_faas.client import deploy as _deploy
+    from jupyter_faas.gateway import inkernel
 
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "jupyter_faas")
     saved = {key: os.environ.pop(key) for key in _ENV_KEYS if key in os.environ}
+    # As in a process that never loaded the extension: no gateway of its own to fall back on.
+    _deploy.use_fallback(None)
     try:
-        with pytest.raises(UsageError, match="jupyter faas serve NOTEBOOK.ipynb"):
+        with pytest.raises(UsageError, match="%load_ext jupyter_faas.*jupyter faas serve NOTEBOOK.ipynb"):
             shell.run_cell_magic("faas", "lonely --http", "1")
     finally:
+        _deploy.use_fallback(inkernel.gateway)
         os.environ.update(saved)
         shell.user_ns.pop("lonely", None)
+
+
+# -- the server's own /metrics --------------------------------------------------------------------------------
+
+
+@function
+def metered(x: int) -> int:
+    return x + 1
+
+
+async def test_the_servers_own_metrics_carry_the_faas_series_under_its_own_auth(
+    jp_fetch: Any, jp_serverapp: Any, state_dir: Path
+) -> None:
+    # Deployed as a kernel of this server would: into the server's registry folder.
+    Registry(state_dir / "registry").deploy(metered._definition)
+    for x in range(3):
+        assert await post_json(jp_fetch, "metered", {"x": x}) == x + 1
+    text = (await jp_fetch("metrics")).body.decode()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    counted = {(s.labels.get("function"), s.labels.get("status")): s.value for s in families["faas_invocations"].samples
+               if s.name == "faas_invocations_total"}  # fmt: skip
+    assert counted == {("metered", "ok"): 3.0}
+    assert "faas_invocation_latency_seconds" in families and "faas_workers" in families
+    # The server's own series are still there beside them.
+    assert any(name.startswith("http_request_duration_seconds") for name in families)
+    # Under the server's authenticate_prometheus (on by default): no token, no metrics.
+    with pytest.raises(HTTPClientError) as raised:
+        await jp_fetch("metrics", headers={"Authorization": ""})
+    assert raised.value.code == 403
+    # One platform's series at a time: the servers the tests before started in this process left none behind.
+    mirrors = [c for c in list(prometheus_client.REGISTRY._collector_to_names) if type(c).__name__ == "_Mirror"]
+    assert len(mirrors) == 1
+
+
+# -- the notebook sees its endpoint's traffic on the server ------------------------------------------------------
+
+WAIT_IN_KERNEL = """
+import time
+def wait_until(condition, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+"""
+
+
+async def test_the_notebook_sees_its_endpoints_traffic_on_the_server(
+    jp_fetch: Any, jp_serverapp: Any, state_dir: Path
+) -> None:
+    async with started_kernel(jp_serverapp) as kernel:
+        await kernel.run(WAIT_IN_KERNEL)
+        await kernel.run("%%faas square x:int --http\nprint('squaring', x)\nx * x")
+        await kernel.run("assert square(2) == 4")  # the kernel's own call
+        for x in range(5):
+            assert await post_json(jp_fetch, "square", {"x": x}) == x * x
+        headers = {"Content-Type": "application/json"}
+        queued = await jp_fetch("faas", "functions", "square", method="POST", body='{"x": 9}', headers=headers,
+                                params={"async": "true"})  # fmt: skip
+        assert queued.code == 202
+        # Live: without running anything again, the kernel's figures reach the server's count and its own call.
+        await kernel.run("wait_until(lambda: square.stats()['invocations'] == 7, 'the server traffic')")
+        assert _body(await jp_fetch("faas", "api", "functions", "square"))["stats"]["invocations"] == 6
+        triggers = await kernel.run("print(sorted(r.trigger for r in square.invocations))")
+        assert triggers.strip() == str(["call", *["http"] * 6])
+        assert "squaring 9" in await kernel.run("print(square.logs(10))")
+        await kernel.run("wait_until(lambda: '<td>7</td>' in square.card.figures.value, 'the card')")
+        # Never counted twice: the kernel's own call, once it is in the shared log too, is not taken for traffic.
+        await kernel.run(
+            "import jupyter_faas\nfrom jupyter_faas.client import traffic\n"
+            "jupyter_faas.platform().flush_log()\ntraffic._traffic.poll()\nassert square.stats()['invocations'] == 7"
+        )
+        # A schedule the server fires shows up the same way; so does a function defined again in a new kernel.
+        await kernel.run("%%faas ping --every 1s\n'pong'")
+        await kernel.run("wait_until(lambda: ping.stats()['invocations'] >= 1, 'the schedule')")
+        assert (await kernel.run("print({r.trigger for r in ping.invocations})")).strip() == "{'schedule'}"
+        await kernel.run("ping.unschedule()")
+    async with started_kernel(jp_serverapp) as kernel:
+        await kernel.run(WAIT_IN_KERNEL)
+        await kernel.run("%%faas square x:int\nprint('squaring', x)\nx * x")
+        await kernel.run("wait_until(lambda: square.stats()['invocations'] == 6, 'the history')")
+
+
+async def test_a_deployed_function_that_calls_another_runs_it_on_the_servers_platform(
+    jp_serverapp: Any, jp_fetch: Any, state_dir: Path
+) -> None:
+    async with started_kernel(jp_serverapp) as kernel:
+        await kernel.run("%%faas square x:int --http\nx * x")
+        await kernel.run("%%faas twice x:int --http\nsquare(x) * 2")
+        assert await post_json(jp_fetch, "twice", {"x": 6}) == 72
+        caller = _body(await jp_fetch("faas", "api", "functions", "twice", "invocations"))["invocations"][0]
+        answer = _body(await jp_fetch("faas", "api", "invocations", caller["id"]))
+        assert [(child["function"], child["parent"], child["root"]) for child in answer["children"]] == [
+            ("square", caller["id"], caller["id"])
+        ]
+        rows = answer["call_tree"]["calls"]
+        assert [(row["function"], row["depth"]) for row in rows] == [("twice", 0), ("square", 1)]

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jupyter_faas.gateway.serve import code_cells
 from tests.helpers import (
     AUTH,
+    EARLY_ANNOUNCEMENT,
     TOKEN,
     Served,
     invocations_of,
@@ -463,3 +464,39 @@ def test_a_functions_output_is_kept_with_its_record_and_served_by_id(served: Ser
     queued = served.post("chatty", params={"async": "true"}, json={"n": 5}, headers=AUTH).json()
     state = wait_for_outcome(served, queued["id"])
     assert state["result"] == 5 and state["output"] == "hello 5\ncareful\n"
+
+
+# -- readiness: health says "starting" until the notebook has run and its triggers are armed --------------------
+
+
+def test_health_says_starting_until_the_notebook_has_run_and_its_triggers_are_armed(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    cells = [
+        "%%faas square x:int --http\nx * x",
+        "%%faas tick --every 1h\n'tick'",
+        # The notebook goes on running until the test opens the gate: everything above is deployed by then.
+        f"import pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.02)",
+        f"%%faas shout path --on-file {str(tmp_path / 'inbox')!r}\nopen(path).read().upper()",
+    ]
+    (tmp_path / "inbox").mkdir()
+    notebook = write_notebook(tmp_path / "gated.ipynb", cells)
+    server = start_serve(notebook, tmp_path / "state", announcement=EARLY_ANNOUNCEMENT)
+    try:
+        health = server.get("faas/api/health")
+        assert (health.status_code, health.json()) == (503, {"status": "starting"})
+        assert health.headers["Retry-After"] == "1"
+        # A function its notebook already deployed is not served before the rest is set: a readiness probe's
+        # 503 and the function's agree.
+        refused = server.post("square", json={"x": 3}, headers=AUTH)
+        assert refused.status_code == 503 and refused.json()["error"]["type"] == "Starting"
+        assert refused.headers["Retry-After"] == "1"
+        gate.touch()
+        wait_for(lambda: server.get("faas/api/health").status_code == 200, 60, "health to say ok")
+        # The moment health says ok, both triggers are armed: the schedule has its next tick, the folder a watch.
+        armed = {t["function"]: t for t in server.get("faas/api/triggers", headers=AUTH).json()["triggers"]}
+        assert set(armed) == {"tick", "shout"}
+        assert armed["tick"]["next_due"] is not None
+        assert server.get("faas/api/health").json() == {"status": "ok"}
+        assert server.post("square", json={"x": 3}, headers=AUTH).json() == 9
+    finally:
+        stop_process_group(server.process)

@@ -350,3 +350,42 @@ def test_sigkill_loses_nothing_committed_and_leaves_the_database_sound(tmp_path:
     with InvocationLog(tmp_path, max_records=10**6) as log:
         log.append(after)
     assert read_invocations(tmp_path, limit=1) == [after]
+
+
+# -- reading what other processes log, in commit order ----------------------------------------------------------
+
+
+def test_read_logged_after_sees_each_row_once_in_commit_order_across_writers(tmp_path: Path) -> None:
+    first, second = InvocationLog(tmp_path, 1000), InvocationLog(tmp_path, 1000)
+    try:
+        # Two writers (as a server and a kernel are): submitted times out of order, triggers mixed.
+        first.extend([record(n, submitted=1000.0 - n, trigger="http") for n in range(5)])
+        first.flush()
+        second.extend([record(n, trigger="call") for n in range(5, 8)] + [record(8, function="g", trigger="http")])
+        second.flush()
+        seen, cursor = _log.read_logged_after(tmp_path, ["f"], ["http", "schedule"])
+        assert [r.id for r in seen] == [record(n).id for n in range(5)]  # commit order, not submitted order
+        assert all(isinstance(r.cold_start, bool) for r in seen)
+        # Nothing new: nothing again, and the cursor stands past the rows that did not match.
+        assert _log.read_logged_after(tmp_path, ["f"], ["http"], after=cursor) == ([], cursor)
+        first.extend([record(9, trigger="schedule"), record(10, trigger="http")])
+        first.flush()
+        more, cursor = _log.read_logged_after(tmp_path, ["f", "g"], ["http", "schedule"], after=cursor)
+        assert [r.id for r in more] == [record(9).id, record(10).id]
+        # A look back up to a cursor, a page at a time, reads each matching row exactly once.
+        pages, after = [], 0
+        while True:
+            page, after = _log.read_logged_after(tmp_path, ["f"], ["http"], after=after, upto=cursor, limit=2)
+            pages.append([r.id for r in page])
+            if len(page) < 2:
+                break
+        ids = [i for page in pages for i in page]
+        assert ids == [record(n).id for n in (0, 1, 2, 3, 4, 10)] and len(set(ids)) == len(ids)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_read_logged_after_with_no_log_or_nothing_asked_reads_nothing(tmp_path: Path) -> None:
+    assert _log.read_logged_after(tmp_path / "none", ["f"], ["http"], after=3) == ([], 3)
+    assert _log.read_logged_after(tmp_path, [], ["http"]) == ([], 0)
