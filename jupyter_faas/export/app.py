@@ -18,7 +18,7 @@ from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.errors import ExportError, FaasError
 from jupyter_faas.export.build import TARGETS, ExportResult, export, triggers_of
 from jupyter_faas.export.plan import Exportable
-from jupyter_faas.gateway.serve import NotebookError, run_notebook
+from jupyter_faas.gateway.notebook import NotebookError, run_notebook
 from jupyter_faas.gateway.triggers import TriggerStore
 from jupyter_faas.record.registry import Registry
 

@@ -10,7 +10,7 @@ import pytest
 from jupyter_faas.client import deploy as _deploy
 from jupyter_faas.errors import ExportError
 from jupyter_faas.export.app import export_notebook
-from jupyter_faas.gateway.serve import NotebookError
+from jupyter_faas.gateway.notebook import NotebookError
 from jupyter_faas.record.registry import Registry
 from tests.export.conftest import REQUESTS, SERVED, Prepared, Request
 from tests.helpers import write_notebook
