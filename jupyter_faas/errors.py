@@ -26,6 +26,7 @@ Our exception hierarchy:
   + CallDepthExceeded
   + NestedCallError
   + FunctionKeyError (also ValueError)
+  + ExportError (also ValueError)
 """
 
 from __future__ import annotations
@@ -186,3 +187,7 @@ def present(error: BaseException, function: str, worker: str | None, traceback_t
     with contextlib.suppress(AttributeError, TypeError):
         error._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
     return error
+
+
+class ExportError(FaasError, ValueError):
+    """A notebook or function that cannot be exported as asked: the message names the option and what to do."""

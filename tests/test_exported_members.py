@@ -51,6 +51,7 @@ EXCEPTIONS = {
     "CallDepthExceeded": (errors.FaasError,),
     "NestedCallError": (errors.FaasError,),
     "FunctionKeyError": (errors.FaasError, ValueError),
+    "ExportError": (errors.FaasError, ValueError),
 }
 
 

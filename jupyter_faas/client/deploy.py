@@ -42,6 +42,11 @@ def serve_here(
     _keys_here = keys
 
 
+def serving_here() -> tuple[Registry, str, TriggerStore | None] | None:
+    """What `serve_here` set last (None if nothing): to put back after borrowing it."""
+    return _here
+
+
 def served_elsewhere() -> bool:
     """Whether another process (this kernel's Jupyter server) owns the endpoints and triggers deploys go to."""
     return _here is None and bool(os.environ.get(REGISTRY_ENV))

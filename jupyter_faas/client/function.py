@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from jupyter_faas.definition.secrets import with_secrets
 from jupyter_faas.dispatch import compose as _compose
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.errors import ConfigError, LogError
+from jupyter_faas.export import build as _export
 from jupyter_faas.gateway import triggers as _triggers
 from jupyter_faas.gateway.keys import NewKey
 from jupyter_faas.gateway.ratelimit import check as check_limits
@@ -223,6 +225,11 @@ class FaasFunction:
         future = _platform.calling().invoke(self._definition, blob, trigger="queue", background=True)
         future.add_done_callback(lambda done: _dead_letter_if_failed(self._definition, args, kwargs, done))
         return future.id
+
+    def export(self, to: str, out: str | os.PathLike[str]) -> _export.ExportResult:
+        """Write this function as a build context for `to` ("knative", "openfaas" or "lambda") in the folder `out`:
+        readable code, captured values as data, requirements.txt, a Dockerfile and the target's settings."""
+        return _export.export_definition(self._definition, to, out)
 
     @property
     def invocations(self) -> list[InvocationRecord]:
