@@ -253,8 +253,11 @@ def wasm_cache_dir() -> Path:
 def _componentize_py() -> str:
     beside = os.path.join(os.path.dirname(sys.executable), "componentize-py")
     found = shutil.which("componentize-py") or shutil.which(beside)
-    if found is None:
-        raise DefinitionError("--runtime wasm needs componentize-py: pip install componentize-py")
+    if found is None or not _wasm.available():
+        # wasmtime too: the build compiles the component for it here, as the workers will load it.
+        raise DefinitionError(
+            f"--runtime wasm needs componentize-py and wasmtime (on the workers too): {_wasm.INSTALL}"
+        )
     return found
 
 
@@ -306,6 +309,7 @@ def _build_error(name: str, stderr: str) -> DefinitionError:
 
 def build_component(name: str, spec: dict[str, Any], on_progress: Progress = _no_progress) -> tuple[Path, Path, bool]:
     """(component, precompiled, built now): the cell's component, built once per content hash, and compiled."""
+    _componentize_py()  # both tools are there, or one clear line says how to get them
     key = build_key(spec)
     folder = wasm_cache_dir()
     component = folder / f"{key}.wasm"

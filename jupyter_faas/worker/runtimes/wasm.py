@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import psutil
-import wasmtime
-from wasmtime import component as _component
+
+try:
+    import wasmtime
+    from wasmtime import component as _component
+except ImportError:  # without the [wasm] extra a WebAssembly cell still unpickles; running it says what to install
+    wasmtime = None  # type: ignore[assignment]
 
 from jupyter_faas.errors import FaasMemoryError, FaasTimeout, RemoteError, RuntimeFailure
 from jupyter_faas.units import format_size
@@ -25,6 +29,15 @@ from jupyter_faas.worker import runtimes as _runtimes
 
 GUEST_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wasm_guest")
 WIT_WORLD = "cell"
+# What a machine needs for --runtime wasm: the build (componentize-py) and the engine (wasmtime).
+INSTALL = "pip install 'jupyter-faas[wasm]'"
+
+
+def available() -> bool:
+    """Whether wasmtime is installed in this process."""
+    return wasmtime is not None
+
+
 # Components kept loaded per sandbox; the oldest are dropped first.
 _LOADED = 8
 # Below this, the store's memory limit leaves CPython no room to start in.
@@ -109,6 +122,8 @@ class WasmRuntime(_runtimes.Runtime):
         self._process = psutil.Process()
 
     def start(self) -> None:
+        if wasmtime is None:
+            raise RuntimeFailure(f"--runtime wasm needs wasmtime on the worker: {INSTALL}")
         self._engine = engine()
         self._linker = _component.Linker(self._engine)
         self._linker.add_wasip2()
