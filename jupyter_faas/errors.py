@@ -20,6 +20,7 @@ Our exception hierarchy:
   + ResultTooLarge
   + RegistryError
   + LogError (also OSError)
+  + UsageError (also TypeError)
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ class RegistryError(FaasError):
 
 class LogError(FaasError, OSError):
     """The invocation log cannot be created, read or written; the message names the file."""
+
+
+class UsageError(FaasError, TypeError):
+    """A function used in a way its kind does not allow (a map over a generator); the message says what to do."""
 
 
 def type_name(error: BaseException) -> str:

@@ -45,6 +45,7 @@ EXCEPTIONS = {
     "QueueFull": (errors.FaasError,),
     "RegistryError": (errors.FaasError,),
     "LogError": (errors.FaasError, OSError),
+    "UsageError": (errors.FaasError, TypeError),
 }
 
 

@@ -46,6 +46,11 @@ class InvocationRecord:
     trigger: str = "call"
     # What it printed or logged, cut at faas.log.max-output; "" for nothing, None once no longer kept in memory.
     output: str | None = ""
+    # Milliseconds a warm class's setup() took before this call (Lambda's "Init Duration"); None if it did not run.
+    init_ms: float | None = None
+    # A generator's: how many items it yielded, and the milliseconds from its start to the first (None: none).
+    items: int | None = None
+    first_item_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -15,7 +17,18 @@ from distributed import WorkerPlugin
 
 from jupyter_faas.worker import wire as _wire
 from jupyter_faas.worker.capture import Segments
-from jupyter_faas.worker.messages import Answer, Answers, Done, Hello, Missing, Output, Package, Run
+from jupyter_faas.worker.messages import (
+    Answer,
+    Answers,
+    Done,
+    Hello,
+    Missing,
+    Output,
+    Package,
+    Run,
+    RunExtras,
+    StreamEvent,
+)
 from jupyter_faas.worker.pool import NO_RESULT_LIMIT, Batch, Invoker
 
 # Answers are sent back in frames at most this far apart, so a lost worker loses little.
@@ -144,7 +157,8 @@ class InvokerServer:
             _wire.send(sock, output)
 
         batch = Batch(name, version, package, blob, timeout, memory, max_output, secrets, isolation, max_result)
-        self.invoker.invoke(batch, indices, on_answer, on_output)
+        batch = _with_extras(batch, request)
+        self.invoker.invoke(batch, indices, on_answer, on_output, _event_sender(sock))
         done: Done = ("done", pending)
         _wire.send(sock, done)
 
@@ -154,6 +168,24 @@ class InvokerServer:
         for sock in list(self._connections):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _with_extras(batch: Batch, request: Run) -> Batch:
+    """A Run's thirteenth item, when sent: a warm class's setup timeout, and an async function's --inputs."""
+    extras: RunExtras = request[12] if len(request) > 12 else {}  # type: ignore[misc]  # older clients send 12
+    if not extras:
+        return batch
+    setup_timeout = extras.get("setup_timeout")
+    return dataclasses.replace(batch, setup_timeout=setup_timeout, inputs=int(extras.get("inputs", 1)))
+
+
+def _event_sender(sock: socket.socket) -> Callable[[StreamEvent], None]:
+    """Passes a setup's end and each generator item to the client at once: its caller may be waiting on it."""
+
+    def send(event: StreamEvent) -> None:
+        _wire.send(sock, event)
+
+    return send
 
 
 _server: InvokerServer | None = None

@@ -20,7 +20,17 @@ import psutil
 
 from jupyter_faas.units import format_size
 from jupyter_faas.worker.capture import Segments
-from jupyter_faas.worker.messages import Answer, AnswerStatus, Package, SandboxMessage, SandboxRun
+from jupyter_faas.worker.messages import (
+    Answer,
+    AnswerStatus,
+    IndexedAnswer,
+    Package,
+    RunExtras,
+    SandboxMessage,
+    SandboxRun,
+    SetupStarted,
+    StreamEvent,
+)
 
 # How often a running invocation's memory is sampled; fast calls answer before the first sample.
 _MEMORY_POLL = 0.05
@@ -32,6 +42,13 @@ NO_RESULT_LIMIT = 2**62
 OnAnswer = Callable[[int, Answer], None]
 # (index, segments, bytes dropped so far): output of a call still running.
 OnOutput = Callable[[int, Segments, int], None]
+# A setup's end ("init") or a generator's item, passed on to the client as it comes.
+OnEvent = Callable[[StreamEvent], None]
+# A retired sandbox has this long to run its warm instances' teardown() before it is killed.
+TEARDOWN_GRACE = 5.0
+# Calls run at once (--inputs) cancel their own tasks at their timeout; the worker stops the sandbox only
+# when one has not answered this long after.
+_CONCURRENT_GRACE = 2.0
 
 
 # The only variables a sandbox starts with: what programs and Python need to run, never a token or a
@@ -80,10 +97,16 @@ class Batch:
     isolation: str = "warm"
     # Largest result, serialized, a call may send back; past it the call fails with ResultTooLarge.
     max_result: int = NO_RESULT_LIMIT
+    # How long a warm class's setup() may take (None: the timeout), and calls of an async function run at once.
+    setup_timeout: float | None = None
+    inputs: int = 1
+
+    def extras(self) -> RunExtras:
+        return {"setup_timeout": self.setup_timeout or self.timeout, "inputs": self.inputs, "timeout": self.timeout}
 
 
 # What a sandbox may send: a streamed output, a request for the package, or an answer's status.
-_MESSAGES = frozenset({"output", "missing", "ok", "error", "memory"})
+_MESSAGES = frozenset({"output", "missing", "ok", "error", "memory", "setup", "init", "item", "answer-at"})
 
 
 class SandboxGone(Exception):
@@ -180,7 +203,19 @@ class Sandbox:
             self.process.wait(timeout=10)
         self.conn.close()
 
-    def run(self, batch: Batch, indices: list[int], on_answer: OnAnswer, on_output: OnOutput) -> int:
+    def close_socket(self) -> None:
+        """Tell the sandbox to end: it runs its teardowns, then exits (kill() stops it if it does not)."""
+        with contextlib.suppress(OSError):
+            self.conn.close()
+
+    def run(
+        self,
+        batch: Batch,
+        indices: list[int],
+        on_answer: OnAnswer,
+        on_output: OnOutput,
+        on_event: OnEvent | None = None,
+    ) -> int:
         """Run the batch's calls at `indices`, answering each; returns how many were answered.
 
         Fewer than all means the sandbox was killed (timeout, memory) or died; the last one answered
@@ -192,21 +227,32 @@ class Sandbox:
         self._send(batch, indices, with_package=fresh)
         answered = 0
         deadline = time.monotonic() + timeout
+        # Calls run at once answer in any order: kept here until those before them have answered.
+        at_once = batch.inputs > 1 and len(indices) > 1
+        early: dict[int, Answer] = {}
+        in_setup = False
         while answered < len(indices):
             index = indices[answered]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
-                message = f"{name} ran past its timeout of {timeout:g}s and was stopped"
-                on_answer(index, failure("timeout", "FaasTimeout", message, time.time() - timeout, fresh, None))
-                return answered + 1
+                if in_setup:
+                    limit = batch.setup_timeout or timeout
+                    message = f"{name}'s setup() ran past its setup timeout of {limit:g}s and was stopped"
+                else:
+                    message = f"{name} ran past its timeout of {timeout:g}s and was stopped"
+                limit = (batch.setup_timeout or timeout) if in_setup else timeout
+                stopped: tuple[float, bool, int | None] = (time.time() - limit, fresh, None)
+                why: tuple[AnswerStatus, str, str] = ("timeout", "FaasTimeout", message)
+                return self._fail_rest(indices, answered, early, at_once, why, stopped, on_answer)
             if not self.conn.poll(min(_MEMORY_POLL, remaining)):
                 resident = self._resident(batch.isolation == "fresh")
                 if resident is not None and resident > memory:
                     self.kill()
                     message = f"{name} went over its memory limit of {format_size(memory)} and was stopped"
-                    on_answer(index, failure("memory", "FaasMemoryError", message, time.time(), fresh, resident))
-                    return answered + 1
+                    why = ("memory", "FaasMemoryError", message)
+                    stopped = (time.time(), fresh, resident)
+                    return self._fail_rest(indices, answered, early, at_once, why, stopped, on_answer)
                 continue
             try:
                 received = pickle.loads(self.conn.recv_bytes())
@@ -226,12 +272,33 @@ class Sandbox:
                 on_answer(index, failure("error", "SandboxExit", message, time.time(), fresh, None))
                 return answered + 1
             # Checked just above, as far as its tag: a sandbox of this very version sent it.
-            sent: SandboxMessage = received
+            sent: SandboxMessage | SetupStarted | StreamEvent | IndexedAnswer = received
             if sent[0] == "output":
                 on_output(sent[1], sent[2], sent[3])
                 continue
             if sent[0] == "missing":
                 self._send(batch, indices, with_package=True)
+                continue
+            if sent[0] == "setup":
+                # setup() has its own limit; the call's own time starts when it ends.
+                in_setup = True
+                deadline = time.monotonic() + (batch.setup_timeout or timeout)
+                continue
+            if sent[0] == "init":
+                in_setup = False
+                deadline = time.monotonic() + timeout + (_CONCURRENT_GRACE if at_once else 0.0)
+                self._pass_on(sent, on_event)
+                continue
+            if sent[0] == "item":
+                self._pass_on(sent, on_event)
+                continue
+            if sent[0] == "answer-at":
+                early[sent[1]] = sent[2]
+                deadline = time.monotonic() + timeout + _CONCURRENT_GRACE
+                while answered < len(indices) and indices[answered] in early:
+                    on_answer(indices[answered], early.pop(indices[answered]))
+                    answered += 1
+                self.known.add(batch.version)
                 continue
             self.known.add(batch.version)
             fresh = False
@@ -245,11 +312,44 @@ class Sandbox:
                 return answered
         return answered
 
+    def _pass_on(self, event: StreamEvent, on_event: OnEvent | None) -> None:
+        if on_event is None:
+            return
+        try:
+            on_event(event)
+        except BaseException:
+            # The caller is gone mid-stream: the call it was streaming cannot go on without it.
+            self.kill()
+            raise
+
+    def _fail_rest(
+        self,
+        indices: list[int],
+        answered: int,
+        early: dict[int, Answer],
+        at_once: bool,
+        why: tuple[AnswerStatus, str, str],
+        stopped: tuple[float, bool, int | None],
+        on_answer: OnAnswer,
+    ) -> int:
+        """The sandbox was stopped: the call running fails; calls run at once all fail (those that ended keep
+        their answers); returns how many are answered now. `why` is (status, error type, message), `stopped`
+        (when the failed call started, fresh, peak memory)."""
+        status, kind, message = why
+        started, fresh, peak = stopped
+        if not at_once:
+            on_answer(indices[answered], failure(status, kind, message, started, fresh, peak))
+            return answered + 1
+        for index in indices[answered:]:
+            answer = early.pop(index, None) or failure(status, kind, message, started, False, peak)
+            on_answer(index, answer)
+        return len(indices)
+
     def _send(self, batch: Batch, indices: list[int], with_package: bool) -> None:
         package = batch.package if with_package else None
         request: SandboxRun = (
             "run", batch.version, package, batch.blob, indices, batch.memory, batch.max_output, batch.secrets,
-            batch.isolation, batch.max_result,
+            batch.isolation, batch.max_result, batch.extras(),
         )  # fmt: skip
         try:
             self.conn.send_bytes(pickle.dumps(request, protocol=5))
@@ -310,7 +410,14 @@ class Invoker:
             self._all.discard(sandbox)
         sandbox.kill()
 
-    def invoke(self, batch: Batch, indices: list[int], on_answer: OnAnswer, on_output: OnOutput) -> None:
+    def invoke(
+        self,
+        batch: Batch,
+        indices: list[int],
+        on_answer: OnAnswer,
+        on_output: OnOutput,
+        on_event: OnEvent | None = None,
+    ) -> None:
         """Run every call at `indices`, each with its own timeout; a killed sandbox is replaced mid-batch."""
         name = batch.name
         remaining = list(indices)
@@ -322,7 +429,7 @@ class Invoker:
                     on_answer(index, failure("error", "SandboxExit", f"{name}: {gone}", time.time(), False, None))
                 return
             try:
-                answered = sandbox.run(batch, remaining, on_answer, on_output)
+                answered = sandbox.run(batch, remaining, on_answer, on_output, on_event)
             except SandboxGone as gone:
                 sandbox.kill()
                 message = f"the process running {name} {gone}"
@@ -338,5 +445,11 @@ class Invoker:
             sandboxes = list(self._all)
             self._all.clear()
             self._idle.clear()
+        # Retired, not killed: each may run its warm instances' teardown() first. At once, so the grace is paid once.
         for sandbox in sandboxes:
+            sandbox.close_socket()
+        ends = time.monotonic() + TEARDOWN_GRACE
+        for sandbox in sandboxes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                sandbox.process.wait(timeout=max(0.0, ends - time.monotonic()))
             sandbox.kill()
