@@ -15,6 +15,7 @@ from typing import Any
 from tornado import web
 
 from jupyter_faas import config as _config
+from jupyter_faas.gateway import streaming as _streaming
 from jupyter_faas.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jupyter_faas.gateway.service import Endpoints, HttpError, Reply
 from jupyter_faas.record.deadletters import DEFAULT_PAGE, MAX_PAGE
@@ -268,10 +269,18 @@ class _Invoke(_Faas):
                 reply = await asyncio.to_thread(self.endpoints.invoke_async, name, content_type, body)
                 self.note_invocation(reply.body["id"])
                 self.send_reply(reply)
+            elif self.endpoints.streams(name):
+                await self._stream(name, content_type, body)
             else:
                 self.send_reply(await self.endpoints.invoke(name, content_type, body, on_submit=self.note_invocation))
         finally:
             self._release()
+
+    async def _stream(self, name: str, content_type: str, body: bytes) -> None:
+        """A generator's answer: chunked, each item as it is yielded (Server-Sent Events if the caller asks)."""
+        stream = self.endpoints.invoke_stream(name, content_type, body, on_submit=self.note_invocation)
+        events = _streaming.wants_events(self.request.headers.get("Accept", ""))
+        await _streaming.answer(self, name, stream, events)
 
 
 class _Functions(_Faas):
