@@ -55,6 +55,12 @@ class _Loaded:
         loaded = cloudpickle.loads(payload)
         self.is_async = _warm.is_async(loaded)
         # A class: one instance per sandbox and version, set up before its first call.
+        if isinstance(loaded, type):
+            # cloudpickle names every method's file <dynamic-code>: they get the class's file back, for tracebacks.
+            for value in vars(loaded).values():
+                method = getattr(value, "__func__", value)
+                if isinstance(method, types.FunctionType):
+                    method.__code__ = with_filename(method.__code__, filename)
         self.warm = _warm.WarmInstance(loaded, reusable) if isinstance(loaded, type) else None
         self.code: types.CodeType | None = None
         self.function: types.FunctionType | None = None
