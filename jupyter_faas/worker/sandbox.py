@@ -354,7 +354,9 @@ def _call_in_fork(
             channel.running = (index, captured)
             _capture.current.captured = captured
             threading.Thread(target=channel.stream, name="faas-output", daemon=True).start()
-            channel.answer(_call(loaded, call, (memory_limit, max_result), fresh, _process.PeakMeter(), state, secrets))
+            call_limits = (memory_limit, max_result)
+            meter = _process.PeakMeter()
+            channel.answer(_call(loaded, call, call_limits, fresh, meter, state, secrets, channel, index))
             os.write(answered_write, b"1")
             code = 0
         finally:

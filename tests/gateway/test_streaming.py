@@ -29,7 +29,8 @@ CELLS = [
     "        self.greeting = 'hello'\n\n"
     "    def __call__(self, name: str) -> str:\n"
     "        return f'{self.greeting} {name}'\n",
-    "%%faas --http\nasync def awaited(x: int) -> int:\n    import asyncio\n    await asyncio.sleep(0.01)\n    return x + 1\n",
+    "%%faas --http\nasync def awaited(x: int) -> int:\n"
+    "    import asyncio\n    await asyncio.sleep(0.01)\n    return x + 1\n",
 ]
 
 

@@ -91,9 +91,8 @@ def test_a_memory_kill_fails_every_call_in_that_sandbox(platform: Platform) -> N
 
 def test_both_magic_forms_take_async_code(shell: InteractiveShell, platform: Platform) -> None:
     shell.run_cell_magic("faas", "slow_echo text:str", "import asyncio\nawait asyncio.sleep(0.01)\ntext")
-    shell.run_cell_magic(
-        "faas", "--inputs 3", "import asyncio\n\nasync def tripled(x: int) -> int:\n    await asyncio.sleep(0)\n    return 3 * x\n"
-    )
+    cell = "import asyncio\n\nasync def tripled(x: int) -> int:\n    await asyncio.sleep(0)\n    return 3 * x\n"
+    shell.run_cell_magic("faas", "--inputs 3", cell)
     assert shell.user_ns["slow_echo"]("hi") == "hi"
     assert shell.user_ns["tripled"].map([1, 2]) == [3, 6]
     assert shell.user_ns["tripled"].limits.inputs == 3

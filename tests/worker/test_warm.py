@@ -212,3 +212,34 @@ def test_the_magic_binds_a_class_with_the_signature_of_its_call(shell: Interacti
     assert Counter(r.init_ms is not None for r in scaler.invocations)[True] >= 1
     with pytest.raises(UsageError, match="setup-timeout"):
         shell.run_cell_magic("faas", "--setup-timeout never", "class C:\n    def __call__(self):\n        return 1\n")
+
+
+@function(isolation="fresh", timeout="30s")
+class ForkedFromWarm:
+    def setup(self) -> None:
+        print("loading the model")
+        self.setup_pid = os.getpid()
+        self.calls = 0
+
+    def __call__(self) -> tuple[int, int, int]:
+        self.calls += 1
+        return self.setup_pid, os.getpid(), self.calls
+
+
+@function(isolation="fresh", timeout="30s")
+def forked_items(n: int):  # type: ignore[no-untyped-def]
+    yield from range(n)
+
+
+def test_with_fresh_isolation_setup_runs_once_and_each_call_forks_from_the_warm_instance(platform: Platform) -> None:
+    results = [ForkedFromWarm() for _ in range(3)]
+    # Each call ran in a process forked for it, from the sandbox that ran setup once; what a call changes
+    # on its copy of the instance is thrown away with it.
+    assert all(setup_pid != pid for setup_pid, pid, _ in results)
+    assert [calls for _, _, calls in results] == [1, 1, 1]
+    assert len({setup_pid for setup_pid, _, _ in results}) <= 2
+    records = ForkedFromWarm.invocations
+    first_of_sandbox = [record for record in records if record.init_ms is not None]
+    assert first_of_sandbox and all("loading the model" in (record.output or "") for record in first_of_sandbox)
+    assert all("loading the model" not in (record.output or "") for record in records if record.init_ms is None)
+    assert list(forked_items(3)) == [0, 1, 2]
