@@ -54,6 +54,14 @@ def endless() -> Iterator[int]:
         yield i
 
 
+@function(timeout="2s")
+def never_read(progress: str) -> Iterator[bytes]:
+    for i in range(100_000):
+        with open(progress, "w") as f:
+            f.write(str(i))
+        yield b"y" * 65536
+
+
 @function(retries=2)
 def breaks_after_one() -> Iterator[int]:
     yield 1
@@ -109,6 +117,20 @@ def test_the_timeout_covers_the_whole_stream(platform: Platform) -> None:
             seen.append(item)
     assert len(seen) >= 3 and time.monotonic() - began < 10
     assert endless.invocations[-1].status == "timeout" and endless.invocations[-1].items == len(seen)
+
+
+def test_the_timeout_counts_the_time_a_stalled_caller_keeps_the_function_paused(
+    platform: Platform, tmp_path: Path
+) -> None:
+    items = never_read(str(tmp_path / "progress"))
+    assert len(next(items)) == 65536
+    began = time.monotonic()
+    # Nobody reads: the function is paused, and still stopped at its timeout.
+    record = wait_for(lambda: [r for r in never_read.invocations if r.id == items.id], 20, "the record")[0]
+    assert record.status == "timeout" and time.monotonic() - began < 15
+    with pytest.raises(FaasTimeout):
+        for _ in items:
+            pass
 
 
 def test_an_error_after_an_item_ends_the_iteration_and_is_not_retried(platform: Platform) -> None:
