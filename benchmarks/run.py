@@ -303,6 +303,33 @@ def bench_log_off(size: Size) -> dict[str, Any]:
     return _warm_calls(size, "square_log_off", {"faas.log.enabled": False})
 
 
+def bench_nested(size: Size) -> dict[str, Any]:
+    """Warm calls of `square` from the notebook, and of a function that calls `square` inside, on one platform."""
+    import dask
+
+    import jupyter_faas
+    from jupyter_faas import function
+
+    square = function(timeout="30s", name="square_leaf")(_square)
+
+    def call_square(x: int) -> int:
+        return int(square(x))
+
+    caller = function(timeout="30s", name="square_caller")(call_square)
+    with dask.config.set({"faas.cluster.idle-timeout": "10 minutes"}):
+        p = jupyter_faas.platform()
+        try:
+            for _ in range(3):  # the first call a sandbox makes imports the client there
+                caller(1)
+                square(1)
+            top = latency_figures(time_calls(square, size.warm))
+            nested = latency_figures(time_calls(caller, size.warm))
+            child_latencies = sorted(r.latency_ms / 1000 for r in square.invocations if r.parent is not None)
+            return {"top": top, "caller": nested, "child": latency_figures(child_latencies[-size.warm :])}
+        finally:
+            p.shutdown()
+
+
 def bench_plain_cold(trials: int, method: str) -> dict[str, Any]:
     """An adaptive LocalCluster from zero workers to the first result, as the reference measures it."""
     import dask
@@ -450,6 +477,15 @@ def notes(size: Size, report: dict[str, Any]) -> list[str]:
             f"{fresh['warm_p50_ms']:.3f} ms, p99 {fresh['warm_p99_ms']:.3f} ms; default warm isolation: p50 "
             f"{faas['warm_p50_ms']:.3f} ms"
         )
+    nested = report["extra"].get("faas_nested")
+    if nested:
+        caller, top, child = nested["caller"], nested["top"], nested["child"]
+        lines.append(
+            "jupyter-faas nested call: a function whose body is square(x), warm p50 "
+            f"{caller['warm_p50_ms']:.3f} ms (p99 {caller['warm_p99_ms']:.3f}), beside square called from here, "
+            f"p50 {top['warm_p50_ms']:.3f} ms (p99 {top['warm_p99_ms']:.3f}); the inner call's own latency as its "
+            f"platform saw it: p50 {child['warm_p50_ms']:.3f} ms"
+        )
     children = ", ".join(f"{describe_child(c['cmdline'])} {c['rss_mb']:.1f}" for c in memory["children"])
     first = memory["after_first_call"]
     lines.append(
@@ -527,6 +563,7 @@ def _run(args: argparse.Namespace) -> int:
     faas, plain, memory = phase("jupyter-faas and plain distributed", lambda: bench_platform(size, driver_before))
     log_off = phase("jupyter-faas, durable log off", lambda: bench_log_off(size))
     fresh = phase("jupyter-faas, --isolation fresh", lambda: bench_fresh(size))
+    nested = phase("jupyter-faas, a call made inside a function", lambda: bench_nested(size))
     cold = phase("plain distributed cold start", lambda: bench_plain_cold(size.cold_trials, "spawn"))
     cold_fs = phase(
         "plain distributed cold start, forkserver", lambda: bench_plain_cold(size.cold_trials, "forkserver")
@@ -543,7 +580,12 @@ def _run(args: argparse.Namespace) -> int:
         "results": results,
         "ratios_faas_over_plain": ratios(results),
         "memory": memory,
-        "extra": {"plain_cold_forkserver": cold_fs, "faas_warm_log_off": log_off, "faas_warm_fresh": fresh},
+        "extra": {
+            "plain_cold_forkserver": cold_fs,
+            "faas_warm_log_off": log_off,
+            "faas_warm_fresh": fresh,
+            "faas_nested": nested,
+        },
         "phase_seconds": phases,
         "elapsed_s": round(time.perf_counter() - began, 2),
     }

@@ -219,6 +219,10 @@ def call_max_bytes() -> int:
     return _checked("faas.call.max-bytes", lambda v: parse_size(v, "faas.call.max-bytes", minimum=1))
 
 
+def compose_max_depth() -> int:
+    return _checked("faas.compose.max-depth", lambda v: _whole(v, "faas.compose.max-depth", minimum=1))
+
+
 def queue_max_pending() -> int:
     return _checked("faas.queue.max-pending", lambda v: _whole(v, "faas.queue.max-pending", minimum=1))
 

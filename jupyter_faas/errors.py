@@ -20,6 +20,8 @@ Our exception hierarchy:
   + ResultTooLarge
   + RegistryError
   + LogError (also OSError)
+  + CallDepthExceeded
+  + NestedCallError
   + UsageError (also TypeError)
 """
 
@@ -107,6 +109,14 @@ class RegistryError(FaasError):
 
 class LogError(FaasError, OSError):
     """The invocation log cannot be created, read or written; the message names the file."""
+
+
+class CallDepthExceeded(FaasError):
+    """A call made inside a function went deeper than faas.compose.max-depth; the message names the chain."""
+
+
+class NestedCallError(FaasError):
+    """A call made inside a function cannot go where it was made from: e.g. a process the function started."""
 
 
 class UsageError(FaasError, TypeError):

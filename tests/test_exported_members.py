@@ -45,6 +45,8 @@ EXCEPTIONS = {
     "QueueFull": (errors.FaasError,),
     "RegistryError": (errors.FaasError,),
     "LogError": (errors.FaasError, OSError),
+    "CallDepthExceeded": (errors.FaasError,),
+    "NestedCallError": (errors.FaasError,),
     "UsageError": (errors.FaasError, TypeError),
 }
 

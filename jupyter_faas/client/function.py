@@ -20,6 +20,7 @@ from jupyter_faas.definition.limits import Limits
 from jupyter_faas.definition.model import FunctionDefinition, from_callable
 from jupyter_faas.definition.requirements import with_requirements
 from jupyter_faas.definition.secrets import with_secrets
+from jupyter_faas.dispatch import compose as _compose
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.dispatch import streams as _streams
 from jupyter_faas.errors import ConfigError, LogError, UsageError, type_name
@@ -28,6 +29,7 @@ from jupyter_faas.record.deadletters import DeadLetters, dead_letters_path
 from jupyter_faas.record.log import read_invocations
 from jupyter_faas.record.records import InvocationRecord
 from jupyter_faas.ui.output import CallOutput, logs_text, show_map_output
+from jupyter_faas.worker.children import SelfCall
 
 if TYPE_CHECKING:
     from jupyter_faas.ui.widgets import FunctionCard
@@ -48,6 +50,7 @@ class FaasFunction:
 
     def __init__(self, definition: FunctionDefinition) -> None:
         self._definition = definition
+        _compose.defined_here(definition)
         self.__name__ = definition.name
         self.__doc__ = definition.load().__doc__
         self.__signature__ = definition.signature
@@ -87,7 +90,7 @@ class FaasFunction:
                 f"Call it, `for item in {self.name}(...)`, or `async for item in {self.name}.aio(...)`"
             )
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
-        return _platform.current().invoke(self._definition, blob)
+        return _platform.calling().invoke(self._definition, blob)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
@@ -96,7 +99,7 @@ class FaasFunction:
             return self._stream(args, kwargs)
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
         output = CallOutput(self.name)
-        future = _platform.current().invoke(self._definition, blob, on_output=output.collect)
+        future = _platform.calling().invoke(self._definition, blob, on_output=output.collect)
         try:
             # What the function prints appears here as it runs, as it would for a local call.
             output.wait(future)
@@ -112,7 +115,13 @@ class FaasFunction:
         """A generator call: its items, as the function yields them."""
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
         stream = _streams.ItemStream(self.name, self.limits.timeout)
-        stream.attach(_platform.current().invoke(self._definition, blob, on_item=stream.put))
+        platform = _platform.calling()
+        if not isinstance(platform, _platform.Platform):
+            raise UsageError(
+                f"{self.name} is a generator function: its items cannot yet stream back into another function. "
+                "Call a plain function from here, or iterate it from the notebook or over HTTP"
+            )
+        stream.attach(platform.invoke(self._definition, blob, on_item=stream.put))
         return stream
 
     def aio(self, *args: Any, **kwargs: Any) -> Any:
@@ -146,9 +155,12 @@ class FaasFunction:
             # Every item has the same number of positional arguments, so one check covers them all.
             self._check_arguments(calls[0][0], {})
         began = time.monotonic()
-        results = _platform.current().map(self._definition, calls)
+        platform = _platform.calling()
+        results = platform.map(self._definition, calls)
         try:
-            if not results.wait(PROGRESS_AFTER):
+            if not isinstance(platform, _platform.Platform):
+                results.wait()  # inside a function: no progress bar, nobody watches this cell
+            elif not results.wait(PROGRESS_AFTER):
                 # Imported only now: widgets cost nothing to maps that finish within the threshold.
                 from jupyter_faas.ui import widgets as _widgets
 
@@ -177,6 +189,9 @@ class FaasFunction:
         loaded = self._definition.load()
         if isinstance(loaded, type):
             loaded = self._local_warm(loaded)
+        elif isinstance(getattr(loaded, "__globals__", {}).get(self.name), SelfCall):
+            # Here, where it runs, its own name is itself: recursion stays local too.
+            loaded.__globals__[self.name] = self.local
         value = loaded(*args, **kwargs)
         if inspect.iscoroutine(value):
             try:
@@ -246,7 +261,7 @@ class FaasFunction:
         """
         self._check_arguments(args, kwargs)
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
-        future = _platform.current().invoke(self._definition, blob, trigger="queue", background=True)
+        future = _platform.calling().invoke(self._definition, blob, trigger="queue", background=True)
         future.add_done_callback(lambda done: _dead_letter_if_failed(self._definition, args, kwargs, done))
         return future.id
 

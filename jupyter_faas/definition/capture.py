@@ -19,6 +19,7 @@ import cloudpickle
 from jupyter_faas import config as _config
 from jupyter_faas.errors import DefinitionError
 from jupyter_faas.units import format_size
+from jupyter_faas.worker.children import SelfCall
 
 # Module name given to cell-defined code, so that cloudpickle always ships it by value.
 CELL_MODULE = "__faas__"
@@ -93,6 +94,10 @@ def capture(
             # __name__ and __builtins__ are the function's own module globals, never the notebook's.
             if key in captured or key in missing or key in _NOT_CAPTURED:
                 continue
+            if key == name:
+                # Its own name: the function itself, which no value can hold (its payload would contain itself).
+                captured[key] = SelfCall(name)
+                continue
             found, value = lookup(key)
             if not found:
                 # A name the function assigns through `global` may exist by the time it is read.
@@ -109,7 +114,7 @@ def capture(
 def _is_immutable(value: Any, depth: int = 0) -> bool:
     if depth > 4:
         return False
-    if isinstance(value, _IMMUTABLE_ATOMS) or value is Ellipsis:
+    if isinstance(value, (*_IMMUTABLE_ATOMS, SelfCall)) or value is Ellipsis:
         return True
     if isinstance(value, tuple | frozenset):
         return all(_is_immutable(item, depth + 1) for item in value)

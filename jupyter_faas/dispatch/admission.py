@@ -87,6 +87,21 @@ class Invocation:
     # Output of the current attempt so far, and the bytes it dropped past max_output.
     output: Segments | None = None
     dropped: int = 0
+    # The invocation that made this call, and the top of its call tree (None at the top); and the names
+    # of the functions from the top down to this one, whose length is its depth.
+    parent: str | None = None
+    root: str | None = None
+    chain: tuple[str, ...] = ()
+
+    def called_by(self, caller: Invocation | None) -> None:
+        """Place it in its caller's call tree (at the top, with no caller)."""
+        if caller is None:
+            self.chain = (self.definition.name,)
+            return
+        self.parent = caller.id
+        self.root = caller.root or caller.id
+        self.chain = (*caller.chain, self.definition.name)
+
     # A warm class's setup time (ms), when this invocation ran it; a generator's items so far, and when the
     # first was yielded (unix time).
     init_ms: float | None = None

@@ -201,6 +201,8 @@ def conclude(invocation: Invocation, outcome: Outcome) -> tuple[InvocationRecord
         memory_limit=definition.limits.memory,
         trigger=invocation.trigger,
         output=_final_output(invocation, outcome),
+        parent=invocation.parent,
+        root=invocation.root,
         init_ms=invocation.init_ms,
         items=invocation.items if definition.streams else None,
         first_item_ms=_first_item_ms(invocation, started),

@@ -36,10 +36,13 @@ from jupyter_faas.dispatch.admission import (
     pack_calls,
 )
 from jupyter_faas.dispatch.cluster import ClusterHandle, connect
+from jupyter_faas.dispatch.compose import Composer
+from jupyter_faas.dispatch.inside import CallerPlatform, in_sandbox, refuse_platform
 from jupyter_faas.dispatch.lease import KernelLease, Leases
 from jupyter_faas.dispatch.outcomes import MAP_OUTPUT_LINES, MapResults, conclude, on_stream, should_retry
 from jupyter_faas.dispatch.transport import DirectDispatcher, Job, Outcome
 from jupyter_faas.errors import ConfigError, FaasError, LogError
+from jupyter_faas.record.calltree import WaterfallRow, waterfall
 from jupyter_faas.record.cost import Comparison, compare
 from jupyter_faas.record.log import InvocationLog
 from jupyter_faas.record.records import InvocationRecord, RecordStore
@@ -53,6 +56,7 @@ __all__ = [
     "MapResults",
     "Platform",
     "QueueFull",
+    "calling",
     "current",
     "new_ids",
     "pack_calls",
@@ -92,6 +96,8 @@ class Platform:
         self._installed: set[str] = set()
         # Kernel side: what this platform last told its server about its work.
         self._lease = KernelLease(self._lock, self._stop)
+        # Calls made inside invocations: run here, as invocations of their own.
+        self._compose = Composer(self)
 
     # -- life cycle ----------------------------------------------------------------------------------
 
@@ -197,6 +203,20 @@ class Platform:
         store = self._stores.get(name)
         return store.last(count) if store else []
 
+    def children(self, invocation_id: str) -> list[InvocationRecord]:
+        """The records, still kept in memory, of the calls one invocation made, in the order they were made."""
+        with self._lock:
+            stores = list(self._stores.values())
+        found = [record for store in stores for record in store.children(invocation_id)]
+        return sorted(found, key=lambda record: record.submitted)
+
+    def call_tree(self, invocation_id: str) -> list[WaterfallRow]:
+        """The invocation and every call below it, as waterfall rows; [] when its record is no longer kept."""
+        top = self.find_record(invocation_id)
+        if top is None:
+            return []
+        return waterfall(top, self.children, _config.pricing())
+
     def find_record(self, invocation_id: str) -> InvocationRecord | None:
         """The record of one invocation, of any function, while it is kept in memory."""
         with self._lock:
@@ -284,6 +304,8 @@ class Platform:
         trigger: str = "call",
         on_output: Callable[[Segments], None] | None = None,
         background: bool = False,
+        parent: Invocation | None = None,
+        invocation_id: str | None = None,
         on_item: Callable[[bytes], None] | None = None,
     ) -> InvocationFuture:
         """One invocation of the single call packed in `blob`; the future ends with its result or error.
@@ -296,13 +318,15 @@ class Platform:
         A `background` invocation is one nobody waits on: it is sent only when no waited-on one waits
         for a slot, and past `faas.queue.max-pending` of them (all functions) or
         `faas.queue.max-pending-per-function` (this one) it is refused with QueueFull, never run.
+
+        `parent` is the invocation that made this call, when one did; `invocation_id`, an id its caller chose.
         """
         max_output, max_bytes = _config.log_max_output(), _config.call_max_bytes()
         secrets = _secrets.values_for(definition)
         self.start()
         self._ensure_requirements(definition)
         future = InvocationFuture()
-        future.id = new_ids(1)[0]
+        future.id = invocation_id or new_ids(1)[0]
         if background:
             self._backlog.join(definition.name, future)
         sink = FutureSink(future, on_output, on_item)
@@ -310,6 +334,7 @@ class Platform:
             future.id, definition, blob, 0, time.time(), time.perf_counter(), sink, 0, trigger=trigger,
             max_output=max_output, secrets=secrets, max_bytes=max_bytes, background=background,
         )  # fmt: skip
+        invocation.called_by(parent)
         if queue_timeout is not None:
             self._queued.add(future.id, queue_timeout, sink, definition.name)
         with self._lock:
@@ -319,7 +344,9 @@ class Platform:
             self._launch([invocation])
         return future
 
-    def map(self, definition: FunctionDefinition, calls: Sequence[Call]) -> MapResults:
+    def map(
+        self, definition: FunctionDefinition, calls: Sequence[Call], parent: Invocation | None = None
+    ) -> MapResults:
         """Invocations of many calls, sent in batches; results arrive in a MapResults in input order."""
         max_output, max_bytes = _config.log_max_output(), _config.call_max_bytes()
         secrets = _secrets.values_for(definition)
@@ -334,6 +361,9 @@ class Platform:
         # Four batches a slot keeps the slots busy to the end; a concurrency limit needs single calls.
         size = 1 if limited else max(1, min(_MAX_BATCH, math.ceil(len(calls) / (4 * slots))))
         batches = map_batches(definition, calls, size, results, max_output, secrets, max_bytes)
+        for batch in batches:
+            for invocation in batch:
+                invocation.called_by(parent)
         if not limited:
             for batch in batches:
                 self._launch(batch)
@@ -418,6 +448,7 @@ class Platform:
                 max_result=first.max_bytes,
                 background=first.background,
                 stream=lambda index, segments, dropped: on_stream(by_index[index], segments, dropped),
+                children=lambda index, call, reply: self._compose.on_call(by_index[index], call, reply),
                 setup_timeout=definition.limits.setup_timeout,
                 inputs=definition.limits.inputs,
                 on_event=lambda event: _streams.on_event(by_index[event[1]], event),
@@ -466,6 +497,7 @@ class Platform:
         self._finish(invocation, outcome)
 
     def _finish(self, invocation: Invocation, outcome: Outcome) -> None:
+        self._compose.caller_ended(invocation, stopped=outcome.status != "ok")
         record, result, error = conclude(invocation, outcome)
         output = record.output
         self._store(record.function).add(record)
@@ -629,13 +661,22 @@ _platform_lock = threading.Lock()
 
 
 def current(start: bool = True) -> Platform:
-    """The process's platform, created on first use."""
+    """The process's platform, created on first use; never in a sandbox, nor a process started from one."""
     global _platform
+    if in_sandbox():
+        raise refuse_platform()
     with _platform_lock:
         if _platform is None or _platform._closed:
             _platform = Platform()
         platform = _platform
     return platform.start() if start else platform
+
+
+def calling() -> Platform | CallerPlatform:
+    """Where this process's calls go: its own platform, or inside a sandbox, the platform that runs it."""
+    if in_sandbox():
+        return CallerPlatform()
+    return current()
 
 
 @atexit.register

@@ -8,6 +8,7 @@ the job queue, the links and the dispatcher share one lock and are read together
 from __future__ import annotations
 
 import contextlib
+import pickle
 import socket
 import threading
 import time
@@ -17,10 +18,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from jupyter_faas.errors import FaasError
 from jupyter_faas.worker import plugin as _invoker
 from jupyter_faas.worker import wire as _wire
 from jupyter_faas.worker.capture import Segments
-from jupyter_faas.worker.messages import ErrorInfo, Hello, Package, RunExtras, RunWithExtras, StreamEvent, WorkerFrame
+from jupyter_faas.worker.messages import (
+    ChildCall,
+    ChildReply,
+    ChildResult,
+    ErrorInfo,
+    Hello,
+    Package,
+    Run,
+    RunExtras,
+    RunWithExtras,
+    StreamEvent,
+    WorkerFrame,
+)
 
 if TYPE_CHECKING:
     from jupyter_faas.dispatch.cluster import ClusterHandle
@@ -37,6 +51,8 @@ _DISCOVER_IDLE = 1.0
 
 # How an attempt ended: "setup" means no worker can run it.
 OutcomeStatus = Literal["ok", "error", "timeout", "memory", "lost", "setup"]
+# Sends the answer to a call an invocation made (a pickled ChildResult), while that invocation's job runs.
+Reply = Callable[[bytes], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +98,8 @@ class Job:
     max_result: int = 2**62
     # Nobody waits on it now (?async=true, the queue, triggers): it goes after every job somebody waits on.
     background: bool = False
+    # Where calls its invocations make go: (index of the caller, the call, how to answer it).
+    children: Callable[[int, ChildCall, Reply], None] | None = None
     # A warm class's setup limit (None: the timeout); an async function's calls one sandbox runs at once.
     setup_timeout: float | None = None
     inputs: int = 1
@@ -213,6 +231,52 @@ class _JobQueue:
         return jobs
 
 
+class _Replies:
+    """The answers to calls a running job makes, sent on its stream while it runs, and its slot meanwhile.
+
+    While any of its invocations waits on a call, the job gives its slot back, so the call it waits on
+    can run, as Dask's secede does; it takes the slot back once nothing is outstanding (rejoin), or when it
+    ends. The dispatcher's lock guards the counts, `sending` the socket.
+    """
+
+    def __init__(self, dispatcher: DirectDispatcher, link: _Link, sock: socket.socket) -> None:
+        self.dispatcher = dispatcher
+        self.link = link
+        self.sock = sock
+        self.sending = threading.Lock()
+        self.outstanding = 0
+        self.open = True
+
+    def send(self, message: Run | RunWithExtras) -> None:
+        with self.sending:
+            _wire.send(self.sock, message)
+
+    def called(self) -> None:
+        with self.dispatcher._lock:
+            self.outstanding += 1
+            if self.outstanding == 1 and self.open:
+                self.link.busy -= 1
+                self.dispatcher._assign()
+
+    def answer(self, request_id: int, payload: bytes) -> None:
+        with self.sending:
+            if self.open:
+                reply: ChildReply = ("reply", request_id, payload)
+                with contextlib.suppress(OSError):  # a broken stream is the job's to report
+                    _wire.send(self.sock, reply)
+        with self.dispatcher._lock:
+            self.outstanding -= 1
+            if self.outstanding == 0 and self.open:
+                self.link.busy += 1
+
+    def close(self) -> None:
+        """The job is over: nothing more is sent on its stream, and it holds its slot again until it is freed."""
+        with self.sending, self.dispatcher._lock:
+            self.open = False
+            if self.outstanding > 0:
+                self.link.busy += 1
+
+
 class _NotSent(Exception):
     """Not one byte of the job left this process, so it can go elsewhere without counting as an attempt."""
 
@@ -336,12 +400,16 @@ class DirectDispatcher:
             raise
         # The worker answers in the order of job.indices, so what is unanswered is always a tail.
         answered = 0
+        replies = _Replies(self, link, sock)
         try:
             sock.settimeout(job.timeout + _SILENCE_GRACE)
             while True:
                 frame: WorkerFrame | StreamEvent = _wire.receive(sock)
                 if frame[0] == "missing":
-                    _wire.send(sock, _request(job, with_package=True))
+                    replies.send(_request(job, with_package=True))
+                    continue
+                if frame[0] == "call":
+                    self._on_call(job, frame, replies)
                     continue
                 if frame[0] == "output":
                     if job.stream is not None:
@@ -361,11 +429,23 @@ class DirectDispatcher:
                 if frame[0] == "done":
                     break
         except BaseException:
+            replies.close()
             job.indices = job.indices[answered:]
             link.discard(sock)
             raise
+        replies.close()
         sock.settimeout(None)
         link.give_back(sock)
+
+    def _on_call(self, job: Job, call: ChildCall, replies: _Replies) -> None:
+        replies.called()
+        request_id = call[2]
+        if job.children is None:
+            # A job made without a place for calls (by a tool, not the platform): answered, so nobody hangs.
+            from_nowhere: ChildResult = ("error", FaasError(f"{job.name} cannot call other functions here"), [])
+            replies.answer(request_id, pickle.dumps(from_nowhere, protocol=5))
+            return
+        job.children(call[1], call, lambda payload: replies.answer(request_id, payload))
 
     def _fail_if_no_worker_can_start(self, unready: list[str]) -> None:
         """Calls that have waited SETUP_DEADLINE while workers were there but none started its sandboxes

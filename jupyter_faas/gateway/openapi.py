@@ -218,6 +218,8 @@ _COMPONENTS: dict[str, Any] = {
             "trigger": {"type": "string"},
             "latency_ms": _NUMBER_OR_NULL,
             "output": {"type": ["string", "null"]},
+            "parent": {"type": ["string", "null"], "description": "The invocation that made this call."},
+            "root": {"type": ["string", "null"], "description": "The top of its call tree."},
             "init_ms": _NUMBER_OR_NULL,
             "items": {"type": ["integer", "null"]},
             "first_item_ms": _NUMBER_OR_NULL,
@@ -234,6 +236,19 @@ _COMPONENTS: dict[str, Any] = {
             "error": {"type": "object"},
             "output": {"type": ["string", "null"]},
             "record": {"type": "object"},
+            "children": {
+                "description": "The calls this invocation made, as records, in the order it made them.",
+                "type": "array",
+                "items": {"type": "object"},
+            },
+            "call_tree": {
+                "description": "This invocation and every call below it (a waterfall), with their cost together.",
+                "type": "object",
+                "properties": {
+                    "calls": {"type": "array", "items": {"type": "object"}},
+                    "tree_cost_usd": {"type": "number"},
+                },
+            },
         },
     },
     "Platform": {

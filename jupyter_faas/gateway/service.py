@@ -39,6 +39,7 @@ from jupyter_faas.gateway.firing import TriggerFiring
 from jupyter_faas.gateway.metrics import Metrics
 from jupyter_faas.gateway.openapi import document
 from jupyter_faas.gateway.triggers import TriggerRunner, TriggerStore, read_dropped_file
+from jupyter_faas.record.calltree import summary
 from jupyter_faas.record.deadletters import DamagedLetter, DeadLetters, dead_letters_path, whole_input
 from jupyter_faas.record.inflight import InFlight, inflight_path
 from jupyter_faas.record.outcomes import AsyncOutcomes, AsyncStatus, Dropped
@@ -284,7 +285,7 @@ class Endpoints:
         record = self.platform.find_record(invocation_id)
         if outcome is None:
             if record is not None:
-                return finite(record.to_dict())
+                return finite({**record.to_dict(), **self._calls_of(invocation_id)})
             letter = self.dead_letters.get(invocation_id)
             if letter is not None:
                 # An invocation that ended as a dead letter before this process knew of it (a restart).
@@ -299,7 +300,13 @@ class Endpoints:
         if record is not None:
             answer["output"] = record.output
             answer["record"] = finite(record.to_dict())
+            answer.update(finite(self._calls_of(invocation_id)))
         return answer
+
+    def _calls_of(self, invocation_id: str) -> dict[str, Any]:
+        """The calls it made (`children`), and its whole call tree as a waterfall with its cost."""
+        children = [record.to_dict() for record in self.platform.children(invocation_id)]
+        return {"children": children, "call_tree": summary(self.platform.call_tree(invocation_id))}
 
     # -- dead letters: these do file work, so the handlers run them off the event loop ----------------
 

@@ -46,6 +46,9 @@ class InvocationRecord:
     trigger: str = "call"
     # What it printed or logged, cut at faas.log.max-output; "" for nothing, None once no longer kept in memory.
     output: str | None = ""
+    # The invocation that made this call, and the top of its call tree; None for a call made from outside.
+    parent: str | None = None
+    root: str | None = None
     # Milliseconds a warm class's setup() took before this call (Lambda's "Init Duration"); None if it did not run.
     init_ms: float | None = None
     # A generator's: how many items it yielded, and the milliseconds from its start to the first (None: none).
@@ -67,6 +70,7 @@ _LATENCY = _FIELDS.index("latency_ms")
 _PEAK = _FIELDS.index("peak_memory")
 _ID = _FIELDS.index("id")
 _OUTPUT = _FIELDS.index("output")
+_PARENT = _FIELDS.index("parent")
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -156,6 +160,11 @@ class RecordStore:
                 if row[_ID] == record_id:
                     return self._record(row, self._outputs)
         return None
+
+    def children(self, parent_id: str) -> list[InvocationRecord]:
+        """The kept records of calls that invocation `parent_id` made, oldest first."""
+        with self._lock:
+            return [self._record(row, self._outputs) for row in self._records if row[_PARENT] == parent_id]
 
     def latencies(self) -> list[float]:
         """End-to-end latency (ms) of each record kept, oldest first."""

@@ -49,6 +49,38 @@ def output_html(s: FunctionSummary) -> str:
     )
 
 
+# The waterfall's bar area, in pixels; names take the column before it.
+WATERFALL_WIDTH = 240
+_STATUS_COLOURS = {"ok": GREEN, "error": RED, "timeout": RED, "memory": RED}
+
+
+def call_tree_html(s: FunctionSummary) -> str:
+    """The newest call tree as a waterfall: each call a bar from its start, as long as it ran, coloured by status."""
+    tree = s["call_tree"]
+    if tree is None:
+        return ""
+    rows = tree["calls"]
+    span = max((row["offset_ms"] + (row["duration_ms"] or 0.0) for row in rows), default=0.0) or 1.0
+    lines = []
+    for row in rows:
+        left = WATERFALL_WIDTH * row["offset_ms"] / span
+        width = max(1.0, WATERFALL_WIDTH * (row["duration_ms"] or 0.0) / span)
+        colour = _STATUS_COLOURS.get(row["status"], MUTED)
+        lines.append(
+            f'<tr><td style="padding-left:{12 * row["depth"]}px">{escape(row["function"])}</td>'
+            f'<td><div style="position:relative;width:{WATERFALL_WIDTH}px;height:10px">'
+            f'<div style="position:absolute;left:{left:.1f}px;width:{width:.1f}px;height:10px;background:{colour}">'
+            f"</div></div></td>"
+            f'<td style="color:{MUTED}">+{escape(ms(row["offset_ms"]))} · {escape(ms(row["duration_ms"]))} · '
+            f"{escape(row['status'])}</td></tr>"
+        )
+    return (
+        f'<div style="{FONT}"><span style="color:{MUTED}">calls of {escape(tree["id"])} · '
+        f"{len(rows) - 1:,} below it · whole tree {escape(usd(tree['tree_cost_usd']))}</span>"
+        f'<table style="border-collapse:collapse">{"".join(lines)}</table></div>'
+    )
+
+
 def _figure_cells(pairs: list[tuple[str, str, str]]) -> str:
     return "".join(f"<th>{escape(label)}</th><td{style}>{escape(value)}</td>" for label, value, style in pairs)
 

@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Protocol, TypedDict, cast
 
 from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.record.calltree import WaterfallRow, tree_cost
 from jupyter_faas.ui.figures import latency_histogram
 
 if TYPE_CHECKING:
@@ -57,6 +58,14 @@ class LastOutput(TypedDict):
     hidden: int
 
 
+class CallTree(TypedDict):
+    """The newest invocation that made calls: its waterfall (itself first), and what the whole tree cost."""
+
+    id: str
+    calls: list[WaterfallRow]
+    tree_cost_usd: float
+
+
 class FunctionSummary(FunctionStats, CardHeader):
     """A function card's figures."""
 
@@ -64,6 +73,7 @@ class FunctionSummary(FunctionStats, CardHeader):
     latency_range: tuple[float, float]
     triggers: list[str]
     last_output: LastOutput | None
+    call_tree: CallTree | None
 
 
 class CostSummary(TypedDict):
@@ -143,16 +153,26 @@ def last_output(newest: list[InvocationRecord]) -> LastOutput | None:
     return {"id": newest[-1].id, "lines": lines[-OUTPUT_LINES:], "hidden": max(0, len(lines) - OUTPUT_LINES)}
 
 
+def newest_call_tree(platform: Platform, newest: list[InvocationRecord]) -> CallTree | None:
+    """The call tree of the newest invocation, if it made any calls."""
+    if not newest or not platform.children(newest[-1].id):
+        return None
+    rows = platform.call_tree(newest[-1].id)
+    return {"id": newest[-1].id, "calls": rows, "tree_cost_usd": tree_cost(rows)}
+
+
 def read_function(header: CardHeader, reading: Reading, triggers: list[str]) -> FunctionSummary:
     name = header["name"]
     counts, low, high = latency_histogram(reading.latencies(name))
+    newest = reading.platform.recent(name, 1)
     return {
         **header,
         **reading.stats(name),
         "histogram": counts,
         "latency_range": (low, high),
         "triggers": triggers,
-        "last_output": last_output(reading.platform.recent(name, 1)),
+        "last_output": last_output(newest),
+        "call_tree": newest_call_tree(reading.platform, newest),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from jupyter_faas.ui import format as fmt
 from jupyter_faas.ui.figures import sparkline
 from jupyter_faas.ui.summary import (
+    CallTree,
     CardSubject,
     FunctionSummary,
     LastOutput,
@@ -33,8 +34,25 @@ def card_text(s: FunctionSummary) -> str:
             f"  last error {error}" if error else "  no errors",
             *([f"  runs {' · '.join(s['triggers'])}"] if s["triggers"] else []),
             *_output_text(s["last_output"]),
+            *call_tree_text(s["call_tree"]),
         ]
     )
+
+
+def call_tree_text(tree: CallTree | None) -> list[str]:
+    """The newest call tree, one call a line, indented by depth: when it started, how long it ran, how it ended."""
+    if tree is None:
+        return []
+    rows = tree["calls"]
+    header = f"  calls of {tree['id']} ({len(rows) - 1:,} below it, whole tree {fmt.usd(tree['tree_cost_usd'])}):"
+    return [
+        header,
+        *(
+            f"    {'  ' * row['depth']}{row['function']}  +{fmt.ms(row['offset_ms'])}  {fmt.ms(row['duration_ms'])}  "
+            f"{row['status']}"
+            for row in rows
+        ),
+    ]
 
 
 def _output_text(last: LastOutput | None) -> list[str]:

@@ -15,6 +15,7 @@ from IPython.display import display
 
 from jupyter_faas.ui.frontend import use_widgets
 from jupyter_faas.ui.html import (
+    call_tree_html,
     card_figures_html,
     card_header_html,
     cost_html,
@@ -126,7 +127,8 @@ class FunctionCard(_LiveView[FunctionSummary]):
         self.histogram = ipywidgets.HTML()
         self.error = ipywidgets.HTML()
         self.output = ipywidgets.HTML()
-        super().__init__([self.header, self.figures, self.histogram, self.error, self.output])
+        self.calls = ipywidgets.HTML()
+        super().__init__([self.header, self.figures, self.histogram, self.error, self.output, self.calls])
         self.layout = ipywidgets.Layout(border="1px solid #e0e0e0", padding="4px 10px", width="fit-content")
 
     @property
@@ -146,6 +148,7 @@ class FunctionCard(_LiveView[FunctionSummary]):
             (self.histogram, histogram_svg(summary)),
             (self.error, error_html(summary)),
             (self.output, output_html(summary)),
+            (self.calls, call_tree_html(summary)),
         ]
 
     def _text(self, summary: FunctionSummary) -> str:

@@ -49,8 +49,19 @@ Done = tuple[Literal["done"], list[tuple[int, Answer]]]
 Output = tuple[Literal["output"], int, Segments, int]
 # The receiver lacks the function's package: send the request again with it.
 Missing = tuple[Literal["missing"]]
+# What a call made inside an invocation asks for: one call, a map of many, or one queued call.
+ChildKind = Literal["invoke", "map", "enqueue"]
+# ("call", index of the invocation making it, request id, seconds it has left, kind, the new invocation's
+# id ("" for a map), the cloudpickled FunctionDefinition, the packed calls): a call made inside a running
+# invocation, for the platform to run.
+ChildCall = tuple[Literal["call"], int, int, float, ChildKind, str, bytes, bytes]
 # What a worker sends back on a Run.
-WorkerFrame = Answers | Done | Output | Missing
+WorkerFrame = Answers | Done | Output | Missing | ChildCall
+# ("reply", request id, the cloudpickled ChildResult): the platform's answer to a ChildCall, which the
+# worker passes on to the sandbox as it is.
+ChildReply = tuple[Literal["reply"], int, bytes]
+# What a ChildReply carries: ("ok", value, invocation ids) or ("error", exception, invocation ids).
+ChildResult = tuple[Literal["ok", "error"], object, list[str]]
 
 # -- worker <-> sandbox, over the sandbox's socket -----------------------------------------------------
 
@@ -60,8 +71,13 @@ Ready = tuple[Literal["ready"], int]
 SandboxRun = tuple[
     Literal["run"], str, Package | None, bytes, list[int], int, int, dict[str, str] | None, str, int, dict[str, float]
 ]
+# ("call", request id, kind, new invocation's id, definition, calls): a call the running invocation makes;
+# the worker adds the invocation's index and the time it has left, and passes it on as a ChildCall.
+SandboxCall = tuple[Literal["call"], int, ChildKind, str, bytes, bytes]
 # What a sandbox sends while it runs a SandboxRun: one Answer per index.
-SandboxMessage = Answer | Output | Missing
+SandboxMessage = Answer | Output | Missing | SandboxCall
+# What a worker sends a sandbox: work, or the answer to a call one of its invocations made.
+ToSandbox = SandboxRun | ChildReply
 
 # -- warm state, async and streams ------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from jupyter_faas.worker.capture import Segments
 from jupyter_faas.worker.messages import (
     Answer,
     Answers,
+    ChildCall,
+    ChildReply,
     Done,
     Hello,
     Missing,
@@ -27,9 +29,10 @@ from jupyter_faas.worker.messages import (
     Package,
     Run,
     RunExtras,
+    SandboxCall,
     StreamEvent,
 )
-from jupyter_faas.worker.pool import NO_RESULT_LIMIT, Batch, Invoker
+from jupyter_faas.worker.pool import NO_RESULT_LIMIT, Batch, Invoker, Upstream
 
 # Answers are sent back in frames at most this far apart, so a lost worker loses little.
 _FLUSH_INTERVAL = 0.01
@@ -111,7 +114,10 @@ class InvokerServer:
             hello: Hello = ("hello", self._worker_started, self.invoker.slots)
             _wire.send(sock, hello)
             while not self._closed:
-                self._handle(sock, _wire.receive(sock))
+                request: Run | ChildReply = _wire.receive(sock)
+                if request[0] == "reply":
+                    continue  # for a call whose invocation has already ended
+                self._handle(sock, request)
         except (OSError, _wire.ConnectionLost, EOFError):
             pass
         finally:
@@ -156,9 +162,15 @@ class InvokerServer:
             output: Output = ("output", index, segments, dropped)
             _wire.send(sock, output)
 
+        def on_call(index: int, call: SandboxCall, remaining: float) -> None:
+            # The platform runs it, and its answer comes back on this stream while the batch runs.
+            _, request_id, kind, child_id, definition, calls = call
+            forwarded: ChildCall = ("call", index, request_id, max(0.0, remaining), kind, child_id, definition, calls)
+            _wire.send(sock, forwarded)
+
         batch = Batch(name, version, package, blob, timeout, memory, max_output, secrets, isolation, max_result)
         batch = _with_extras(batch, request)
-        self.invoker.invoke(batch, indices, on_answer, on_output, _event_sender(sock))
+        self.invoker.invoke(batch, indices, on_answer, on_output, Upstream(sock, on_call), on_event=_event_sender(sock))
         done: Done = ("done", pending)
         _wire.send(sock, done)
 

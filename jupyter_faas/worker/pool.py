@@ -14,18 +14,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 
 import psutil
 
+from jupyter_faas.errors import FaasError
 from jupyter_faas.units import format_size
+from jupyter_faas.worker import wire as _wire
 from jupyter_faas.worker.capture import Segments
 from jupyter_faas.worker.messages import (
     Answer,
     AnswerStatus,
+    ChildReply,
     IndexedAnswer,
     Package,
     RunExtras,
+    SandboxCall,
     SandboxMessage,
     SandboxRun,
     SetupStarted,
@@ -49,6 +53,22 @@ TEARDOWN_GRACE = 5.0
 # Calls run at once (--inputs) cancel their own tasks at their timeout; the worker stops the sandbox only
 # when one has not answered this long after.
 _CONCURRENT_GRACE = 2.0
+# (index, the call, seconds the invocation has left): a call the running invocation makes.
+OnCall = Callable[[int, SandboxCall, float], None]
+
+
+# The answer to a call made where nothing can take it.
+_NO_UPSTREAM = pickle.dumps(
+    ("error", FaasError("this worker cannot pass calls to other functions on to a platform"), []), protocol=5
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where the calls a batch's invocations make go, and where their answers come back from."""
+
+    sock: socket.socket
+    on_call: OnCall
 
 
 # The only variables a sandbox starts with: what programs and Python need to run, never a token or a
@@ -106,7 +126,7 @@ class Batch:
 
 
 # What a sandbox may send: a streamed output, a request for the package, or an answer's status.
-_MESSAGES = frozenset({"output", "missing", "ok", "error", "memory", "setup", "init", "item", "answer-at"})
+_MESSAGES = frozenset({"output", "missing", "call", "ok", "error", "memory", "setup", "init", "item", "answer-at"})
 
 
 class SandboxGone(Exception):
@@ -214,12 +234,14 @@ class Sandbox:
         indices: list[int],
         on_answer: OnAnswer,
         on_output: OnOutput,
+        upstream: Upstream | None = None,
         on_event: OnEvent | None = None,
     ) -> int:
         """Run the batch's calls at `indices`, answering each; returns how many were answered.
 
         Fewer than all means the sandbox was killed (timeout, memory) or died; the last one answered
-        says why, and the rest have not started.
+        says why, and the rest have not started. Calls the invocations make go `upstream`, and the
+        answers that come back from there are passed on to the sandbox.
         """
         self._wait_ready()
         name, timeout, memory = batch.name, batch.timeout, batch.memory
@@ -245,7 +267,15 @@ class Sandbox:
                 stopped: tuple[float, bool, int | None] = (time.time() - limit, fresh, None)
                 why: tuple[AnswerStatus, str, str] = ("timeout", "FaasTimeout", message)
                 return self._fail_rest(indices, answered, early, at_once, why, stopped, on_answer)
-            if not self.conn.poll(min(_MEMORY_POLL, remaining)):
+            ready = wait([self.conn] if upstream is None else [self.conn, upstream.sock], min(_MEMORY_POLL, remaining))
+            if upstream is not None and upstream.sock in ready:
+                try:
+                    reply = _wire.receive(upstream.sock)
+                except OSError:
+                    self.kill()  # the platform is gone: nobody waits for this call any more
+                    raise
+                self._pass_on(reply)
+            if self.conn not in ready:
                 resident = self._resident(batch.isolation == "fresh")
                 if resident is not None and resident > memory:
                     self.kill()
@@ -287,10 +317,10 @@ class Sandbox:
             if sent[0] == "init":
                 in_setup = False
                 deadline = time.monotonic() + timeout + (_CONCURRENT_GRACE if at_once else 0.0)
-                self._pass_on(sent, on_event)
+                self._pass_event(sent, on_event)
                 continue
             if sent[0] == "item":
-                self._pass_on(sent, on_event)
+                self._pass_event(sent, on_event)
                 continue
             if sent[0] == "answer-at":
                 early[sent[1]] = sent[2]
@@ -299,6 +329,12 @@ class Sandbox:
                     on_answer(indices[answered], early.pop(indices[answered]))
                     answered += 1
                 self.known.add(batch.version)
+                continue
+            if sent[0] == "call":
+                if upstream is None:
+                    self._pass_on(("reply", sent[1], _NO_UPSTREAM))
+                else:
+                    upstream.on_call(index, sent, deadline - time.monotonic())
                 continue
             self.known.add(batch.version)
             fresh = False
@@ -312,7 +348,7 @@ class Sandbox:
                 return answered
         return answered
 
-    def _pass_on(self, event: StreamEvent, on_event: OnEvent | None) -> None:
+    def _pass_event(self, event: StreamEvent, on_event: OnEvent | None) -> None:
         if on_event is None:
             return
         try:
@@ -344,6 +380,13 @@ class Sandbox:
             answer = early.pop(index, None) or failure(status, kind, message, started, False, peak)
             on_answer(index, answer)
         return len(indices)
+
+    def _pass_on(self, reply: ChildReply) -> None:
+        """An answer to a call of the running invocation; anything else from upstream is no answer and is dropped."""
+        if not isinstance(reply, tuple) or len(reply) != 3 or reply[0] != "reply":
+            return
+        with contextlib.suppress(OSError):  # a sandbox that is gone is found out by the loop
+            self.conn.send_bytes(pickle.dumps(reply, protocol=5))
 
     def _send(self, batch: Batch, indices: list[int], with_package: bool) -> None:
         package = batch.package if with_package else None
@@ -404,7 +447,9 @@ class Invoker:
 
     def _release(self, sandbox: Sandbox) -> None:
         with self._lock:
-            if sandbox.alive and not self._closed:
+            # Past the slots, sandboxes were started for invocations that ran while their callers waited
+            # on them: once idle again, the extra ones end.
+            if sandbox.alive and not self._closed and len(self._idle) < self.slots:
                 self._idle.append(sandbox)
                 return
             self._all.discard(sandbox)
@@ -416,6 +461,7 @@ class Invoker:
         indices: list[int],
         on_answer: OnAnswer,
         on_output: OnOutput,
+        upstream: Upstream | None = None,
         on_event: OnEvent | None = None,
     ) -> None:
         """Run every call at `indices`, each with its own timeout; a killed sandbox is replaced mid-batch."""
@@ -429,7 +475,7 @@ class Invoker:
                     on_answer(index, failure("error", "SandboxExit", f"{name}: {gone}", time.time(), False, None))
                 return
             try:
-                answered = sandbox.run(batch, remaining, on_answer, on_output, on_event)
+                answered = sandbox.run(batch, remaining, on_answer, on_output, upstream, on_event)
             except SandboxGone as gone:
                 sandbox.kill()
                 message = f"the process running {name} {gone}"

@@ -20,6 +20,7 @@ import cloudpickle
 
 from jupyter_faas.errors import ResultTooLarge
 from jupyter_faas.worker import capture as _capture
+from jupyter_faas.worker import children as _children
 from jupyter_faas.worker import concurrent as _concurrent
 from jupyter_faas.worker import process as _process
 from jupyter_faas.worker import warm as _warm
@@ -227,7 +228,11 @@ class _Zygote:
 def _after_fork_in_child() -> None:
     # A forked copy of the sandbox must never speak on the worker's socket, nor capture for the call.
     if _Zygote.forking:
+        calls = _children.active()
+        if calls is not None:
+            calls.after_fork()
         return
+    _children.forget()
     _capture.current.captured = None
     if _channel_fd is not None:
         with contextlib.suppress(OSError):
@@ -333,10 +338,28 @@ def _call_in_fork(
     The child answers on the worker's socket itself; the sandbox only waits for it, and answers for it if
     it died without answering.
     """
+    answered_read, answered_write = os.pipe()
+    calls = _children.active()
+    # While the child runs, only it reads the socket: the answers to the calls it makes are its own.
+    with calls.paused() if calls is not None else contextlib.nullcontext():
+        _fork_and_wait(channel, loaded, call, index, limits, fresh, state, secrets, (answered_read, answered_write))
+
+
+def _fork_and_wait(
+    channel: _Channel,
+    loaded: _Loaded,
+    call: tuple[tuple[Any, ...], dict[str, Any]],
+    index: int,
+    limits: tuple[int, int, int],
+    fresh: bool,
+    state: _process.ProcessState,
+    secrets: dict[str, str] | None,
+    pipe: tuple[int, int],
+) -> None:
     global _SANDBOX_PID
     memory_limit, max_output, max_result = limits
     started = time.time()
-    answered_read, answered_write = os.pipe()
+    answered_read, answered_write = pipe
     # Under the lock, so the child's copy of the socket holds no frame half-sent by the output streamer.
     with channel.lock:
         _Zygote.forking = True
@@ -409,10 +432,11 @@ def serve(conn: Connection) -> None:
     channel = _Channel(conn)
     _capture.install()
     state = _process.ProcessState()
+    child_calls = _children.install(conn, channel.lock)
     threading.Thread(target=channel.stream, name="faas-output", daemon=True).start()
     channel.send(("ready", os.getpid()))
     try:
-        _serve_requests(conn, channel, cache, meter, state)
+        _serve_requests(child_calls, channel, cache, meter, state)
     finally:
         # The sandbox is retired (its worker closed the socket): warm instances get their teardown().
         for loaded in cache.values():
@@ -420,7 +444,7 @@ def serve(conn: Connection) -> None:
 
 
 def _serve_requests(
-    conn: Connection,
+    child_calls: _children.ChildCalls,
     channel: _Channel,
     cache: OrderedDict[str, _Loaded],
     meter: _process.PeakMeter,
@@ -428,7 +452,7 @@ def _serve_requests(
 ) -> None:
     while True:
         try:
-            request: SandboxRun = pickle.loads(conn.recv_bytes())
+            request: SandboxRun = child_calls.next_run()
         except (EOFError, OSError):
             return
         _, version, package, blob, indices, memory_limit, max_output, secrets, isolation, max_result = request[:10]
@@ -486,6 +510,8 @@ def main() -> None:
     global _channel_fd
     fd = _channel_fd = int(sys.argv[-1])
     os.register_at_fork(after_in_child=_after_fork_in_child)
+    # Before the process state is taken: it stays set for every call, and for what a call starts.
+    os.environ[_children.SANDBOX_VARIABLE] = "1"
     _process.become_subreaper()
     worker_path = os.environ.pop("JUPYTER_FAAS_SYS_PATH", None)
     if worker_path:

@@ -66,6 +66,31 @@ export interface IInvocation {
   trigger: string | null;
   /** What it printed or logged; '' for nothing, null once the server no longer keeps it in memory. */
   output?: string | null;
+  /** The invocation that made this call; null for a call made from outside. */
+  parent?: string | null;
+}
+
+/** One call of a call tree, placed in time against the top of the tree. */
+export interface ICallRow {
+  id: string;
+  function: string;
+  parent: string | null;
+  depth: number;
+  status: string;
+  offset_ms: number;
+  duration_ms: number | null;
+  cost_usd: number;
+}
+
+export interface ICallTree {
+  calls: ICallRow[];
+  tree_cost_usd: number;
+}
+
+export interface IInvocationDetail {
+  id: string;
+  children?: IInvocation[];
+  call_tree?: ICallTree;
 }
 
 export interface ITrigger {
@@ -128,6 +153,10 @@ export class FaasClient {
   async invocations(name: string, limit = 20): Promise<IInvocation[]> {
     const path = `api/functions/${encodeURIComponent(name)}/invocations?limit=${limit}`;
     return (await this.request<{ invocations: IInvocation[] }>(path)).invocations;
+  }
+
+  async invocation(id: string): Promise<IInvocationDetail> {
+    return this.request(`api/invocations/${encodeURIComponent(id)}`);
   }
 
   /** Every dead letter, oldest first: the list comes in pages, each naming the cursor of the next. */

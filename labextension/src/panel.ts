@@ -8,6 +8,7 @@ import {
   FaasApiError,
   FaasClient,
   FaasUnavailableError,
+  ICallTree,
   IDeadLetter,
   IFunction,
   IInvocation,
@@ -135,6 +136,32 @@ function element<K extends keyof HTMLElementTagNameMap>(
   return node;
 }
 
+/** The newest invocation's call tree as a waterfall: a bar per call, from its start, as long as it ran. */
+export function callTreeNodes(tree: ICallTree): Node[] {
+  const span = Math.max(1, ...tree.calls.map(row => row.offset_ms + (row.duration_ms ?? 0)));
+  const list = element('ul', 'jp-faas-CallTree');
+  for (const row of tree.calls) {
+    const item = element('li', `jp-faas-Call jp-faas-mod-${row.status}`);
+    item.style.paddingLeft = `${row.depth * 12}px`;
+    item.appendChild(element('span', 'jp-faas-CallName', row.function));
+    const track = element('span', 'jp-faas-CallTrack');
+    const bar = element('span', 'jp-faas-CallBar');
+    bar.style.left = `${(100 * row.offset_ms) / span}%`;
+    bar.style.width = `${Math.max(0.5, (100 * (row.duration_ms ?? 0)) / span)}%`;
+    track.appendChild(bar);
+    item.appendChild(track);
+    item.appendChild(
+      element('span', 'jp-faas-CallTimes', `+${formatMs(row.offset_ms)} · ${formatMs(row.duration_ms)} · ${row.status}`)
+    );
+    list.appendChild(item);
+  }
+  return [
+    element('h4', undefined, `Calls of the newest invocation (${tree.calls.length - 1})`),
+    list,
+    element('p', 'jp-faas-TreeCost', `whole tree ${formatCost(tree.tree_cost_usd)}`)
+  ];
+}
+
 export class ServerlessPanel extends Widget {
   constructor(
     readonly client: FaasClient,
@@ -194,10 +221,21 @@ export class ServerlessPanel extends Widget {
         this._selected = null;
       }
       const invocations = this._selected ? await this.client.invocations(this._selected) : [];
-      this._render(functions, platform, letters, invocations, triggers);
+      const tree = invocations.length > 0 ? await this._callTree(invocations[0].id) : null;
+      this._render(functions, platform, letters, invocations, triggers, tree);
     } catch (error) {
       this._renderError(error);
       throw error;
+    }
+  }
+
+  /** The call tree of an invocation that made calls; null when it made none, or is no longer kept. */
+  private async _callTree(id: string): Promise<ICallTree | null> {
+    try {
+      const detail = await this.client.invocation(id);
+      return detail.children && detail.children.length > 0 && detail.call_tree ? detail.call_tree : null;
+    } catch {
+      return null;
     }
   }
 
@@ -228,7 +266,8 @@ export class ServerlessPanel extends Widget {
     platform: IPlatform,
     letters: IDeadLetter[],
     invocations: IInvocation[],
-    triggers: ITrigger[]
+    triggers: ITrigger[],
+    tree: ICallTree | null = null
   ) {
     this.removeClass('jp-faas-mod-unavailable');
     this._status.textContent =
@@ -237,7 +276,7 @@ export class ServerlessPanel extends Widget {
         : '';
     this._renderStrip(platform);
     this._renderTable(functions);
-    this._renderDetails(functions.find(f => f.name === this._selected), letters, invocations, triggers);
+    this._renderDetails(functions.find(f => f.name === this._selected), letters, invocations, triggers, tree);
   }
 
   private _renderStrip(platform: IPlatform): void {
@@ -341,7 +380,8 @@ export class ServerlessPanel extends Widget {
     fn: IFunction | undefined,
     letters: IDeadLetter[],
     invocations: IInvocation[],
-    triggers: ITrigger[]
+    triggers: ITrigger[],
+    tree: ICallTree | null = null
   ): void {
     if (!fn) {
       this._details.replaceChildren();
@@ -404,6 +444,9 @@ export class ServerlessPanel extends Widget {
         }
       }
       parts.push(list);
+    }
+    if (tree) {
+      parts.push(...callTreeNodes(tree));
     }
     const ownLetters = letters.filter(letter => letter.function === fn.name);
     parts.push(element('h4', undefined, `Dead letters (${ownLetters.length})`));

@@ -93,6 +93,8 @@ NOTEBOOK_CELLS = [
     "assert square(7) == 49",
     "assert square.map(range(200)) == [x * x for x in range(200)]",
     "%%faas ticker --every 1s\n'tick'",
+    # A function that calls another: the call goes back to serve's platform, through the external worker.
+    "%%faas twice x:int --http\nsquare(x) * 2",
 ]
 
 
@@ -109,11 +111,18 @@ def test_the_same_notebook_runs_unchanged_on_an_external_cluster(external: Exter
         for x in (3, 4, 5):
             response = httpx.post(f"{server.url}faas/functions/square", json={"x": x}, headers=AUTH, timeout=60)
             assert response.json() == x * x
+        response = httpx.post(f"{server.url}faas/functions/twice", json={"x": 6}, headers=AUTH, timeout=60)
+        assert response.json() == 72
+        caller = invocations_of(server, "twice")[-1]
+        answer = server.get(f"faas/api/invocations/{caller['id']}", headers=AUTH).json()
+        assert [(child["function"], child["parent"]) for child in answer["children"]] == [("square", caller["id"])]
+        assert [row["function"] for row in answer["call_tree"]["calls"]] == ["twice", "square"]
         (inbox / "hello.txt").write_text("hello")
         wait_for(lambda: invocations_of(server, "shout"), 30, "the file trigger")
         wait_for(lambda: invocations_of(server, "ticker"), 30, "the schedule")
         records = invocations_of(server, "square")
-        assert Counter(r["trigger"] for r in records) == Counter({"call": 201, "http": 3})
+        assert Counter(r["trigger"] for r in records) == Counter({"call": 202, "http": 3})
+        assert [r["parent"] for r in records if r["parent"]] == [caller["id"]]
         assert {r["status"] for r in records} == {"ok"}
         # Every invocation ran on the external workers, and the map used both of them.
         external_workers = external.worker_addresses()

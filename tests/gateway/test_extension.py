@@ -355,3 +355,19 @@ async def test_deploy_outside_a_server_is_a_clear_error(state_dir: Path) -> None
     finally:
         os.environ.update(saved)
         shell.user_ns.pop("lonely", None)
+
+
+async def test_a_deployed_function_that_calls_another_runs_it_on_the_servers_platform(
+    jp_serverapp: Any, jp_fetch: Any, state_dir: Path
+) -> None:
+    async with started_kernel(jp_serverapp) as kernel:
+        await kernel.run("%%faas square x:int --http\nx * x")
+        await kernel.run("%%faas twice x:int --http\nsquare(x) * 2")
+        assert await post_json(jp_fetch, "twice", {"x": 6}) == 72
+        caller = _body(await jp_fetch("faas", "api", "functions", "twice", "invocations"))["invocations"][0]
+        answer = _body(await jp_fetch("faas", "api", "invocations", caller["id"]))
+        assert [(child["function"], child["parent"], child["root"]) for child in answer["children"]] == [
+            ("square", caller["id"], caller["id"])
+        ]
+        rows = answer["call_tree"]["calls"]
+        assert [(row["function"], row["depth"]) for row in rows] == [("twice", 0), ("square", 1)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
@@ -87,6 +88,43 @@ def test_the_card_shows_the_newest_invocations_output(platform: _platform.Platfo
     wait_for(lambda: "printed 11" in card.output.value, timeout=10, message="the card to show the new output")
     assert "printed 3" not in card.output.value and "4 lines above: card_printer.logs()" in card.output.value
     assert "last output (" in card.text() and "    printed 11" in card.text()
+
+
+@function(name="card_part")
+def part(x: int) -> int:
+    time.sleep(0.05)
+    if x < 0:
+        raise ValueError("negative")
+    return x
+
+
+@function(name="card_whole")
+def whole(n: int) -> int:
+    done = part(n)
+    with contextlib.suppress(ValueError):
+        part(-1)
+    return done + sum(part.map(range(2)))
+
+
+def test_the_card_shows_the_newest_call_tree_as_a_waterfall_with_its_cost(platform: _platform.Platform) -> None:
+    card = whole.card
+    assert card.calls.value == ""
+    assert whole(5) == 6
+    top = whole.invocations[-1]
+    wait_for(lambda: top.id in card.calls.value, timeout=10, message="the card to show the call tree")
+    html = card.calls.value
+    # The caller and its four calls, each a bar: three ok (green), one failed (red), indented under it.
+    assert html.count("<tr>") == 5 and "4 below it" in html
+    assert html.count("background:#2e7d32") == 4 and html.count("background:#c62828") == 1
+    assert html.count('padding-left:12px">card_part') == 4
+    rows = card.summary["call_tree"]["calls"]  # type: ignore[index]
+    assert [row["function"] for row in rows] == ["card_whole"] + ["card_part"] * 4
+    assert [row["status"] for row in rows] == ["ok", "ok", "error", "ok", "ok"]
+    # The whole tree's cost: the caller's and its calls', at the platform's prices.
+    tree_cost = card.summary["call_tree"]["tree_cost_usd"]  # type: ignore[index]
+    assert tree_cost == pytest.approx(sum(row["cost_usd"] for row in rows)) and tree_cost > rows[0]["cost_usd"]
+    assert f"calls of {top.id} (4 below it, whole tree" in card.text()
+    assert "      card_part  +" in card.text()
 
 
 def test_a_function_with_a_card_still_travels_by_value(platform: _platform.Platform) -> None:

@@ -54,6 +54,49 @@ describe('ServerlessPanel', () => {
     expect(seen.some(s => s.url.endsWith('/faas/api/functions/square/invocations?limit=20'))).toBe(true);
   });
 
+  it('draws the newest invocation\'s call tree as a waterfall with the cost of the whole tree', async () => {
+    const routes = standardRoutes();
+    routes['GET /faas/api/invocations/a-3'] = {
+      id: 'a-3',
+      children: [{ id: 'c-1', function: 'inner' }],
+      call_tree: {
+        calls: [
+          { id: 'a-3', function: 'square', parent: null, depth: 0, status: 'ok', offset_ms: 0, duration_ms: 40, cost_usd: 2e-7 },
+          { id: 'c-1', function: 'inner', parent: 'a-3', depth: 1, status: 'ok', offset_ms: 10, duration_ms: 20, cost_usd: 2e-7 },
+          { id: 'c-2', function: 'inner', parent: 'a-3', depth: 1, status: 'error', offset_ms: 30, duration_ms: 10, cost_usd: 2e-7 }
+        ],
+        tree_cost_usd: 6e-7
+      }
+    };
+    const panel = makePanel(routes);
+    panel.selected = 'square';
+    await panel.refresh();
+    expect(text(panel, '.jp-faas-Details h4')).toContain('Calls of the newest invocation (2)');
+    expect(text(panel, '.jp-faas-CallName')).toEqual(['square', 'inner', 'inner']);
+    expect(text(panel, '.jp-faas-CallTimes')).toEqual([
+      '+0.00 ms · 40 ms · ok',
+      '+10 ms · 20 ms · ok',
+      '+30 ms · 10 ms · error'
+    ]);
+    const bars = Array.from(panel.node.querySelectorAll<HTMLElement>('.jp-faas-CallBar'));
+    expect(bars.map(bar => [bar.style.left, bar.style.width])).toEqual([
+      ['0%', '100%'],
+      ['25%', '50%'],
+      ['75%', '25%']
+    ]);
+    expect(panel.node.querySelectorAll('.jp-faas-Call.jp-faas-mod-error')).toHaveLength(1);
+    expect(text(panel, '.jp-faas-TreeCost')).toEqual(['whole tree $0.0000006']);
+  });
+
+  it('shows no call tree for an invocation that made no calls', async () => {
+    const routes = standardRoutes();
+    routes['GET /faas/api/invocations/a-3'] = { id: 'a-3', children: [], call_tree: { calls: [], tree_cost_usd: 0 } };
+    const panel = makePanel(routes);
+    panel.selected = 'square';
+    await panel.refresh();
+    expect(panel.node.querySelectorAll('.jp-faas-Call')).toHaveLength(0);
+  });
+
   it('tells of each selection, and starts from the one kept before a reload', async () => {
     const selections: (string | null)[] = [];
     const panel = new ServerlessPanel(new FaasClient(fakeServer(standardRoutes())), {

@@ -32,6 +32,21 @@ test.describe('The Serverless sidebar', () => {
     await expect(page.locator(`#${SIDEBAR} .jp-faas-Details .jp-faas-Invocation`).first()).toContainText('ok');
     await expect(page.locator(`#${SIDEBAR} .jp-faas-Chart polyline`)).toHaveCount(1);
     await page.locator(`#${SIDEBAR}`).screenshot({ path: path.join(SCREENSHOTS, 'sidebar.png') });
+
+    // A deployed cell that calls square: its calls show as a waterfall under the newest invocation.
+    await page.notebook.addCell('code', '%%faas twice x --http\nsquare(x) * 2');
+    await page.notebook.runCell(2);
+    await expect(page.locator('.jp-OutputArea-output').filter({ hasText: 'twice is deployed at' })).toBeVisible({
+      timeout: 60 * 1000
+    });
+    const called = await request.post('/faas/functions/twice', { data: { x: 6 } });
+    expect(called.status()).toBe(200);
+    expect(await called.json()).toBe(72);
+    await page.locator(`#${SIDEBAR} .jp-faas-Row[data-name="twice"]`).click();
+    await expect(page.locator(`#${SIDEBAR} .jp-faas-Call`)).toHaveCount(2, { timeout: 30 * 1000 });
+    await expect(page.locator(`#${SIDEBAR} .jp-faas-CallName`)).toHaveText(['twice', 'square']);
+    await expect(page.locator(`#${SIDEBAR} .jp-faas-TreeCost`)).toContainText('whole tree $');
+    await page.locator(`#${SIDEBAR} .jp-faas-Row[data-name="square"]`).click();
     await page.screenshot({ path: path.join(SCREENSHOTS, 'lab.png') });
 
     // Undeploy asks first; cancelling keeps it, confirming removes it.
