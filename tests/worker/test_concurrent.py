@@ -109,3 +109,16 @@ def test_inputs_above_one_on_a_plain_def_is_refused_with_the_reason(shell: Inter
 
     with pytest.raises(UsageError, match="inputs"):
         shell.run_cell_magic("faas", "--inputs 0", "async def zero(x):\n    return x\n")
+
+
+@function(timeout="30s")
+async def fans_out(n: int) -> int:
+    values = await asyncio.gather(*(doubled.aio(i) for i in range(n)))
+    return sum(values)
+
+
+def test_aio_inside_an_async_function_calls_back_to_the_platform(platform: Platform) -> None:
+    assert fans_out(4) == 12
+    top = fans_out.invocations[-1]
+    children = [record for record in doubled.invocations if record.parent == top.id]
+    assert len(children) == 4 and all(record.root == top.id for record in children)
