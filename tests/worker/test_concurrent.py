@@ -122,3 +122,20 @@ def test_aio_inside_an_async_function_calls_back_to_the_platform(platform: Platf
     top = fans_out.invocations[-1]
     children = [record for record in doubled.invocations if record.parent == top.id]
     assert len(children) == 4 and all(record.root == top.id for record in children)
+
+
+@function(timeout="20s", inputs=2)
+class Greets:
+    def setup(self) -> None:
+        self.prefix = "hi"
+
+    async def __call__(self, name: str) -> str:
+        await asyncio.sleep(0.01)
+        return f"{self.prefix} {name}"
+
+
+def test_a_warm_class_may_have_an_async_call(platform: Platform) -> None:
+    assert Greets("ann") == "hi ann"
+    assert Greets.map(["a", "b", "c"]) == ["hi a", "hi b", "hi c"]
+    assert asyncio.run(Greets.aio("z")) == "hi z"
+    assert Greets.local("me") == "hi me"
