@@ -109,3 +109,20 @@ def test_inputs_above_one_on_a_plain_def_is_refused_with_the_reason(shell: Inter
 
     with pytest.raises(UsageError, match="inputs"):
         shell.run_cell_magic("faas", "--inputs 0", "async def zero(x):\n    return x\n")
+
+
+@function(timeout="20s", inputs=2)
+class Greets:
+    def setup(self) -> None:
+        self.prefix = "hi"
+
+    async def __call__(self, name: str) -> str:
+        await asyncio.sleep(0.01)
+        return f"{self.prefix} {name}"
+
+
+def test_a_warm_class_may_have_an_async_call(platform: Platform) -> None:
+    assert Greets("ann") == "hi ann"
+    assert Greets.map(["a", "b", "c"]) == ["hi a", "hi b", "hi c"]
+    assert asyncio.run(Greets.aio("z")) == "hi z"
+    assert Greets.local("me") == "hi me"
