@@ -39,7 +39,7 @@ Run = tuple[
 # A Run with its extras (see RunExtras below): what clients since warm classes and --inputs send.
 RunWithExtras = tuple[
     Literal["run"], str, str, Package | None, bytes, list[int], float, int, int, dict[str, str] | None, str, int,
-    dict[str, float],
+    dict[str, float | str],
 ]  # fmt: skip
 # Answers so far, each with its call's index; more frames follow.
 Answers = tuple[Literal["answers"], list[tuple[int, Answer]]]
@@ -58,7 +58,17 @@ WorkerFrame = Answers | Done | Output | Missing
 Ready = tuple[Literal["ready"], int]
 # ("run", version, package or None, blob, indices, memory, max_output, secrets, isolation, max_result).
 SandboxRun = tuple[
-    Literal["run"], str, Package | None, bytes, list[int], int, int, dict[str, str] | None, str, int, dict[str, float]
+    Literal["run"],
+    str,
+    Package | None,
+    bytes,
+    list[int],
+    int,
+    int,
+    dict[str, str] | None,
+    str,
+    int,
+    dict[str, float | str],
 ]
 # What a sandbox sends while it runs a SandboxRun: one Answer per index.
 SandboxMessage = Answer | Output | Missing
@@ -66,8 +76,9 @@ SandboxMessage = Answer | Output | Missing
 # -- warm state, async and streams ------------------------------------------------------------------
 
 # What a Run (its thirteenth item) and a SandboxRun (its eleventh) may add: "setup_timeout" (seconds a warm
-# class's setup() may take), "inputs" (calls of an async function one sandbox runs at once), "timeout".
-RunExtras = dict[str, float]
+# class's setup() may take), "inputs" (calls of an async function one sandbox runs at once), "timeout"; and to
+# a sandbox, "name" (the function's: a new version of it replaces the old one's warm instance).
+RunExtras = dict[str, float | str]
 # sandbox -> worker: ("setup", index): setup() starts before the call at index; its own limit holds until "init".
 SetupStarted = tuple[Literal["setup"], int]
 # sandbox -> worker -> client: ("init", index, milliseconds setup() took), whether it raised or not.
