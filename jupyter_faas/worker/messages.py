@@ -39,7 +39,7 @@ Run = tuple[
 # A Run with its extras (see RunExtras below): what clients since warm classes and --inputs send.
 RunWithExtras = tuple[
     Literal["run"], str, str, Package | None, bytes, list[int], float, int, int, dict[str, str] | None, str, int,
-    dict[str, float],
+    dict[str, float | str],
 ]  # fmt: skip
 # Answers so far, each with its call's index; more frames follow.
 Answers = tuple[Literal["answers"], list[tuple[int, Answer]]]
@@ -69,7 +69,17 @@ ChildResult = tuple[Literal["ok", "error"], object, list[str]]
 Ready = tuple[Literal["ready"], int]
 # ("run", version, package or None, blob, indices, memory, max_output, secrets, isolation, max_result).
 SandboxRun = tuple[
-    Literal["run"], str, Package | None, bytes, list[int], int, int, dict[str, str] | None, str, int, dict[str, float]
+    Literal["run"],
+    str,
+    Package | None,
+    bytes,
+    list[int],
+    int,
+    int,
+    dict[str, str] | None,
+    str,
+    int,
+    dict[str, float | str],
 ]
 # ("call", request id, kind, new invocation's id, definition, calls): a call the running invocation makes;
 # the worker adds the invocation's index and the time it has left, and passes it on as a ChildCall.
@@ -82,8 +92,9 @@ ToSandbox = SandboxRun | ChildReply
 # -- warm state, async and streams ------------------------------------------------------------------
 
 # What a Run (its thirteenth item) and a SandboxRun (its eleventh) may add: "setup_timeout" (seconds a warm
-# class's setup() may take), "inputs" (calls of an async function one sandbox runs at once), "timeout".
-RunExtras = dict[str, float]
+# class's setup() may take), "inputs" (calls of an async function one sandbox runs at once), "timeout"; and to
+# a sandbox, "name" (the function's: a new version of it replaces the old one's warm instance).
+RunExtras = dict[str, float | str]
 # sandbox -> worker: ("setup", index): setup() starts before the call at index; its own limit holds until "init".
 SetupStarted = tuple[Literal["setup"], int]
 # sandbox -> worker -> client: ("init", index, milliseconds setup() took), whether it raised or not.

@@ -188,7 +188,8 @@ def _with_extras(batch: Batch, request: Run) -> Batch:
     if not extras:
         return batch
     setup_timeout = extras.get("setup_timeout")
-    return dataclasses.replace(batch, setup_timeout=setup_timeout, inputs=int(extras.get("inputs", 1)))
+    setup_limit = None if setup_timeout is None else float(setup_timeout)
+    return dataclasses.replace(batch, setup_timeout=setup_limit, inputs=int(extras.get("inputs", 1)))
 
 
 def _event_sender(sock: socket.socket) -> Callable[[StreamEvent], None]:

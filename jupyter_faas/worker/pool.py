@@ -122,7 +122,12 @@ class Batch:
     inputs: int = 1
 
     def extras(self) -> RunExtras:
-        return {"setup_timeout": self.setup_timeout or self.timeout, "inputs": self.inputs, "timeout": self.timeout}
+        return {
+            "setup_timeout": self.setup_timeout or self.timeout,
+            "inputs": self.inputs,
+            "timeout": self.timeout,
+            "name": self.name,
+        }
 
 
 # What a sandbox may send: a streamed output, a request for the package, or an answer's status.

@@ -395,6 +395,16 @@ def _fork_and_wait(
         channel.answer(("error", b"", started, time.time(), fresh, None, ("SandboxExit", message, "", None)))
 
 
+def _replace_version(cache: OrderedDict[str, _Loaded], versions: dict[str, str], name: str, version: str) -> None:
+    """A new version of a function replaces the old one here: the old one's warm instance gets its teardown()."""
+    if not name:
+        return
+    previous = versions.get(name)
+    versions[name] = version
+    if previous is not None and previous != version and previous in cache:
+        cache[previous].close()
+
+
 def _setup_before_fork(
     channel: _Channel, loaded: _Loaded, index: int, max_output: int, secrets: dict[str, str] | None
 ) -> bool | None:
@@ -450,14 +460,18 @@ def _serve_requests(
     meter: _process.PeakMeter,
     state: _process.ProcessState,
 ) -> None:
+    # The version of each function this sandbox ran last, by name.
+    versions: dict[str, str] = {}
     while True:
         try:
             request: SandboxRun = child_calls.next_run()
         except (EOFError, OSError):
             return
         _, version, package, blob, indices, memory_limit, max_output, secrets, isolation, max_result = request[:10]
+        extras: RunExtras = request[10] if len(request) > 10 else {}
         fresh = False
         loaded = cache.get(version)
+        _replace_version(cache, versions, str(extras.get("name", "")), version)
         if loaded is None:
             if package is None:
                 channel.send(("missing",))
@@ -478,7 +492,6 @@ def _serve_requests(
             for _ in indices:
                 channel.answer(("error", b"", now, now, fresh, None, error))
             continue
-        extras: RunExtras = request[10] if len(request) > 10 else {}
         inputs = int(extras.get("inputs", 1))
         if inputs > 1 and loaded.is_async and isolation != "fresh" and len(indices) > 1:
             limits3 = (memory_limit, max_output, max_result)

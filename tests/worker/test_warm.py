@@ -6,6 +6,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
@@ -243,3 +244,34 @@ def test_with_fresh_isolation_setup_runs_once_and_each_call_forks_from_the_warm_
     assert first_of_sandbox and all("loading the model" in (record.output or "") for record in first_of_sandbox)
     assert all("loading the model" not in (record.output or "") for record in records if record.init_ms is None)
     assert list(forked_items(3)) == [0, 1, 2]
+
+
+def test_a_new_version_replaces_the_old_instance_and_runs_its_teardown(platform: Platform, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+
+    def define(version: int) -> Any:
+        @function(name="Versioned", timeout="30s")
+        class Versioned:
+            def setup(self) -> None:
+                with open(log, "a") as f:
+                    f.write(f"setup {version} {os.getpid()}\n")
+
+            def teardown(self) -> None:
+                with open(log, "a") as f:
+                    f.write(f"teardown {version} {os.getpid()}\n")
+
+            def __call__(self, x: int) -> int:
+                return os.getpid()
+
+        return Versioned
+
+    first, second = define(1), define(2)
+    assert first.version != second.version
+    ran_first = set(first.map(range(30)))
+    ran_second = set(second.map(range(30)))
+    lines = log.read_text().split("\n")
+    # Every sandbox that ran both versions tore the first one down when the second came.
+    for pid in ran_first & ran_second:
+        assert f"teardown 1 {pid}" in lines, lines
+    assert ran_first & ran_second
+    assert not [line for line in lines if line.startswith("teardown 2")]
