@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from jupyter_faas.definition.limits import Limits
 from jupyter_faas.errors import DefinitionError
+from jupyter_faas.worker.warm import rebound_class
 
 # How a function answers: one value ("def", "async"), or a stream of items ("generator", "async_generator").
 Kind = Literal["def", "async", "generator", "async_generator"]
@@ -74,27 +75,7 @@ def check_inputs(name: str, kind: Kind, limits: Limits, option: str = "inputs") 
 
 def rebind(cls: type, fn_globals: dict[str, Any], qualname: str) -> type:
     """A copy of the class whose methods read `fn_globals`: what it captured, and nothing of the notebook."""
-    namespace: dict[str, Any] = {}
-    for key, value in vars(cls).items():
-        if key in ("__dict__", "__weakref__") or isinstance(value, types.MemberDescriptorType):
-            continue  # made again by type() (a __slots__ entry is a member descriptor)
-        namespace[key] = _rebound(value, fn_globals)
-    namespace["__qualname__"] = qualname
-    rebuilt: type = type(cls)(cls.__name__, cls.__bases__, namespace)
-    return rebuilt
-
-
-def _rebound(value: Any, fn_globals: dict[str, Any]) -> Any:
-    wrapper = type(value) if isinstance(value, staticmethod | classmethod) else None
-    target = value.__func__ if wrapper is not None else value
-    if not isinstance(target, types.FunctionType):
-        return value
-    copy = types.FunctionType(target.__code__, fn_globals, target.__name__, target.__defaults__, target.__closure__)
-    copy.__kwdefaults__ = target.__kwdefaults__
-    copy.__annotations__ = dict(target.__annotations__)
-    copy.__doc__ = target.__doc__
-    copy.__qualname__ = target.__qualname__
-    return wrapper(copy) if wrapper is not None else copy
+    return rebound_class(cls, fn_globals, qualname)
 
 
 def methods(cls: type) -> list[types.FunctionType]:

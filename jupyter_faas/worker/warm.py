@@ -40,8 +40,9 @@ def is_async(target: Any) -> bool:
     return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
 
 
-def _rebound_class(cls: type, fn_globals: dict[str, Any]) -> type:
-    """The class again, its methods reading `fn_globals`: a call's fresh module globals."""
+def rebound_class(cls: type, fn_globals: dict[str, Any], qualname: str | None = None) -> type:
+    """The class again, its methods reading `fn_globals` (a call's fresh module globals, or at definition what
+    it captured); their zero-argument super() names the new class."""
     namespace: dict[str, Any] = {}
     for key, value in vars(cls).items():
         if key in ("__dict__", "__weakref__") or isinstance(value, types.MemberDescriptorType):
@@ -53,11 +54,31 @@ def _rebound_class(cls: type, fn_globals: dict[str, Any]) -> type:
                 target.__code__, fn_globals, target.__name__, target.__defaults__, target.__closure__
             )
             copy.__kwdefaults__ = target.__kwdefaults__
+            copy.__annotations__ = dict(target.__annotations__)
+            copy.__doc__ = target.__doc__
             copy.__qualname__ = target.__qualname__
             value = wrapper(copy) if wrapper is not None else copy
         namespace[key] = value
+    if qualname is not None:
+        namespace["__qualname__"] = qualname
     rebuilt: type = type(cls)(cls.__name__, cls.__bases__, namespace)
+    for key, value in list(vars(rebuilt).items()):
+        target = getattr(value, "__func__", value)
+        if isinstance(target, types.FunctionType) and "__class__" in target.__code__.co_freevars:
+            # Zero-argument super() reads the __class__ cell: it must be the class the instance now has.
+            setattr(rebuilt, key, _with_class_cell(value, target, rebuilt))
     return rebuilt
+
+
+def _with_class_cell(value: Any, target: types.FunctionType, cls: type) -> Any:
+    cells = list(target.__closure__ or ())
+    cells[target.__code__.co_freevars.index("__class__")] = types.CellType(cls)
+    fixed = types.FunctionType(target.__code__, target.__globals__, target.__name__, target.__defaults__, tuple(cells))
+    fixed.__kwdefaults__ = target.__kwdefaults__
+    fixed.__annotations__ = target.__annotations__
+    fixed.__doc__ = target.__doc__
+    fixed.__qualname__ = target.__qualname__
+    return type(value)(fixed) if isinstance(value, staticmethod | classmethod) else fixed
 
 
 class WarmInstance:
@@ -95,7 +116,7 @@ class WarmInstance:
     def bound(self) -> Any:
         """The instance, its class rebuilt on fresh module globals: only the instance survives between calls."""
         fn_globals = dict(self._globals) if self._pristine is None else cloudpickle.loads(self._pristine)
-        fresh = _rebound_class(self.cls, fn_globals)
+        fresh = rebound_class(self.cls, fn_globals)
         try:
             self.instance.__class__ = fresh
         except TypeError:

@@ -275,3 +275,24 @@ def test_a_new_version_replaces_the_old_instance_and_runs_its_teardown(platform:
         assert f"teardown 1 {pid}" in lines, lines
     assert ran_first & ran_second
     assert not [line for line in lines if line.startswith("teardown 2")]
+
+
+class Base:
+    def setup(self) -> None:
+        self.loaded = ["base"]
+
+
+@function
+class Derived(Base):
+    def setup(self) -> None:
+        super().setup()
+        self.loaded.append("derived")
+
+    def __call__(self) -> list[str]:
+        return [*self.loaded, type(self).__name__, str(isinstance(self, Base))]
+
+
+def test_a_warm_class_may_extend_a_base_and_call_super(platform: Platform) -> None:
+    assert Derived() == ["base", "derived", "Derived", "True"]
+    assert Derived() == ["base", "derived", "Derived", "True"]
+    assert Derived.local() == ["base", "derived", "Derived", "True"]
