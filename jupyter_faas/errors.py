@@ -27,6 +27,7 @@ Our exception hierarchy:
   + NestedCallError
   + FunctionKeyError (also ValueError)
   + ExportError (also ValueError)
+  + UsageError (also TypeError)
 """
 
 from __future__ import annotations
@@ -153,6 +154,10 @@ class NestedCallError(FaasError):
 
 class FunctionKeyError(FaasError, ValueError):
     """A function key cannot be made, found or revoked, or the key store cannot be read; the message says which."""
+
+
+class UsageError(FaasError, TypeError):
+    """A function used in a way its kind does not allow (a map over a generator); the message says what to do."""
 
 
 def type_name(error: BaseException) -> str:

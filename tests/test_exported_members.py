@@ -52,6 +52,7 @@ EXCEPTIONS = {
     "NestedCallError": (errors.FaasError,),
     "FunctionKeyError": (errors.FaasError, ValueError),
     "ExportError": (errors.FaasError, ValueError),
+    "UsageError": (errors.FaasError, TypeError),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import threading
@@ -16,13 +17,15 @@ from typing_extensions import Unpack
 from jupyter_faas import config as _config
 from jupyter_faas.client import deploy as _deploy
 from jupyter_faas.client import traffic as _traffic
+from jupyter_faas.definition import kinds as _kinds
 from jupyter_faas.definition.limits import Limits
 from jupyter_faas.definition.model import FunctionDefinition, from_callable
 from jupyter_faas.definition.requirements import with_requirements
 from jupyter_faas.definition.secrets import with_secrets
 from jupyter_faas.dispatch import compose as _compose
 from jupyter_faas.dispatch import platform as _platform
-from jupyter_faas.errors import ConfigError, LogError
+from jupyter_faas.dispatch import streams as _streams
+from jupyter_faas.errors import ConfigError, LogError, UsageError
 from jupyter_faas.export import build as _export
 from jupyter_faas.gateway import triggers as _triggers
 from jupyter_faas.gateway.keys import NewKey
@@ -62,6 +65,8 @@ class FaasFunction:
         # The endpoint's limits per caller ("50/s", "10000/day"), kept for every later deploy of this function.
         self._rate: str | None = None
         self._quota: str | None = None
+        # A warm class's instance for local(): set up once in this process, on the first local call.
+        self._local_instance: Any = None
 
     @property
     def name(self) -> str:
@@ -89,12 +94,19 @@ class FaasFunction:
     def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
         """Start one invocation; the concurrent.futures.Future ends with its result or error."""
         self._check_arguments(args, kwargs)
+        if self._definition.streams:
+            raise UsageError(
+                f"{self.name} is a generator function: its items stream to whoever iterates them. "
+                f"Call it, `for item in {self.name}(...)`, or `async for item in {self.name}.aio(...)`"
+            )
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
         return _platform.calling().invoke(self._definition, blob)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
         self._check_arguments(args, kwargs)
+        if self._definition.streams:
+            return self._stream(args, kwargs)
         blob = _platform.pack_calls(self.name, [(args, kwargs)])
         output = CallOutput(self.name)
         future = _platform.calling().invoke(self._definition, blob, on_output=output.collect)
@@ -109,9 +121,43 @@ class FaasFunction:
             # Drop the frames of concurrent.futures, so the traceback is the caller's and the function's.
             raise error.with_traceback(None) from error.__cause__
 
+    def _stream(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _streams.ItemStream:
+        """A generator call: its items, as the function yields them."""
+        blob = _platform.pack_calls(self.name, [(args, kwargs)])
+        stream = _streams.ItemStream(self.name, self.limits.timeout)
+        platform = _platform.calling()
+        if not isinstance(platform, _platform.Platform):
+            raise UsageError(
+                f"{self.name} is a generator function: its items cannot yet stream back into another function. "
+                "Call a plain function from here, or iterate it from the notebook or over HTTP"
+            )
+        stream.attach(platform.invoke(self._definition, blob, on_item=stream.put))
+        return stream
+
+    def aio(self, *args: Any, **kwargs: Any) -> Any:
+        """Call without blocking an event loop: `await fn.aio(...)`; for a generator, `async for x in fn.aio(...)`."""
+        self._check_arguments(args, kwargs)
+        if self._definition.streams:
+            return self._stream(args, kwargs)
+        return self._awaited(self.submit(*args, **kwargs))
+
+    async def _awaited(self, future: Future[Any]) -> Any:
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()  # not yet sent: it never runs
+            raise
+        except BaseException as error:
+            raise error.with_traceback(None) from error.__cause__
+
     def map(self, iterable: Iterable[Any], *iterables: Iterable[Any], return_exceptions: bool = False) -> list[Any]:
         """Results in input order; with return_exceptions, a failed item gives its exception in place."""
         __tracebackhide__ = True
+        if self._definition.streams:
+            raise UsageError(
+                f"{self.name} is a generator function, and map() collects one value per call: call it per item "
+                f"instead, `for x in items: for item in {self.name}(x): ...`"
+            )
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             (items, {}) for items in zip(iterable, *iterables, strict=False)
         ]
@@ -144,15 +190,43 @@ class FaasFunction:
         return results.values
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
-        """Run here in the notebook process, on a fresh copy, as a worker would; limits are not enforced."""
+        """Run here in the notebook process, on a fresh copy, as a worker would; limits are not enforced.
+
+        A warm class's setup() runs once, on the first local call; its instance serves the later ones. An
+        async function's coroutine is run to its end (or returned to await, inside a running event loop).
+        """
         self._check_arguments(args, kwargs)
-        function = self._definition.load()
-        names = getattr(function, "__globals__", {})
-        for key, value in list(names.items()):
-            if isinstance(value, Callee):
-                # Here, its own name is itself (recursion stays local), and another function is that function.
-                names[key] = self.local if not value.definition else FaasFunction(cloudpickle.loads(value.definition))
-        return function(*args, **kwargs)
+        loaded = self._definition.load()
+        if isinstance(loaded, type):
+            loaded = self._local_warm(loaded)
+        else:
+            names = getattr(loaded, "__globals__", {})
+            for key, value in list(names.items()):
+                if isinstance(value, Callee):
+                    # Here, its own name is itself (recursion stays local), and another function is that function.
+                    names[key] = (
+                        self.local if not value.definition else FaasFunction(cloudpickle.loads(value.definition))
+                    )
+        value = loaded(*args, **kwargs)
+        if inspect.iscoroutine(value):
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return asyncio.run(value)
+        return value
+
+    def _local_warm(self, cls: type) -> Any:
+        if self._local_instance is None:
+            instance = cls()
+            setup = getattr(instance, "setup", None)
+            if setup is not None:
+                setup()
+            self._local_instance = instance
+        # Fresh module globals for each call, as on a worker: only the instance carries over.
+        call = cls.__dict__["__call__"]
+        fresh = _kinds.rebind(cls, dict(call.__globals__), cls.__qualname__)
+        self._local_instance.__class__ = fresh
+        return self._local_instance
 
     def __faas_callee__(self) -> Callee:
         """This function as another's payload ships it: its definition, and calls that go to the platform."""
@@ -279,8 +353,9 @@ class FaasFunction:
         }
 
     def __getstate__(self) -> dict[str, Any]:
-        # The card is a widget of this process, with its comm and locks; a copy makes its own when asked.
-        return {**self.__dict__, "_card": None}
+        # The card is a widget of this process, with its comm and locks; a copy makes its own when asked. A warm
+        # instance set up here stays here.
+        return {**self.__dict__, "_card": None, "_local_instance": None}
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         # The card in a kernel, the same figures as text in a terminal; repr() stays one line.
@@ -328,6 +403,8 @@ class FunctionOptions(TypedDict, total=False):
     isolation: Any
     requirements: Iterable[str]
     secrets: Iterable[str]
+    setup_timeout: Any
+    inputs: Any
 
 
 @overload
@@ -341,12 +418,14 @@ def function(**options: Unpack[FunctionOptions]) -> Callable[[Callable[..., Any]
 def function(
     fn: Callable[..., Any] | None = None, /, **options: Unpack[FunctionOptions]
 ) -> FaasFunction | Callable[[Callable[..., Any]], FaasFunction]:
-    """Make a def a serverless function: `@function` or `@function(timeout="5s", memory="128MB")`.
+    """Make a def or a class a serverless function: `@function` or `@function(timeout="5s", memory="128MB")`.
 
     Options: `name`, `timeout`, `memory`, `retries`, `concurrency`, `zones`, `isolation`, `requirements` and
     `secrets`, as the magic's. Free names are captured by value now, as `%%faas` does for a cell. `secrets`
     names environment variables each call gets from the environment of the process that runs the platform.
-    `isolation="fresh"` runs each call in a new process forked for it.
+    `isolation="fresh"` runs each call in a new process forked for it. A class with `__call__` keeps one
+    instance per sandbox, made by its `setup()` (limited by `setup_timeout`); `inputs=N` lets one sandbox run
+    N calls of an async function at once.
     """
     unknown = sorted(set(options) - FunctionOptions.__optional_keys__)
     if unknown:
@@ -359,6 +438,8 @@ def function(
         concurrency=get("concurrency"),
         zones=get("zones"),
         isolation=get("isolation"),
+        setup_timeout=get("setup_timeout"),
+        inputs=get("inputs"),
     )
     name, requirements, secrets = options.get("name"), options.get("requirements", ()), options.get("secrets", ())
 

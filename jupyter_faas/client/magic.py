@@ -133,6 +133,15 @@ class FaasMagics(Magics):
         "(default faas.defaults.isolation).",
     )
     @argument(
+        "--setup-timeout",
+        dest="setup_timeout",
+        help="For a class with setup(): how long setup may take in a new sandbox (default: the timeout).",
+    )
+    @argument(
+        "--inputs",
+        help="For an async function: invocations one sandbox runs at once on its event loop (default 1).",
+    )
+    @argument(
         "--requirements",
         nargs="+",
         metavar="REQ",
@@ -196,6 +205,8 @@ class FaasMagics(Magics):
                 zones=_unquote(args.zones),
                 isolation=_unquote(args.isolation),
                 option_prefix="--",
+                setup_timeout=_unquote(args.setup_timeout),
+                inputs=_unquote(args.inputs),
             )
             runtime, lang = _runtime_options(args)
             if lang != "python":

@@ -65,7 +65,7 @@ _NOT_CAPTURED = ("__name__", "__builtins__")
 
 def capture(
     name: str,
-    root: types.FunctionType,
+    root: types.FunctionType | list[types.FunctionType],
     namespaces: Sequence[Mapping[str, Any]],
     shares_globals: Callable[[types.FunctionType], bool],
 ) -> dict[str, Any]:
@@ -82,7 +82,8 @@ def capture(
     captured: dict[str, Any] = {}
     missing: list[str] = []
     seen: set[int] = set()
-    pending = [root]
+    # A class brings all its methods: each reads globals that must travel with it.
+    pending = list(root) if isinstance(root, list) else [root]
     while pending:
         function = pending.pop()
         if id(function) in seen:

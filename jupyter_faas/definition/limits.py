@@ -20,6 +20,10 @@ class Limits:
     # Spread invocations over this many zones of workers, and keep a worker in each while warm.
     zones: int | None = None
     isolation: str = "warm"
+    # How long a warm class's setup() may take; None: as long as the timeout.
+    setup_timeout: float | None = None
+    # Invocations of an async function one sandbox runs at once (--inputs).
+    inputs: int = 1
 
     @classmethod
     def resolve(
@@ -32,6 +36,8 @@ class Limits:
         zones: Any = None,
         isolation: Any = None,
         option_prefix: str = "",
+        setup_timeout: Any = None,
+        inputs: Any = None,
     ) -> Limits:
         """Limits from user values, falling back to `faas.defaults.*` for those left as None."""
         defaults = _config.function_defaults()
@@ -48,12 +54,21 @@ class Limits:
             ),
             zones=None if zones is None else parse_count(zones, f"{p}zones", minimum=1, allow_none=True),
             isolation=defaults.isolation if isolation is None else parse_isolation(isolation, f"{p}isolation"),
+            setup_timeout=None if setup_timeout is None else parse_duration(setup_timeout, f"{p}setup-timeout"),
+            inputs=1 if inputs is None else parse_count(inputs, f"{p}inputs", minimum=1) or 1,
         )
+
+    @property
+    def setup_limit(self) -> float:
+        """The time a warm class's setup() may take: --setup-timeout, or else the timeout."""
+        return self.timeout if self.setup_timeout is None else self.setup_timeout
 
     def describe(self) -> str:
         concurrency = "unlimited" if self.concurrency is None else str(self.concurrency)
         zones = f", zones {self.zones}" if self.zones and self.zones > 1 else ""
         zones += ", isolation fresh" if self.isolation == "fresh" else ""
+        zones += f", setup timeout {self.setup_timeout:g}s" if self.setup_timeout is not None else ""
+        zones += f", inputs {self.inputs}" if self.inputs > 1 else ""
         return (
             f"timeout {self.timeout:g}s, memory {format_size(self.memory)}, "
             f"retries {self.retries}, concurrency {concurrency}{zones}"

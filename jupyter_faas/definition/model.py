@@ -16,6 +16,7 @@ from typing import Any
 
 import cloudpickle
 
+from jupyter_faas.definition import kinds as _kinds
 from jupyter_faas.definition.capture import CELL_MODULE, capture, reusable, serialize
 
 # Imported from here by tests; it lives with the capture.
@@ -42,14 +43,26 @@ class FunctionDefinition:
     requirements: tuple[str, ...] = ()
     # Environment variables it gets from the platform's environment at each call: names only, never values.
     secrets: tuple[str, ...] = ()
+    # How it answers: "def", "async", "generator" or "async_generator" (of __call__, for a class).
+    kind: str = "def"
+    # A class with a warm instance: setup() once per sandbox and version, then __call__ per invocation.
+    warm_class: bool = False
+
+    @property
+    def streams(self) -> bool:
+        """Whether a call answers with a stream of items (a generator) rather than one value."""
+        return self.kind in _kinds.STREAMING
 
     @property
     def short_version(self) -> str:
         return self.version[:8]
 
     def load(self) -> Callable[..., Any]:
-        """A fresh copy of the function, with globals no other call has touched."""
-        function: types.FunctionType = cloudpickle.loads(self.payload)
+        """A fresh copy of the function, with globals no other call has touched (a class: the class itself)."""
+        loaded = cloudpickle.loads(self.payload)
+        if isinstance(loaded, type):
+            return loaded
+        function: types.FunctionType = loaded
         function.__code__ = with_filename(function.__code__, self.filename)
         return function
 
@@ -83,7 +96,7 @@ def cell_filename(name: str) -> str:
 
 def _finish(
     name: str,
-    function: types.FunctionType,
+    function: types.FunctionType | type,
     fn_globals: dict[str, Any],
     captured: dict[str, Any],
     filename: str,
@@ -91,6 +104,10 @@ def _finish(
     limits: Limits,
 ) -> FunctionDefinition:
     fn_globals.update(captured)
+    if isinstance(function, type):
+        return _finish_class(name, function, fn_globals, captured, filename, source, limits)
+    kind = _kinds.kind_of(function)
+    _kinds.check_inputs(name, kind, limits)
     final = types.FunctionType(
         function.__code__, fn_globals, function.__name__, function.__defaults__, function.__closure__
     )
@@ -109,6 +126,35 @@ def _finish(
         limits=limits,
         reusable=reusable(final, captured),
         captured=tuple(sorted(captured)),
+        kind=kind,
+    )
+
+
+def _finish_class(
+    name: str,
+    cls: type,
+    fn_globals: dict[str, Any],
+    captured: dict[str, Any],
+    filename: str,
+    source: str,
+    limits: Limits,
+) -> FunctionDefinition:
+    kind = _kinds.kind_of(_kinds.call_method(cls, name))
+    _kinds.check_inputs(name, kind, limits)
+    final = _kinds.rebind(cls, fn_globals, name)
+    payload = serialize(name, final, captured)  # type: ignore[arg-type]  # cloudpickle takes a class as well
+    return FunctionDefinition(
+        name=name,
+        version=hashlib.sha256(payload).hexdigest(),
+        payload=payload,
+        filename=filename,
+        source=source,
+        signature=_kinds.call_signature(final),
+        limits=limits,
+        reusable=all(reusable(method, captured) for method in _kinds.methods(final)),
+        captured=tuple(sorted(captured)),
+        kind=kind,
+        warm_class=True,
     )
 
 
@@ -116,11 +162,11 @@ def _finish(
 
 
 def from_callable(function: Callable[..., Any], limits: Limits, name: str | None = None) -> FunctionDefinition:
-    """A definition from a plain def: its free names are captured by value now."""
+    """A definition from a def (plain, async or a generator), or a class with __call__: free names are captured now."""
+    if isinstance(function, type):
+        return _from_class(function, limits, name)
     if not isinstance(function, types.FunctionType):
-        raise TypeError(f"function() takes a def, got {type(function).__name__}")
-    if inspect.iscoroutinefunction(function) or inspect.isgeneratorfunction(function):
-        raise TypeError(f"{function.__name__} must be a plain def: async and generator functions are not supported")
+        raise TypeError(f"function() takes a def or a class, got {type(function).__name__}")
     if name is None and function.__name__ == "<lambda>":
         raise DefinitionError("a lambda needs a name: function(name='double')(lambda x: 2 * x)")
     name = check_name(name or function.__name__)
@@ -144,6 +190,22 @@ def from_callable(function: Callable[..., Any], limits: Limits, name: str | None
         source = ""
     fn_globals = {"__name__": function.__module__, "__builtins__": builtins}
     return _finish(name, function, fn_globals, captured, filename, source, limits)
+
+
+def _from_class(cls: type, limits: Limits, name: str | None) -> FunctionDefinition:
+    name = check_name(name or cls.__name__)
+    _kinds.call_method(cls, name)
+    own = _kinds.methods(cls)
+    module_globals = own[0].__globals__ if own else {}
+    captured = capture(name, own, [module_globals], lambda f: f.__globals__ is module_globals)
+    try:
+        lines, first = inspect.getsourcelines(cls)
+        source = "\n" * (first - 1) + "".join(lines)
+        filename = inspect.getsourcefile(cls) or "<class>"
+    except (OSError, TypeError):
+        source, filename = "", own[0].__code__.co_filename if own else "<class>"
+    fn_globals = {"__name__": cls.__module__, "__builtins__": builtins}
+    return _finish(name, cls, fn_globals, captured, filename, source, limits)
 
 
 # -- from a cell -------------------------------------------------------------------------------------
@@ -173,8 +235,37 @@ def _split_params(params: list[str], name: str) -> ast.arguments:
     return arguments
 
 
-def _top_level_defs(tree: ast.Module) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
-    return [node for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)]
+def _top_level_defs(tree: ast.Module) -> list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
+    """The cell's functions, and its classes with a __call__ (a warm class is bound like a function)."""
+    return [
+        node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        or (
+            isinstance(node, ast.ClassDef)
+            and any(
+                isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and item.name == "__call__"
+                for item in node.body
+            )
+        )
+    ]
+
+
+_AWAITS = (ast.Await, ast.AsyncFor, ast.AsyncWith)
+_YIELDS = (ast.Yield, ast.YieldFrom)
+
+
+def _contains(body: list[ast.stmt], kinds: tuple[type[ast.AST], ...]) -> bool:
+    """Whether the statements hold such a node outside any def they contain (`await`: an async body)."""
+    pending: list[ast.AST] = list(body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, kinds):
+            return True
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+            continue
+        pending.extend(ast.iter_child_nodes(node))
+    return False
 
 
 def _only_environment(tree: ast.Module, chosen: ast.AST) -> bool:
@@ -211,7 +302,7 @@ def from_cell(
         raise
     defs = _top_level_defs(tree)
     by_name = {d.name: d for d in defs}
-    chosen: ast.FunctionDef | ast.AsyncFunctionDef | None = None
+    chosen: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | None = None
     if params is None or not params:
         if name is not None and name in by_name:
             chosen = by_name[name]
@@ -227,9 +318,6 @@ def from_cell(
         raise DefinitionError(
             f"the cell defines {len(defs)} functions ({listed}); name the one to run, e.g. %%faas {defs[0].name}"
         )
-    if isinstance(chosen, ast.AsyncFunctionDef):
-        raise DefinitionError(f"{chosen.name} is async; %%faas runs plain def functions")
-
     bound_name = check_name(name or chosen.name)  # type: ignore[union-attr]
     filename = cell_filename(bound_name)
     source = f"%%faas {magic_line}".rstrip() + "\n" + cell
@@ -240,9 +328,12 @@ def from_cell(
         arguments = _split_params(params or [], bound_name)
         body = tree.body or [ast.Pass()]
         last = body[-1]
-        if isinstance(last, ast.Expr):
+        # A generator's items are what it yields: its last expression is not also a return value.
+        if isinstance(last, ast.Expr) and not _contains(body, _YIELDS):
             body[-1] = ast.copy_location(ast.Return(value=last.value), last)
-        function_node = ast.FunctionDef(
+        # A body that awaits is an async function's; one that yields, a generator's (Python sees that itself).
+        maker = ast.AsyncFunctionDef if _contains(body, _AWAITS) else ast.FunctionDef
+        function_node = maker(
             name=bound_name, args=arguments, body=body, decorator_list=[], returns=None, type_params=[]
         )  # type: ignore[call-arg, unused-ignore]  # type_params: a field from 3.12 on
         ast.copy_location(function_node, body[0])
@@ -264,11 +355,14 @@ def from_cell(
     register_source(filename, source)
     exec(code, fn_globals, cell_locals)
     function = dict.get(cell_locals, target)
-    if not isinstance(function, types.FunctionType):
+    if isinstance(function, type):
+        _kinds.call_method(function, bound_name)
+    elif not isinstance(function, types.FunctionType):
         raise DefinitionError(f"%%faas: {target} is not a function after running the cell")
     # The cell's own names become globals of the function and of the helpers it defines.
     fn_globals.update(dict(cell_locals))
-    captured = capture(bound_name, function, [fn_globals, namespace], lambda f: f.__globals__ is fn_globals)
+    roots = _kinds.methods(function) if isinstance(function, type) else function
+    captured = capture(bound_name, roots, [fn_globals, namespace], lambda f: f.__globals__ is fn_globals)
     # Keep only what the function reaches, so unrelated cell names do not travel.
     fn_globals.clear()
     fn_globals.update({"__name__": CELL_MODULE, "__builtins__": builtins})

@@ -181,7 +181,7 @@ def _cell_spec(
     tree = ast.parse(cell)
     defs = _top_level_defs(tree)
     by_name = {d.name: d for d in defs}
-    chosen: ast.FunctionDef | ast.AsyncFunctionDef | None = None
+    chosen: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | None = None
     if not params:
         if name is not None and name in by_name:
             chosen = by_name[name]

@@ -102,6 +102,12 @@ class Invocation:
         self.root = caller.root or caller.id
         self.chain = (*caller.chain, self.definition.name)
 
+    # A warm class's setup time (ms), when this invocation ran it; a generator's items so far, and when the
+    # first was yielded (unix time).
+    init_ms: float | None = None
+    items: int = 0
+    first_item: float | None = None
+
 
 @dataclass(eq=False)
 class Gate:
@@ -135,11 +141,18 @@ class InvocationFuture(Future[Any]):
 class FutureSink:
     """One call's result goes to its concurrent.futures.Future, and its output to `on_output`, if given."""
 
-    __slots__ = ("expired", "future", "lock", "on_output", "sent")
+    __slots__ = ("expired", "future", "lock", "on_item", "on_output", "sent")
 
-    def __init__(self, future: Future[Any], on_output: Callable[[Segments], None] | None = None) -> None:
+    def __init__(
+        self,
+        future: Future[Any],
+        on_output: Callable[[Segments], None] | None = None,
+        on_item: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.future = future
         self.on_output = on_output
+        # A generator's items, pickled, as they come (it may block while the caller is behind).
+        self.on_item = on_item
         self.lock = threading.Lock()
         self.sent = False
         self.expired = False
@@ -284,7 +297,13 @@ def map_batches(
     secrets: dict[str, str] | None,
     max_bytes: int,
 ) -> list[list[Invocation]]:
-    """A map's calls as invocations in batches of `size`, each batch sharing one packed blob."""
+    """A map's calls as invocations in batches of `size`, each batch sharing one packed blob.
+
+    An async function with --inputs N gets batches of at least N (without a concurrency limit): its sandbox
+    runs a batch's calls N at a time.
+    """
+    if definition.limits.inputs > 1 and definition.limits.concurrency is None:
+        size = max(size, definition.limits.inputs)
     # Submitted together, so one clock reading serves every invocation of the map.
     submitted, clock = time.time(), time.perf_counter()
     ids = iter(new_ids(len(calls)))

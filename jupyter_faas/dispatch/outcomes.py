@@ -98,7 +98,12 @@ class MapResults:
 
 
 def should_retry(invocation: Invocation, outcome: Outcome) -> bool:
-    """A failure worth another attempt, while the function's retries last."""
+    """A failure worth another attempt, while the function's retries last.
+
+    Never once a generator's items have reached its caller: another attempt would send them again.
+    """
+    if invocation.items:
+        return False
     return outcome.status in _RETRIED and invocation.attempts <= invocation.definition.limits.retries
 
 
@@ -153,6 +158,12 @@ def _final_output(invocation: Invocation, outcome: Outcome) -> str:
     return "".join(text for _, text in segments) if segments else ""
 
 
+def _first_item_ms(invocation: Invocation, started: float | None) -> float | None:
+    if invocation.first_item is None or started is None:
+        return None
+    return max(0.0, (invocation.first_item - started) * 1000)
+
+
 def conclude(invocation: Invocation, outcome: Outcome) -> tuple[InvocationRecord, Any, BaseException | None]:
     """The last attempt's outcome as the invocation's record, and the result or error its caller gets."""
     definition = invocation.definition
@@ -192,5 +203,8 @@ def conclude(invocation: Invocation, outcome: Outcome) -> tuple[InvocationRecord
         output=_final_output(invocation, outcome),
         parent=invocation.parent,
         root=invocation.root,
+        init_ms=invocation.init_ms,
+        items=invocation.items if definition.streams else None,
+        first_item_ms=_first_item_ms(invocation, started),
     )
     return record, result, error

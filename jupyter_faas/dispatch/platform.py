@@ -21,6 +21,7 @@ from jupyter_faas import config as _config
 from jupyter_faas.definition import secrets as _secrets
 from jupyter_faas.definition.model import FunctionDefinition
 from jupyter_faas.dispatch import keepalive as _keepalive
+from jupyter_faas.dispatch import streams as _streams
 from jupyter_faas.dispatch.admission import (
     Backlog,
     Call,
@@ -305,6 +306,7 @@ class Platform:
         background: bool = False,
         parent: Invocation | None = None,
         invocation_id: str | None = None,
+        on_item: Callable[[bytes], None] | None = None,
     ) -> InvocationFuture:
         """One invocation of the single call packed in `blob`; the future ends with its result or error.
 
@@ -327,7 +329,7 @@ class Platform:
         future.id = invocation_id or new_ids(1)[0]
         if background:
             self._backlog.join(definition.name, future)
-        sink = FutureSink(future, on_output)
+        sink = FutureSink(future, on_output, on_item)
         invocation = Invocation(
             future.id, definition, blob, 0, time.time(), time.perf_counter(), sink, 0, trigger=trigger,
             max_output=max_output, secrets=secrets, max_bytes=max_bytes, background=background,
@@ -447,6 +449,9 @@ class Platform:
                 background=first.background,
                 stream=lambda index, segments, dropped: on_stream(by_index[index], segments, dropped),
                 children=lambda index, call, reply: self._compose.on_call(by_index[index], call, reply),
+                setup_timeout=definition.limits.setup_timeout,
+                inputs=definition.limits.inputs,
+                on_event=lambda event: _streams.on_event(by_index[event[1]], event),
             )
         )
 

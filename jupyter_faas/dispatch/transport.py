@@ -22,7 +22,19 @@ from jupyter_faas.errors import FaasError
 from jupyter_faas.worker import plugin as _invoker
 from jupyter_faas.worker import wire as _wire
 from jupyter_faas.worker.capture import Segments
-from jupyter_faas.worker.messages import ChildCall, ChildReply, ChildResult, ErrorInfo, Hello, Package, Run, WorkerFrame
+from jupyter_faas.worker.messages import (
+    ChildCall,
+    ChildReply,
+    ChildResult,
+    ErrorInfo,
+    Hello,
+    Package,
+    Run,
+    RunExtras,
+    RunWithExtras,
+    StreamEvent,
+    WorkerFrame,
+)
 
 if TYPE_CHECKING:
     from jupyter_faas.dispatch.cluster import ClusterHandle
@@ -88,6 +100,11 @@ class Job:
     background: bool = False
     # Where calls its invocations make go: (index of the caller, the call, how to answer it).
     children: Callable[[int, ChildCall, Reply], None] | None = None
+    # A warm class's setup limit (None: the timeout); an async function's calls one sandbox runs at once.
+    setup_timeout: float | None = None
+    inputs: int = 1
+    # Where a setup's end ("init") and a generator's items ("item") go, as they come.
+    on_event: Callable[[StreamEvent], None] | None = None
 
 
 def _end(job: Job, outcome: Outcome) -> None:
@@ -101,12 +118,22 @@ def _end_as_lost(job: Job, message: str, worker: str | None = None) -> None:
     _end(job, Outcome("lost", error=("WorkerLost", message, "", None), worker=worker))
 
 
-def _request(job: Job, with_package: bool) -> Run:
+def _request(job: Job, with_package: bool) -> RunWithExtras:
     package = job.package if with_package else None
     return (
         "run", job.name, job.version, package, job.blob, job.indices, job.timeout, job.memory, job.max_output,
-        job.secrets, job.isolation, job.max_result,
+        job.secrets, job.isolation, job.max_result, _extras(job),
     )  # fmt: skip
+
+
+def _extras(job: Job) -> RunExtras:
+    return {"setup_timeout": job.setup_timeout or job.timeout, "inputs": job.inputs, "timeout": job.timeout}
+
+
+def _pass_event(job: Job, event: StreamEvent) -> None:
+    """A setup's end or a generator's item, to the platform; it may block while the caller is behind."""
+    if job.on_event is not None:
+        job.on_event(event)
 
 
 class _Link:
@@ -220,7 +247,7 @@ class _Replies:
         self.outstanding = 0
         self.open = True
 
-    def send(self, message: Run) -> None:
+    def send(self, message: Run | RunWithExtras) -> None:
         with self.sending:
             _wire.send(self.sock, message)
 
@@ -377,7 +404,7 @@ class DirectDispatcher:
         try:
             sock.settimeout(job.timeout + _SILENCE_GRACE)
             while True:
-                frame: WorkerFrame = _wire.receive(sock)
+                frame: WorkerFrame | StreamEvent = _wire.receive(sock)
                 if frame[0] == "missing":
                     replies.send(_request(job, with_package=True))
                     continue
@@ -387,6 +414,9 @@ class DirectDispatcher:
                 if frame[0] == "output":
                     if job.stream is not None:
                         job.stream(frame[1], frame[2], frame[3])
+                    continue
+                if frame[0] == "init" or frame[0] == "item":
+                    _pass_event(job, frame)
                     continue
                 link.known.add(job.version)
                 for index, answer in frame[1]:

@@ -16,6 +16,7 @@ from tornado import web
 
 from jupyter_faas import config as _config
 from jupyter_faas.errors import FunctionKeyError
+from jupyter_faas.gateway import streaming as _streaming
 from jupyter_faas.gateway.idempotency import HEADER as IDEMPOTENCY_HEADER
 from jupyter_faas.gateway.keys import Caller, described
 from jupyter_faas.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -301,10 +302,18 @@ class _Invoke(_Faas):
                 reply = await asyncio.to_thread(self.endpoints.invoke_async, name, content_type, body)
                 self.note_invocation(reply.body["id"])
                 self.send_reply(reply)
+            elif self.endpoints.streams(name):
+                await self._stream(name, content_type, body)
             else:
                 self.send_reply(await self.endpoints.invoke(name, content_type, body, on_submit=self.note_invocation))
         finally:
             self._release()
+
+    async def _stream(self, name: str, content_type: str, body: bytes) -> None:
+        """A generator's answer: chunked, each item as it is yielded (Server-Sent Events if the caller asks)."""
+        stream = self.endpoints.invoke_stream(name, content_type, body, on_submit=self.note_invocation)
+        events = _streaming.wants_events(self.request.headers.get("Accept", ""))
+        await _streaming.answer(self, name, stream, events)
 
 
 class _Functions(_Faas):

@@ -105,9 +105,26 @@ def _responses(deployment: Deployment) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Queued"}}},
         },
     }
+    if deployment.definition.streams:
+        responses["200"] = _streamed_answer()
     for status, description in _ERRORS.items():
         responses[status] = _error(description)
     return responses
+
+
+def _streamed_answer() -> dict[str, Any]:
+    """A generator's 200: chunked, one part per item as it is yielded; an error after the first item ends it."""
+    return {
+        "description": "Streamed (chunked) as the function yields: by default NDJSON, one JSON value per line, "
+        'ending with a line {"error": {...}} if it fails after its first item; with Accept: text/event-stream, '
+        "Server-Sent Events (`data:` per item, `event: error` on failure, bytes items as `event: bytes` in "
+        "base64). Bytes items go as raw chunks (application/octet-stream when the first item is bytes).",
+        "content": {
+            "application/x-ndjson": {"schema": {"type": "string"}},
+            "text/event-stream": {"schema": {"type": "string"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
 
 
 def _operation(deployment: Deployment, found: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +257,9 @@ _COMPONENTS: dict[str, Any] = {
             "output": {"type": ["string", "null"]},
             "parent": {"type": ["string", "null"], "description": "The invocation that made this call."},
             "root": {"type": ["string", "null"], "description": "The top of its call tree."},
+            "init_ms": _NUMBER_OR_NULL,
+            "items": {"type": ["integer", "null"]},
+            "first_item_ms": _NUMBER_OR_NULL,
         },
     },
     "Invocation": {

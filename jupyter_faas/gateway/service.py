@@ -15,6 +15,7 @@ from typing import Any
 from jupyter_faas import config as _config
 from jupyter_faas.definition.signature import takes_bytes
 from jupyter_faas.dispatch.platform import Platform, pack_calls
+from jupyter_faas.dispatch.streams import ItemStream
 from jupyter_faas.errors import ArgumentsTooLarge, InputRefused, LimitError, MissingSecret, QueueFull, RegistryError
 from jupyter_faas.gateway.answers import (
     Call,
@@ -250,7 +251,33 @@ class Endpoints:
             raise
         return call
 
-    def _submit(self, call: Call, queue_timeout: float | None, background: bool = False) -> Future[Any]:
+    def streams(self, name: str) -> bool:
+        """Whether the function deployed as `name` is a generator, whose answer streams; False if none is."""
+        try:
+            deployment = self.registry.get(name)
+        except RegistryError:
+            return False
+        return deployment is not None and deployment.definition.streams
+
+    def invoke_stream(
+        self, name: str, content_type: str, body: bytes, on_submit: Callable[[str], None] | None = None
+    ) -> ItemStream:
+        """Start a generator's invocation: its items, as it yields them (an HttpError if it cannot start)."""
+        call = self.prepare(name, content_type, body)
+        stream = ItemStream(name, call.deployment.definition.limits.timeout)
+        future = self._submit(call, _config.http_queue_timeout(), on_item=stream.put)
+        stream.attach(future)
+        if on_submit is not None:
+            on_submit(future.id)  # type: ignore[attr-defined]
+        return stream
+
+    def _submit(
+        self,
+        call: Call,
+        queue_timeout: float | None,
+        background: bool = False,
+        on_item: Callable[[bytes], None] | None = None,
+    ) -> Future[Any]:
         definition = call.deployment.definition
         try:
             blob = pack_calls(definition.name, [(call.args, call.kwargs)])
@@ -260,7 +287,7 @@ class Endpoints:
             raise HttpError(413, "PayloadTooLarge", str(e)) from None
         try:
             return self.platform.invoke(
-                definition, blob, queue_timeout=queue_timeout, trigger="http", background=background
+                definition, blob, queue_timeout=queue_timeout, trigger="http", background=background, on_item=on_item
             )
         except MissingSecret as e:
             raise HttpError(500, "MissingSecret", str(e)) from None

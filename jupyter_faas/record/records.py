@@ -49,6 +49,11 @@ class InvocationRecord:
     # The invocation that made this call, and the top of its call tree; None for a call made from outside.
     parent: str | None = None
     root: str | None = None
+    # Milliseconds a warm class's setup() took before this call (Lambda's "Init Duration"); None if it did not run.
+    init_ms: float | None = None
+    # A generator's: how many items it yielded, and the milliseconds from its start to the first (None: none).
+    items: int | None = None
+    first_item_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import io
 import sys
 import threading
@@ -81,10 +82,22 @@ class Captured:
         return [(stream, text) for stream, text in unsent]
 
 
-class _Current:
-    """The invocation whose output the streams collect now; None between invocations."""
+_captured: contextvars.ContextVar[Captured | None] = contextvars.ContextVar("faas_captured", default=None)
 
-    captured: Captured | None = None
+
+class _Current:
+    """The invocation whose output the streams collect now; None between invocations.
+
+    A context variable, so each task of calls run at once on one event loop writes to its own.
+    """
+
+    @property
+    def captured(self) -> Captured | None:
+        return _captured.get()
+
+    @captured.setter
+    def captured(self, value: Captured | None) -> None:
+        _captured.set(value)
 
 
 current = _Current()

@@ -36,6 +36,11 @@ Hello = tuple[Literal["hello"], float, int]
 Run = tuple[
     Literal["run"], str, str, Package | None, bytes, list[int], float, int, int, dict[str, str] | None, str, int
 ]
+# A Run with its extras (see RunExtras below): what clients since warm classes and --inputs send.
+RunWithExtras = tuple[
+    Literal["run"], str, str, Package | None, bytes, list[int], float, int, int, dict[str, str] | None, str, int,
+    dict[str, float | str],
+]  # fmt: skip
 # Answers so far, each with its call's index; more frames follow.
 Answers = tuple[Literal["answers"], list[tuple[int, Answer]]]
 # The last answers of a Run: nothing more comes for it.
@@ -63,7 +68,19 @@ ChildResult = tuple[Literal["ok", "error"], object, list[str]]
 # The sandbox's first message: ("ready", its process id).
 Ready = tuple[Literal["ready"], int]
 # ("run", version, package or None, blob, indices, memory, max_output, secrets, isolation, max_result).
-SandboxRun = tuple[Literal["run"], str, Package | None, bytes, list[int], int, int, dict[str, str] | None, str, int]
+SandboxRun = tuple[
+    Literal["run"],
+    str,
+    Package | None,
+    bytes,
+    list[int],
+    int,
+    int,
+    dict[str, str] | None,
+    str,
+    int,
+    dict[str, float | str],
+]
 # ("call", request id, kind, new invocation's id, definition, calls): a call the running invocation makes;
 # the worker adds the invocation's index and the time it has left, and passes it on as a ChildCall.
 SandboxCall = tuple[Literal["call"], int, ChildKind, str, bytes, bytes]
@@ -71,3 +88,20 @@ SandboxCall = tuple[Literal["call"], int, ChildKind, str, bytes, bytes]
 SandboxMessage = Answer | Output | Missing | SandboxCall
 # What a worker sends a sandbox: work, or the answer to a call one of its invocations made.
 ToSandbox = SandboxRun | ChildReply
+
+# -- warm state, async and streams ------------------------------------------------------------------
+
+# What a Run (its thirteenth item) and a SandboxRun (its eleventh) may add: "setup_timeout" (seconds a warm
+# class's setup() may take), "inputs" (calls of an async function one sandbox runs at once), "timeout"; and to
+# a sandbox, "name" (the function's: a new version of it replaces the old one's warm instance).
+RunExtras = dict[str, float | str]
+# sandbox -> worker: ("setup", index): setup() starts before the call at index; its own limit holds until "init".
+SetupStarted = tuple[Literal["setup"], int]
+# sandbox -> worker -> client: ("init", index, milliseconds setup() took), whether it raised or not.
+InitDone = tuple[Literal["init"], int, float]
+# sandbox -> worker -> client: ("item", index, pickled item, unix time it was yielded): one generator item.
+Item = tuple[Literal["item"], int, bytes, float]
+# sandbox -> worker: ("answer-at", index, answer): an answer of calls run at once, which may end in any order.
+IndexedAnswer = tuple[Literal["answer-at"], int, Answer]
+# What the worker passes on to the client as it comes, besides answers and output.
+StreamEvent = InitDone | Item

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -26,7 +28,9 @@ from jupyter_faas.worker.messages import (
     Output,
     Package,
     Run,
+    RunExtras,
     SandboxCall,
+    StreamEvent,
 )
 from jupyter_faas.worker.pool import NO_RESULT_LIMIT, Batch, Invoker, Upstream
 
@@ -165,7 +169,8 @@ class InvokerServer:
             _wire.send(sock, forwarded)
 
         batch = Batch(name, version, package, blob, timeout, memory, max_output, secrets, isolation, max_result)
-        self.invoker.invoke(batch, indices, on_answer, on_output, Upstream(sock, on_call))
+        batch = _with_extras(batch, request)
+        self.invoker.invoke(batch, indices, on_answer, on_output, Upstream(sock, on_call), on_event=_event_sender(sock))
         done: Done = ("done", pending)
         _wire.send(sock, done)
 
@@ -175,6 +180,25 @@ class InvokerServer:
         for sock in list(self._connections):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _with_extras(batch: Batch, request: Run) -> Batch:
+    """A Run's thirteenth item, when sent: a warm class's setup timeout, and an async function's --inputs."""
+    extras: RunExtras = request[12] if len(request) > 12 else {}  # type: ignore[misc]  # older clients send 12
+    if not extras:
+        return batch
+    setup_timeout = extras.get("setup_timeout")
+    setup_limit = None if setup_timeout is None else float(setup_timeout)
+    return dataclasses.replace(batch, setup_timeout=setup_limit, inputs=int(extras.get("inputs", 1)))
+
+
+def _event_sender(sock: socket.socket) -> Callable[[StreamEvent], None]:
+    """Passes a setup's end and each generator item to the client at once: its caller may be waiting on it."""
+
+    def send(event: StreamEvent) -> None:
+        _wire.send(sock, event)
+
+    return send
 
 
 _server: InvokerServer | None = None

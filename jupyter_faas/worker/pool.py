@@ -26,10 +26,14 @@ from jupyter_faas.worker.messages import (
     Answer,
     AnswerStatus,
     ChildReply,
+    IndexedAnswer,
     Package,
+    RunExtras,
     SandboxCall,
     SandboxMessage,
     SandboxRun,
+    SetupStarted,
+    StreamEvent,
 )
 
 # How often a running invocation's memory is sampled; fast calls answer before the first sample.
@@ -42,6 +46,13 @@ NO_RESULT_LIMIT = 2**62
 OnAnswer = Callable[[int, Answer], None]
 # (index, segments, bytes dropped so far): output of a call still running.
 OnOutput = Callable[[int, Segments, int], None]
+# A setup's end ("init") or a generator's item, passed on to the client as it comes.
+OnEvent = Callable[[StreamEvent], None]
+# A retired sandbox has this long to run its warm instances' teardown() before it is killed.
+TEARDOWN_GRACE = 5.0
+# Calls run at once (--inputs) cancel their own tasks at their timeout; the worker stops the sandbox only
+# when one has not answered this long after.
+_CONCURRENT_GRACE = 2.0
 # (index, the call, seconds the invocation has left): a call the running invocation makes.
 OnCall = Callable[[int, SandboxCall, float], None]
 
@@ -106,11 +117,24 @@ class Batch:
     isolation: str = "warm"
     # Largest result, serialized, a call may send back; past it the call fails with ResultTooLarge.
     max_result: int = NO_RESULT_LIMIT
+    # How long a warm class's setup() may take (None: the timeout), and calls of an async function run at once.
+    setup_timeout: float | None = None
+    inputs: int = 1
+
+    def extras(self) -> RunExtras:
+        return {
+            "setup_timeout": self.setup_timeout or self.timeout,
+            "inputs": self.inputs,
+            "timeout": self.timeout,
+            "name": self.name,
+        }
 
 
-# What a sandbox may send: a streamed output, a request for the package, a call, or an answer's status
-# ("timeout" when a runtime of worker/runtimes/ stopped its call itself).
-_MESSAGES = frozenset({"output", "missing", "call", "ok", "error", "memory", "timeout"})
+# What a sandbox may send: a streamed output, a request for the package, a call, setup and streaming events, or an
+# answer's status ("timeout" when a runtime of worker/runtimes/ stopped its call itself).
+_MESSAGES = frozenset(
+    {"output", "missing", "call", "ok", "error", "memory", "timeout", "setup", "init", "item", "answer-at"}
+)
 
 
 class SandboxGone(Exception):
@@ -207,6 +231,11 @@ class Sandbox:
             self.process.wait(timeout=10)
         self.conn.close()
 
+    def close_socket(self) -> None:
+        """Tell the sandbox to end: it runs its teardowns, then exits (kill() stops it if it does not)."""
+        with contextlib.suppress(OSError):
+            self.conn.close()
+
     def run(
         self,
         batch: Batch,
@@ -214,6 +243,7 @@ class Sandbox:
         on_answer: OnAnswer,
         on_output: OnOutput,
         upstream: Upstream | None = None,
+        on_event: OnEvent | None = None,
     ) -> int:
         """Run the batch's calls at `indices`, answering each; returns how many were answered.
 
@@ -227,14 +257,24 @@ class Sandbox:
         self._send(batch, indices, with_package=fresh)
         answered = 0
         deadline = time.monotonic() + timeout
+        # Calls run at once answer in any order: kept here until those before them have answered.
+        at_once = batch.inputs > 1 and len(indices) > 1
+        early: dict[int, Answer] = {}
+        in_setup = False
         while answered < len(indices):
             index = indices[answered]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.kill()
-                message = f"{name} ran past its timeout of {timeout:g}s and was stopped"
-                on_answer(index, failure("timeout", "FaasTimeout", message, time.time() - timeout, fresh, None))
-                return answered + 1
+                if in_setup:
+                    limit = batch.setup_timeout or timeout
+                    message = f"{name}'s setup() ran past its setup timeout of {limit:g}s and was stopped"
+                else:
+                    message = f"{name} ran past its timeout of {timeout:g}s and was stopped"
+                limit = (batch.setup_timeout or timeout) if in_setup else timeout
+                stopped: tuple[float, bool, int | None] = (time.time() - limit, fresh, None)
+                why: tuple[AnswerStatus, str, str] = ("timeout", "FaasTimeout", message)
+                return self._fail_rest(indices, answered, early, at_once, why, stopped, on_answer)
             ready = wait([self.conn] if upstream is None else [self.conn, upstream.sock], min(_MEMORY_POLL, remaining))
             if upstream is not None and upstream.sock in ready:
                 try:
@@ -248,8 +288,9 @@ class Sandbox:
                 if resident is not None and resident > memory:
                     self.kill()
                     message = f"{name} went over its memory limit of {format_size(memory)} and was stopped"
-                    on_answer(index, failure("memory", "FaasMemoryError", message, time.time(), fresh, resident))
-                    return answered + 1
+                    why = ("memory", "FaasMemoryError", message)
+                    stopped = (time.time(), fresh, resident)
+                    return self._fail_rest(indices, answered, early, at_once, why, stopped, on_answer)
                 continue
             try:
                 received = pickle.loads(self.conn.recv_bytes())
@@ -269,12 +310,33 @@ class Sandbox:
                 on_answer(index, failure("error", "SandboxExit", message, time.time(), fresh, None))
                 return answered + 1
             # Checked just above, as far as its tag: a sandbox of this very version sent it.
-            sent: SandboxMessage = received
+            sent: SandboxMessage | SetupStarted | StreamEvent | IndexedAnswer = received
             if sent[0] == "output":
                 on_output(sent[1], sent[2], sent[3])
                 continue
             if sent[0] == "missing":
                 self._send(batch, indices, with_package=True)
+                continue
+            if sent[0] == "setup":
+                # setup() has its own limit; the call's own time starts when it ends.
+                in_setup = True
+                deadline = time.monotonic() + (batch.setup_timeout or timeout)
+                continue
+            if sent[0] == "init":
+                in_setup = False
+                deadline = time.monotonic() + timeout + (_CONCURRENT_GRACE if at_once else 0.0)
+                self._pass_event(sent, on_event)
+                continue
+            if sent[0] == "item":
+                self._pass_event(sent, on_event)
+                continue
+            if sent[0] == "answer-at":
+                early[sent[1]] = sent[2]
+                deadline = time.monotonic() + timeout + _CONCURRENT_GRACE
+                while answered < len(indices) and indices[answered] in early:
+                    on_answer(indices[answered], early.pop(indices[answered]))
+                    answered += 1
+                self.known.add(batch.version)
                 continue
             if sent[0] == "call":
                 if upstream is None:
@@ -294,6 +356,39 @@ class Sandbox:
                 return answered
         return answered
 
+    def _pass_event(self, event: StreamEvent, on_event: OnEvent | None) -> None:
+        if on_event is None:
+            return
+        try:
+            on_event(event)
+        except BaseException:
+            # The caller is gone mid-stream: the call it was streaming cannot go on without it.
+            self.kill()
+            raise
+
+    def _fail_rest(
+        self,
+        indices: list[int],
+        answered: int,
+        early: dict[int, Answer],
+        at_once: bool,
+        why: tuple[AnswerStatus, str, str],
+        stopped: tuple[float, bool, int | None],
+        on_answer: OnAnswer,
+    ) -> int:
+        """The sandbox was stopped: the call running fails; calls run at once all fail (those that ended keep
+        their answers); returns how many are answered now. `why` is (status, error type, message), `stopped`
+        (when the failed call started, fresh, peak memory)."""
+        status, kind, message = why
+        started, fresh, peak = stopped
+        if not at_once:
+            on_answer(indices[answered], failure(status, kind, message, started, fresh, peak))
+            return answered + 1
+        for index in indices[answered:]:
+            answer = early.pop(index, None) or failure(status, kind, message, started, False, peak)
+            on_answer(index, answer)
+        return len(indices)
+
     def _pass_on(self, reply: ChildReply) -> None:
         """An answer to a call of the running invocation; anything else from upstream is no answer and is dropped."""
         if not isinstance(reply, tuple) or len(reply) != 3 or reply[0] != "reply":
@@ -305,7 +400,7 @@ class Sandbox:
         package = batch.package if with_package else None
         request: SandboxRun = (
             "run", batch.version, package, batch.blob, indices, batch.memory, batch.max_output, batch.secrets,
-            batch.isolation, batch.max_result,
+            batch.isolation, batch.max_result, batch.extras(),
         )  # fmt: skip
         try:
             self.conn.send_bytes(pickle.dumps(request, protocol=5))
@@ -375,6 +470,7 @@ class Invoker:
         on_answer: OnAnswer,
         on_output: OnOutput,
         upstream: Upstream | None = None,
+        on_event: OnEvent | None = None,
     ) -> None:
         """Run every call at `indices`, each with its own timeout; a killed sandbox is replaced mid-batch."""
         name = batch.name
@@ -387,7 +483,7 @@ class Invoker:
                     on_answer(index, failure("error", "SandboxExit", f"{name}: {gone}", time.time(), False, None))
                 return
             try:
-                answered = sandbox.run(batch, remaining, on_answer, on_output, upstream)
+                answered = sandbox.run(batch, remaining, on_answer, on_output, upstream, on_event)
             except SandboxGone as gone:
                 sandbox.kill()
                 message = f"the process running {name} {gone}"
@@ -403,5 +499,11 @@ class Invoker:
             sandboxes = list(self._all)
             self._all.clear()
             self._idle.clear()
+        # Retired, not killed: each may run its warm instances' teardown() first. At once, so the grace is paid once.
         for sandbox in sandboxes:
+            sandbox.close_socket()
+        ends = time.monotonic() + TEARDOWN_GRACE
+        for sandbox in sandboxes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                sandbox.process.wait(timeout=max(0.0, ends - time.monotonic()))
             sandbox.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -20,16 +21,23 @@ import cloudpickle
 from jupyter_faas.errors import FaasTimeout, ResultTooLarge
 from jupyter_faas.worker import capture as _capture
 from jupyter_faas.worker import children as _children
+from jupyter_faas.worker import concurrent as _concurrent
 from jupyter_faas.worker import process as _process
+from jupyter_faas.worker import warm as _warm
 from jupyter_faas.worker.code import with_filename
 from jupyter_faas.worker.messages import (
     AnswerStatus,
     ErrorInfo,
+    IndexedAnswer,
+    InitDone,
+    Item,
     Missing,
     Output,
     Ready,
     Result,
+    RunExtras,
     SandboxRun,
+    SetupStarted,
     TrailingOutput,
 )
 
@@ -40,27 +48,79 @@ _OUTPUT_INTERVAL = 0.1
 
 
 class _Loaded:
-    __slots__ = ("code", "function", "payload", "reusable")
+    __slots__ = ("code", "function", "is_async", "payload", "reusable", "warm")
 
     def __init__(self, payload: bytes, filename: str, reusable: bool) -> None:
         self.payload = payload
         self.reusable = reusable
-        function: types.FunctionType = cloudpickle.loads(payload)
-        self.code = with_filename(function.__code__, filename)
-        function.__code__ = self.code
-        self.function: types.FunctionType | None = function if reusable else None
+        loaded = cloudpickle.loads(payload)
+        self.is_async = _warm.is_async(loaded)
+        # A class: one instance per sandbox and version, set up before its first call.
+        if isinstance(loaded, type):
+            # cloudpickle names every method's file <dynamic-code>: they get the class's file back, for tracebacks.
+            for value in vars(loaded).values():
+                method = getattr(value, "__func__", value)
+                if isinstance(method, types.FunctionType):
+                    method.__code__ = with_filename(method.__code__, filename)
+        self.warm = _warm.WarmInstance(loaded, reusable) if isinstance(loaded, type) else None
+        self.code: types.CodeType | None = None
+        self.function: types.FunctionType | None = None
+        if self.warm is not None:
+            return
+        function: types.FunctionType = loaded
+        self.code = code = with_filename(function.__code__, filename)
+        function.__code__ = code
+        self.function = function if reusable else None
 
-    def fresh(self) -> types.FunctionType:
-        """A function whose globals no earlier call can have touched."""
+    def fresh(self) -> Any:
+        """A function whose globals no earlier call can have touched (a warm class: its instance, so rebound)."""
+        if self.warm is not None:
+            return self.warm.bound()
         if self.function is None:
             function: types.FunctionType = cloudpickle.loads(self.payload)
-            function.__code__ = self.code
+            if self.code is not None:
+                function.__code__ = self.code
             return function
         f = self.function
         # Nothing reachable is mutable, so a new globals dict is enough to undo `global x; x = ...`.
         copy = types.FunctionType(f.__code__, dict(f.__globals__), f.__name__, f.__defaults__, f.__closure__)
         copy.__kwdefaults__ = f.__kwdefaults__
         return copy
+
+    def ready(self, channel: _Channel | None, index: int) -> float | None:
+        """A warm class's setup() if this sandbox has not run it: the milliseconds it took, or None.
+
+        The worker is told when it starts and ends, so setup has its own time limit.
+        """
+        if self.warm is None:
+            return None
+
+        def on_setup(starting: bool, elapsed_ms: float) -> None:
+            if channel is not None:
+                message: SetupStarted | InitDone = ("setup", index) if starting else ("init", index, elapsed_ms)
+                _send_event(channel, message)
+
+        return self.warm.ready(on_setup, _describe_error)
+
+    def close(self) -> None:
+        if self.warm is not None:
+            self.warm.teardown()
+
+
+def _send_event(channel: _Channel, message: SetupStarted | InitDone | Item | IndexedAnswer) -> None:
+    with channel.lock:
+        channel.conn.send_bytes(pickle.dumps(message, protocol=5))
+
+
+def _item_sender(channel: _Channel | None, index: int) -> _warm.SendItem | None:
+    if channel is None:
+        return None
+
+    def send(data: bytes, when: float) -> None:
+        item: Item = ("item", index, data, when)
+        _send_event(channel, item)
+
+    return send
 
 
 def _register_source(filename: str, source: str) -> None:
@@ -86,6 +146,9 @@ def _describe_error(exc: BaseException, skip_frames: int, secrets: dict[str, str
     for _ in range(skip_frames):
         if tb is not None:
             tb = tb.tb_next
+    # The event loop's and this package's own frames (an awaited or yielding call's) are not the user's.
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename.startswith(_NOT_USER_CODE):
+        tb = tb.tb_next
     text = "".join(traceback.TracebackException(type(exc), exc, tb).format())
     message = str(exc)
     if secrets:
@@ -98,6 +161,9 @@ def _describe_error(exc: BaseException, skip_frames: int, secrets: dict[str, str
     except Exception:
         exc_bytes = None
     return type(exc).__qualname__, message, text, exc_bytes
+
+
+_NOT_USER_CODE = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.dirname(asyncio.__file__) + os.sep)
 
 
 def _watch_parent() -> None:
@@ -176,9 +242,16 @@ def _after_fork_in_child() -> None:
 _channel_fd: int | None = None
 
 
-def _run_function(function: types.FunctionType, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
+def _run_function(
+    function: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    send_item: _warm.SendItem | None = None,
+    max_item: int = 2**62,
+) -> object:
     try:
-        return function(*args, **kwargs)
+        # An async function's coroutine runs on the sandbox's loop; a generator's items go out as it yields them.
+        return _warm.settle(function(*args, **kwargs), send_item, max_item)
     finally:
         if os.getpid() != _SANDBOX_PID:
             # A forked child returning from the function: it ends here, it does not answer.
@@ -193,6 +266,8 @@ def _call(
     meter: _process.PeakMeter,
     state: _process.ProcessState,
     secrets: dict[str, str] | None = None,
+    channel: _Channel | None = None,
+    index: int = 0,
 ) -> Result:
     """One invocation, run here: its Result, to which the answer adds the output not yet streamed.
 
@@ -207,7 +282,15 @@ def _call(
         os.environ.update(secrets)
     try:
         args, kwargs = call
-        result = _run_function(loaded.fresh(), args, kwargs)
+        if loaded.ready(channel, index) is not None:
+            fresh = True  # its setup ran now: a cold start
+        started = time.time()
+        result = _run_function(loaded.fresh(), args, kwargs, _item_sender(channel, index), max_result)
+    except _warm.SetupFailed as e:
+        error = e.error
+        if secrets:
+            error = (error[0], _capture.redact(error[1], secrets), _capture.redact(error[2], secrets), None)
+        status, error = "error", error
     except FaasTimeout as e:
         # A runtime (worker/runtimes/) stopped its call before the worker's deadline: this sandbox lives on.
         status, error = "timeout", _describe_error(e, 2, secrets)
@@ -297,7 +380,9 @@ def _fork_and_wait(
             channel.running = (index, captured)
             _capture.current.captured = captured
             threading.Thread(target=channel.stream, name="faas-output", daemon=True).start()
-            channel.answer(_call(loaded, call, (memory_limit, max_result), fresh, _process.PeakMeter(), state, secrets))
+            call_limits = (memory_limit, max_result)
+            meter = _process.PeakMeter()
+            channel.answer(_call(loaded, call, call_limits, fresh, meter, state, secrets, channel, index))
             os.write(answered_write, b"1")
             code = 0
         finally:
@@ -313,6 +398,43 @@ def _fork_and_wait(
         channel.answer(("error", b"", started, time.time(), fresh, None, ("SandboxExit", message, "", None)))
 
 
+def _replace_version(cache: OrderedDict[str, _Loaded], versions: dict[str, str], name: str, version: str) -> None:
+    """A new version of a function replaces the old one here: the old one's warm instance gets its teardown()."""
+    if not name:
+        return
+    previous = versions.get(name)
+    versions[name] = version
+    if previous is not None and previous != version and previous in cache:
+        cache[previous].close()
+
+
+def _setup_before_fork(
+    channel: _Channel, loaded: _Loaded, index: int, max_output: int, secrets: dict[str, str] | None
+) -> bool | None:
+    """A warm class's setup in the sandbox itself, its output the call's: whether it ran, None if it failed
+    (the call is then answered with setup's error)."""
+    if loaded.warm is None or loaded.warm.instance is not None:
+        return False
+    captured = _capture.Captured(max_output, secrets)
+    with channel.lock:
+        channel.running = (index, captured)
+        _capture.current.captured = captured
+    started = time.time()
+    try:
+        loaded.ready(channel, index)
+    except _warm.SetupFailed as e:
+        channel.answer(("error", b"", started, time.time(), True, None, e.error))
+        return None
+    segments = captured.take()
+    with channel.lock:
+        channel.running = None
+        _capture.current.captured = None
+        if segments:
+            message: Output = ("output", index, segments, captured.dropped)
+            channel.conn.send_bytes(pickle.dumps(message, protocol=5))
+    return True
+
+
 def serve(conn: Connection) -> None:
     """Answer each SandboxRun with one Answer per index, or with Missing if it lacks a package not yet loaded.
 
@@ -326,14 +448,33 @@ def serve(conn: Connection) -> None:
     child_calls = _children.install(conn, channel.lock)
     threading.Thread(target=channel.stream, name="faas-output", daemon=True).start()
     channel.send(("ready", os.getpid()))
+    try:
+        _serve_requests(child_calls, channel, cache, meter, state)
+    finally:
+        # The sandbox is retired (its worker closed the socket): warm instances get their teardown().
+        for loaded in cache.values():
+            loaded.close()
+
+
+def _serve_requests(
+    child_calls: _children.ChildCalls,
+    channel: _Channel,
+    cache: OrderedDict[str, _Loaded],
+    meter: _process.PeakMeter,
+    state: _process.ProcessState,
+) -> None:
+    # The version of each function this sandbox ran last, by name.
+    versions: dict[str, str] = {}
     while True:
         try:
             request: SandboxRun = child_calls.next_run()
         except (EOFError, OSError):
             return
-        _, version, package, blob, indices, memory_limit, max_output, secrets, isolation, max_result = request
+        _, version, package, blob, indices, memory_limit, max_output, secrets, isolation, max_result = request[:10]
+        extras: RunExtras = request[10] if len(request) > 10 else {}
         fresh = False
         loaded = cache.get(version)
+        _replace_version(cache, versions, str(extras.get("name", "")), version)
         if loaded is None:
             if package is None:
                 channel.send(("missing",))
@@ -343,7 +484,7 @@ def serve(conn: Connection) -> None:
             loaded = cache[version] = _Loaded(payload, filename, reusable)
             fresh = True
             while len(cache) > _CACHE_SIZE:
-                cache.popitem(last=False)
+                cache.popitem(last=False)[1].close()
         else:
             cache.move_to_end(version)
         try:
@@ -354,17 +495,29 @@ def serve(conn: Connection) -> None:
             for _ in indices:
                 channel.answer(("error", b"", now, now, fresh, None, error))
             continue
+        inputs = int(extras.get("inputs", 1))
+        if inputs > 1 and loaded.is_async and isolation != "fresh" and len(indices) > 1:
+            limits3 = (memory_limit, max_output, max_result)
+            batch = _concurrent.Batch(calls, indices, inputs, float(extras.get("timeout", 0)) or None, limits3, secrets)
+            _concurrent.run_at_once(batch, loaded, fresh, _describe_error, lambda m: _send_event(channel, m))
+            _process.stop_strays()
+            state.restore()
+            continue
         for index in indices:
             if isolation == "fresh":
                 limits = (memory_limit, max_output, max_result)
-                _call_in_fork(channel, loaded, calls[index], index, limits, fresh, state, secrets)
+                # A warm class is set up here, once: each forked call starts from a copy of its instance.
+                set_up = _setup_before_fork(channel, loaded, index, max_output, secrets)
+                if set_up is not None:
+                    _call_in_fork(channel, loaded, calls[index], index, limits, fresh or set_up, state, secrets)
                 fresh = False
                 continue
             captured = _capture.Captured(max_output, secrets)
             with channel.lock:
                 channel.running = (index, captured)
                 _capture.current.captured = captured
-            answer = _call(loaded, calls[index], (memory_limit, max_result), fresh, meter, state, secrets)
+            limits2 = (memory_limit, max_result)
+            answer = _call(loaded, calls[index], limits2, fresh, meter, state, secrets, channel, index)
             fresh = False
             channel.answer(answer)
 

@@ -429,3 +429,37 @@ def test_cells_of_every_runtime_answer_http_on_an_external_cluster(external: Ext
         assert failed.status_code == 500 and failed.json()["error"]["type"] == "ZeroDivisionError"
     finally:
         stop_process_group(server.process)
+
+
+def test_a_warm_class_sets_up_once_per_sandbox_on_an_external_cluster_and_tears_down_when_retired(
+    own_platform: Callable[..., Platform], external: ExternalCluster, tmp_path: Path
+) -> None:
+    setups, teardowns = tmp_path / "setups", tmp_path / "teardowns"
+
+    @function(timeout="30s")
+    class Model:
+        def setup(self) -> None:
+            with open(setups, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            self.pid = os.getpid()
+
+        def teardown(self) -> None:
+            with open(teardowns, "a") as f:
+                f.write(f"{self.pid}\n")
+
+        def __call__(self, x: int) -> tuple[int, int]:
+            return self.pid, os.getpid()
+
+    def pids(path: Path) -> list[int]:
+        return sorted(int(line) for line in path.read_text().split()) if path.exists() else []
+
+    platform = own_platform({"faas.cluster.address": external.address})
+    served = Model.map(range(80)) + [Model(x) for x in range(3)]
+    assert all(own == running for own, running in served)
+    assert len(pids(setups)) == len(set(pids(setups))) == len({running for _, running in served})
+    records = platform.records("Model")
+    assert {record.worker for record in records} <= external.worker_addresses()
+    assert sum(record.init_ms is not None for record in records) == len(pids(setups))
+    # This platform leaving retires the sandboxes it started on the workers: each runs its teardown().
+    platform.shutdown()
+    wait_for(lambda: pids(teardowns) == pids(setups), 30, "every sandbox's teardown")
