@@ -1,12 +1,15 @@
 """HTTP throughput of `jupyter faas serve` beside kernel_gateway's notebook-http mode and a bare Tornado handler.
 
-    python benchmarks/http_endpoints.py [--duration S | --quick] [--targets faas,kernel_gateway,floor] [--json PATH]
+    python benchmarks/http_endpoints.py [--duration S | --quick] [--repeat N] [--targets faas,kernel_gateway,floor]
+        [--connections 1,8] [--json PATH]
 
 Starts each server in a subprocess of its own on 127.0.0.1, warms it up, loads its `square` endpoint with wrk at
 1 and 8 connections, stops it, and goes on to the next. Prints one table: requests/s, p50, p99, non-2xx
 responses and socket errors, with jupyter-faas / kernel_gateway and jupyter-faas / floor for requests/s. It
 reports figures only and asserts none. Every process it starts is stopped, with its children, also on error.
-Without wrk on PATH it falls back to an asyncio client built on httpx, and says so.
+Without wrk on PATH it falls back to an asyncio client built on httpx, and says so; without kernel_gateway
+installed it measures the others and says so. --repeat N loads each point N times on the same server and prints
+the median and min-max of each figure and ratio.
 """
 
 from __future__ import annotations
@@ -493,16 +496,98 @@ def measure(target: str, args: argparse.Namespace, client: LoadGenerator, work: 
                 result["warmup"] = client.run(server.url, server.headers, max(args.connections), args.warmup)
             runs: dict[str, Any] = {}
             for connections in args.connections:
-                print(f"... {target}: {connections} connection(s), {args.duration}s", file=sys.stderr, flush=True)
-                try:
-                    runs[str(connections)] = client.run(server.url, server.headers, connections, args.duration)
-                except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-                    runs[str(connections)] = {"error": str(e)}
+                repeats: list[dict[str, Any]] = []
+                for i in range(1, args.repeat + 1):
+                    print(
+                        f"... {target}: {connections} connection(s), {args.duration}s, run {i}/{args.repeat}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    try:
+                        repeats.append(client.run(server.url, server.headers, connections, args.duration))
+                    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                        repeats.append({"error": str(e)})
+                runs[str(connections)] = merge_repeats(repeats)
             result["runs"] = runs
     finally:
         if procs.notes:
             result["stop_notes"] = procs.notes
     return result
+
+
+# The figures that get a median and a min-max over the repeats.
+SPREAD_KEYS = ("requests_per_s", "p50_ms", "p99_ms", "max_ms")
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def merge_repeats(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repeats of one measurement as one: the median of each figure, errors and requests summed, and
+    every repeat kept. A measurement with any failed repeat reports the first failure."""
+    failed = [r for r in repeats if "error" in r]
+    if failed:
+        return {**failed[0], "repeats": repeats}
+    merged: dict[str, Any] = {k: statistics.median(r[k] for r in repeats) for k in (*SPREAD_KEYS, "mean_ms")}
+    for key in ("requests", "non_2xx", "socket_errors"):
+        merged[key] = sum(r[key] for r in repeats)
+    merged["spread"] = {k: spread([r[k] for r in repeats]) for k in SPREAD_KEYS}
+    merged["repeats"] = repeats
+    return merged
+
+
+def ratio_spreads(results: dict[str, dict[str, Any]], connections: list[int]) -> dict[str, dict[str, Any]]:
+    """jupyter-faas / other in requests/s, repeat by repeat (the i-th of each), as median and min-max."""
+
+    def rates(target: str, c: int) -> list[float]:
+        run = results.get(target, {}).get("runs", {}).get(str(c), {})
+        return [r["requests_per_s"] for r in run.get("repeats", []) if "error" not in r]
+
+    out: dict[str, dict[str, Any]] = {}
+    for other in ("kernel_gateway", "floor"):
+        row: dict[str, Any] = {}
+        for c in connections:
+            faas, base = rates("faas", c), rates(other, c)
+            pairs = [f / b for f, b in zip(faas, base, strict=False) if b]
+            row[str(c)] = spread(pairs) if pairs else None
+        out[f"faas/{other}"] = row
+    return out
+
+
+def spread_table(results: dict[str, dict[str, Any]], connections: list[int], ratio: dict[str, Any]) -> str:
+    """Each figure and each ratio as median (min-max) over the repeats."""
+
+    def cell(s: dict[str, float] | None, suffix: str = "") -> str:
+        if s is None:
+            return "-"
+        return f"{fmt(s['median'])}{suffix} ({fmt(s['min'])}-{fmt(s['max'])})"
+
+    label_width = max(len(h) for h in HEADINGS.values()) + 2
+    columns = ("conns", "req/s", "p50 ms", "p99 ms", "max ms")
+    widths = (6, 24, 22, 22, 22)
+    head = "median (min-max)".ljust(label_width) + "".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))
+    lines = [head, "-" * len(head)]
+    for target, result in results.items():
+        if result["status"] != "ok":
+            continue
+        for c in connections:
+            run = result["runs"].get(str(c), {})
+            if "spread" not in run:
+                continue
+            cells = (str(c), *(cell(run["spread"][k]) for k in SPREAD_KEYS))
+            lines.append(
+                HEADINGS[target].ljust(label_width) + "".join(x.rjust(w) for x, w in zip(cells, widths, strict=True))
+            )
+    for key, label in (
+        ("faas/kernel_gateway", "jupyter-faas / kernel_gateway"),
+        ("faas/floor", "jupyter-faas / floor"),
+    ):
+        for c in connections:
+            lines.append(
+                f"{label} req/s".ljust(label_width) + str(c).rjust(6) + cell(ratio[key][str(c)], "x").rjust(24)
+            )
+    return "\n".join(lines)
 
 
 def ratios(results: dict[str, dict[str, Any]], connections: list[int]) -> dict[str, dict[str, float | None]]:
@@ -648,7 +733,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=parse_connections, default=list(CONNECTIONS), help="default: 1,8")
     parser.add_argument("--client", choices=("auto", "wrk", "httpx"), default="auto", help="auto: wrk if on PATH")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON here")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="each measurement N times (default 1)")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat is at least 1")
     if args.duration is None:
         args.duration = QUICK_S if args.quick else DURATION_S
     if args.warmup is None:
@@ -676,7 +764,10 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         if results[target]["status"] != "ok":
             print(f"... {target}: skipped: {results[target]['reason']}", file=sys.stderr, flush=True)
     ratio = ratios(results, args.connections)
+    ratio_spread = ratio_spreads(results, args.connections)
     report: dict[str, Any] = {
+        "repeat": args.repeat,
+        "command": " ".join(["python", "benchmarks/http_endpoints.py", *sys.argv[1:]]),
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "connections": args.connections,
@@ -692,6 +783,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         },
         "results": results,
         "ratios": ratio,
+        "ratio_spreads": ratio_spread,
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
     m = report["machine"]
@@ -699,9 +791,19 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     print(
         f"jupyter-faas HTTP benchmark: POST {BODY} to a square endpoint on 127.0.0.1, {args.duration}s per "
         f"measurement after a {args.warmup}s warm-up at {most} connection{'s' if most > 1 else ''}; "
-        f"{m['cpu_count']} CPUs, Python {m['python']}, load average {load_before[0]:.2f}"
+        f"{m['cpu_count']} CPUs, Python {m['python']}, {m['date']}, {args.repeat} run(s) of each"
     )
+    print(
+        "load average (1, 5, 15 min): before "
+        + ", ".join(f"{x:.2f}" for x in load_before)
+        + "; after "
+        + ", ".join(f"{x:.2f}" for x in m["loadavg_after"])
+    )
+    if "kernel_gateway" in results and results["kernel_gateway"]["status"] != "ok":
+        print(f"note: kernel_gateway not measured: {results['kernel_gateway']['reason']}")
     print(table(results, args.connections, ratio))
+    print()
+    print(spread_table(results, args.connections, ratio_spread))
     notes = [f"load generator: {client.note}"]
     if client.name == "wrk":
         notes.append(

@@ -1,6 +1,9 @@
 """jupyter-faas beside plain distributed, a process pool and the in-process call, in one run on one machine.
 
-    python benchmarks/run.py [--size tiny|default|full] [--json PATH]
+    python benchmarks/run.py [--size tiny|default|full] [--repeat N] [--json PATH]
+
+--repeat N runs every measurement N times in one process and prints the median and the min-max of each
+figure and of each ratio, with the load average before and after and the machine's facts.
 
 Prints one table: warm invocation p50/p99, map throughput, cold start from zero workers and the idle
 platform's resident memory, with the ratio jupyter-faas / plain distributed for each row. It reports
@@ -648,8 +651,11 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON here")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures, every run's, as JSON here")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="run every measurement N times (default 1)")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat is at least 1")
     # The durable log stays on, as by default, but in a folder of its own rather than the user's.
     state_dir = tempfile.mkdtemp(prefix="faas-bench-state-")
     os.environ["DASK_FAAS__STATE_DIR"] = state_dir
@@ -662,24 +668,23 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def _run(args: argparse.Namespace) -> int:
-    size = SIZES[args.size]
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-
-    began = time.perf_counter()
+def one_run(size: Size, index: int, repeat: int) -> dict[str, Any]:
+    """Every measurement once: the table's columns, the extra rows, the runtimes, with the load around them."""
     load_before = os.getloadavg()
+    began = time.perf_counter()
     phases: dict[str, float] = {}
 
     def phase(name: str, run: Callable[[], Any]) -> Any:
         start = time.perf_counter()
-        print(f"... {name}", file=sys.stderr, flush=True)
+        print(f"... run {index}/{repeat}: {name}", file=sys.stderr, flush=True)
         try:
             return run()
         finally:
             phases[name] = round(time.perf_counter() - start, 2)
 
     in_process = phase("in-process", lambda: bench_in_process(size))
-    # The pool forks: it runs before the platform starts any thread in this process.
+    # The pool forks: the first run makes it before the platform starts any thread in this process; later
+    # runs fork from a process whose platform threads have ended with its shutdown.
     pool = phase("process pool", lambda: bench_processpool(size))
     driver_before = rss_now()
     faas, plain, memory = phase("jupyter-faas and plain distributed", lambda: bench_platform(size, driver_before))
@@ -694,12 +699,8 @@ def _run(args: argparse.Namespace) -> int:
     plain["cold_start_ms"] = cold["cold_start_ms"]
     plain["cold_trials_ms"] = cold["cold_trials_ms"]
     plain["cold_start_method"] = cold["start_method"]
-
     results = {"jupyter_faas": faas, "plain_distributed": plain, "processpool": pool, "in_process": in_process}
-    report: dict[str, Any] = {
-        "size": args.size,
-        "parameters": asdict(size),
-        "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+    return {
         "results": results,
         "ratios_faas_over_plain": ratios(results),
         "memory": memory,
@@ -711,19 +712,128 @@ def _run(args: argparse.Namespace) -> int:
         },
         "runtimes": runtimes,
         "phase_seconds": phases,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "elapsed_s": round(time.perf_counter() - began, 2),
+    }
+
+
+def summary_paths(runs: list[dict[str, Any]]) -> list[tuple[str, tuple[str, ...]]]:
+    """The figures that get a median and a range over the runs: (label, path into one run's report)."""
+    paths: list[tuple[str, tuple[str, ...]]] = []
+    for column in COLUMNS:
+        for key, label in ROWS:
+            paths.append((f"{HEADINGS[column]}: {label}", ("results", column, key)))
+    for key, label in ROWS:
+        paths.append((f"ratio faas/plain: {label}", ("ratios_faas_over_plain", key)))
+    paths += [
+        ("plain distributed, forkserver: cold start (ms)", ("extra", "plain_cold_forkserver", "cold_start_ms")),
+        ("jupyter-faas, durable log off: warm call p50 (ms)", ("extra", "faas_warm_log_off", "warm_p50_ms")),
+        ("jupyter-faas, --isolation fresh: warm call p50 (ms)", ("extra", "faas_warm_fresh", "warm_p50_ms")),
+        ("jupyter-faas, nested call: caller p50 (ms)", ("extra", "faas_nested", "caller", "warm_p50_ms")),
+        ("jupyter-faas, nested call: inner call p50 (ms)", ("extra", "faas_nested", "child", "warm_p50_ms")),
+    ]
+    for runtime in runs[0]["runtimes"]:
+        for key, label in RUNTIME_ROWS:
+            paths.append((f"runtime {runtime}: {label}", ("runtimes", runtime, key)))
+    return paths
+
+
+def dig(report: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = report
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median, min and max of one figure over the runs."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
+    for label, path in summary_paths(runs):
+        values = [float(v) for v in (dig(run, path) for run in runs) if isinstance(v, int | float)]
+        if values:
+            summary[label] = {"path": list(path), **spread(values), "values": values}
+    return summary
+
+
+def median_results(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The table's cells as the median over the runs."""
+    out: dict[str, dict[str, Any]] = {}
+    for column in COLUMNS:
+        out[column] = {}
+        for key, _ in ROWS:
+            values = [v for v in (dig(r, ("results", column, key)) for r in runs) if isinstance(v, int | float)]
+            out[column][key] = statistics.median(values) if values else None
+    return out
+
+
+def summary_table(summary: dict[str, dict[str, Any]], runs: int) -> str:
+    width = max(len(label) for label in summary) + 2
+    head = "figure".ljust(width) + "median".rjust(12) + "min".rjust(12) + "max".rjust(12) + "  runs"
+    lines = [head, "-" * len(head)]
+    for label, s in summary.items():
+        cells = fmt(s["median"]).rjust(12) + fmt(s["min"]).rjust(12) + fmt(s["max"]).rjust(12)
+        lines.append(label.ljust(width) + cells + f"  {s['n']}/{runs}")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    size = SIZES[args.size]
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    began = time.perf_counter()
+    load_before = os.getloadavg()
+    runs = [one_run(size, i, args.repeat) for i in range(1, args.repeat + 1)]
+    load_after = os.getloadavg()
+    last = runs[-1]
+    summary = summarise(runs)
+    report: dict[str, Any] = {
+        "size": args.size,
+        "repeat": args.repeat,
+        "command": " ".join(["python", "benchmarks/run.py", *sys.argv[1:]]),
+        "parameters": asdict(size),
+        "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": load_after},
+        # The last run's sections, under the names they had before --repeat, so older readers keep working.
+        "results": last["results"],
+        "ratios_faas_over_plain": last["ratios_faas_over_plain"],
+        "memory": last["memory"],
+        "extra": last["extra"],
+        "runtimes": last["runtimes"],
+        "phase_seconds": last["phase_seconds"],
+        "summary": summary,
+        "runs": runs,
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
     m = report["machine"]
+    plural = "s" if args.repeat > 1 else ""
     print(
-        f"jupyter-faas benchmark, size {args.size} (warm {size.warm} calls, map {size.map_items} items, "
-        f"{size.cold_trials} cold trials): {m['cpu_count']} CPUs, Python {m['python']}, dask {m['dask']}, "
-        f"load average {load_before[0]:.2f}"
+        f"jupyter-faas benchmark, size {args.size}, {args.repeat} run{plural} (warm {size.warm} calls, map "
+        f"{size.map_items} items, {size.cold_trials} cold trials): {m['date']}, {m['cpu_count']} CPUs, "
+        f"{m['memory_gb']} GB, {m['platform']}, Python {m['python']}, dask {m['dask']}, "
+        f"jupyter-faas {m['jupyter_faas']} ({m['jupyter_faas_commit'] or 'no git'})"
     )
-    print(table(results, report["ratios_faas_over_plain"]))
+    print(
+        "load average (1, 5, 15 min): before "
+        + ", ".join(f"{x:.2f}" for x in load_before)
+        + "; after "
+        + ", ".join(f"{x:.2f}" for x in load_after)
+    )
+    medians = median_results(runs)
+    print(f"median of {args.repeat} run{plural}:")
+    print(table(medians, ratios(medians)))
+    print()
+    print(summary_table(summary, args.repeat))
+    print()
+    print(f"last run (load average {last['loadavg_before'][0]:.2f} before it):")
     for line in notes(size, report):
         print(f"  {line}")
     print()
-    print(runtime_table(runtimes))
+    print(runtime_table(last["runtimes"]))
     print(f"  elapsed {report['elapsed_s']:.1f} s")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
