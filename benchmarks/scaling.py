@@ -9,7 +9,8 @@ Parts (all by default):
   records  the notebook process's resident memory per 100,000 recorded invocations, durable-log bytes per one
   stages   where a warm call's time goes: client, wire, worker and sandbox, record, log (from the records'
            timestamps and stand-alone measurements; nothing is added to the package's hot path)
-  http     `jupyter faas serve` latency percentiles at 1, 8, 32 and 64 connections (benchmarks/http_endpoints.py)
+  http     `jupyter faas serve` latency percentiles at 1, 8, 32 and 64 connections (benchmarks/http_endpoints.py,
+           one server per target, each point loaded --repeat times)
 
 Each part runs --repeat times; every figure is printed as the median with the min-max. Reports, asserts nothing.
 Every cluster, platform and server it starts is shut down, also on error. `plot_scaling.py` draws the JSON.
@@ -416,29 +417,32 @@ def part_stages(size: Size) -> dict[str, dict[str, float]]:
     }
 
 
-def part_http(size: Size) -> dict[str, dict[str, float]]:
-    """`jupyter faas serve` and the bare Tornado floor under wrk at each connection count."""
+def part_http(size: Size, repeat: int) -> list[dict[str, dict[str, float]]]:
+    """`jupyter faas serve` and the bare Tornado floor under wrk at each connection count; one server each,
+    loaded `repeat` times at each count (http_endpoints.py --repeat), given back as one result per repeat."""
     with tempfile.TemporaryDirectory(prefix="faas-scaling-http-") as folder:
         out = Path(folder) / "http.json"
         connections = ",".join(str(c) for c in size.http_connections)
         command = [sys.executable, str(HERE / "http_endpoints.py"), "--targets", "faas,floor", "--connections",
                    connections, "--duration", str(size.http_seconds), "--warmup", str(size.http_seconds),
-                   "--json", str(out)]  # fmt: skip
+                   "--repeat", str(repeat), "--json", str(out)]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=900)
         if done.returncode != 0 or not out.exists():
             raise RuntimeError(f"http_endpoints.py failed ({done.returncode}): {done.stderr[-2000:]}")
         report = json.loads(out.read_text())
-    rows: dict[str, dict[str, float]] = {}
-    for c in size.http_connections:
-        row: dict[str, float] = {}
-        for target in ("faas", "floor"):
-            run = report["results"].get(target, {}).get("runs", {}).get(str(c), {})
-            for key in ("requests_per_s", "p50_ms", "p99_ms", "max_ms"):
-                if run.get(key) is not None:
-                    row[f"{target}_{key}"] = run[key]
-        rows[str(c)] = row
-    rows["_client"] = {"wrk": 1.0 if report["client"]["name"] == "wrk" else 0.0}
-    return rows
+    per_repeat = []
+    for i in range(repeat):
+        rows: dict[str, dict[str, float]] = {}
+        for c in size.http_connections:
+            row: dict[str, float] = {}
+            for target in ("faas", "floor"):
+                runs = report["results"].get(target, {}).get("runs", {}).get(str(c), {}).get("repeats", [])
+                if i < len(runs) and "error" not in runs[i]:
+                    row.update({f"{target}_{k}": runs[i][k] for k in ("requests_per_s", "p50_ms", "p99_ms", "max_ms")})
+            rows[str(c)] = row
+        rows["_client"] = {"wrk": 1.0 if report["client"]["name"] == "wrk" else 0.0}
+        per_repeat.append(rows)
+    return per_repeat
 
 
 PART_RUNNERS: dict[str, Callable[[Size], dict[str, dict[str, float]]]] = {
@@ -446,7 +450,6 @@ PART_RUNNERS: dict[str, Callable[[Size], dict[str, dict[str, float]]]] = {
     "sizes": part_sizes,
     "records": part_records,
     "stages": part_stages,
-    "http": part_http,
 }
 
 
@@ -564,6 +567,12 @@ def _run(args: argparse.Namespace) -> int:
     runs: dict[str, list[dict[str, dict[str, float]]]] = {}
     loads: dict[str, list[list[float]]] = {}
     for part in args.parts:
+        if part == "http":
+            print(f"... http, {args.repeat} run(s) of each point", file=sys.stderr, flush=True)
+            before = os.getloadavg()
+            runs["http"] = part_http(size, args.repeat)
+            loads["http"] = [[before[0], os.getloadavg()[0]]]
+            continue
         for i in range(1, args.repeat + 1):
             print(f"... {part}, run {i}/{args.repeat}", file=sys.stderr, flush=True)
             before = os.getloadavg()
