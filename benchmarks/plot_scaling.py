@@ -35,7 +35,10 @@ def _points(rows: dict[str, dict[str, Any]], key: str, scale: float = 1.0) -> tu
 def caption(report: dict[str, Any]) -> str:
     m = report["machine"]
     load = ", ".join(f"{x:.1f}" for x in m["loadavg_before"])
-    return f"{m['date'][:10]}, {m['cpu_count']} CPUs, load avg {load} before; {report['command']}"
+    loaded = (
+        " MEASURED UNDER LOAD (load average above the CPU count)." if m["loadavg_before"][0] > m["cpu_count"] else ""
+    )
+    return f"{m['date'][:16]} UTC, {m['cpu_count']} CPUs, load avg {load} before; {report['command']}.{loaded}"
 
 
 def plot_workers(report: dict[str, Any], out: Path) -> Path:

@@ -564,6 +564,7 @@ def _run(args: argparse.Namespace) -> int:
     size = SIZES[args.size]
     began = time.perf_counter()
     load_before = os.getloadavg()
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     runs: dict[str, list[dict[str, dict[str, float]]]] = {}
     loads: dict[str, list[list[float]]] = {}
     for part in args.parts:
@@ -580,7 +581,7 @@ def _run(args: argparse.Namespace) -> int:
             loads.setdefault(part, []).append([before[0], os.getloadavg()[0]])
     load_after = os.getloadavg()
     summary = {part: combine(part_runs) for part, part_runs in runs.items()}
-    m = machine()
+    m = {**machine(), "date": started}
     report = {
         "size": args.size,
         "repeat": args.repeat,
