@@ -14,6 +14,7 @@ Parts (all by default):
 
 Each part runs --repeat times; every figure is printed as the median with the min-max. Reports, asserts nothing.
 Every cluster, platform and server it starts is shut down, also on error. `plot_scaling.py` draws the JSON.
+Module-level imports stay light, as in run.py: worker processes start with forkserver and import this module.
 """
 
 from __future__ import annotations
