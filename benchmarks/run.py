@@ -824,8 +824,14 @@ def _run(args: argparse.Namespace) -> int:
         + ", ".join(f"{x:.2f}" for x in load_after)
     )
     medians = median_results(runs)
-    print(f"median of {args.repeat} run{plural}:")
-    print(table(medians, ratios(medians)))
+    # The ratio column is the median of each run's own ratio (both sides measured under the same load), as
+    # in the table below, not the ratio of the medians.
+    median_ratios: dict[str, float | None] = {key: None for key, _ in ROWS}
+    for spread_of in summary.values():
+        if spread_of["path"][0] == "ratios_faas_over_plain":
+            median_ratios[spread_of["path"][1]] = spread_of["median"]
+    print(f"median of {args.repeat} run{plural}; faas/plain is the median of the runs' ratios:")
+    print(table(medians, median_ratios))
     print()
     print(summary_table(summary, args.repeat))
     print()
