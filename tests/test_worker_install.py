@@ -141,6 +141,11 @@ def cube(x: int) -> int:
     return x**3
 
 
+@function
+def cube_plus_one(x: int) -> int:
+    return cube(x) + 1  # a call made inside a function: it goes back through the worker to the platform
+
+
 @function(timeout="1s", retries=0)
 def sleeps() -> None:
     import time
@@ -163,3 +168,7 @@ def test_a_worker_only_install_serves_invocations(
     with pytest.raises(FaasTimeout):
         sleeps()
     assert cube(4) == 64
+    # Composition on the slim worker: the inner call runs, and is a child of the outer one.
+    assert cube_plus_one(2) == 9
+    (child,) = [r for r in platform.records("cube") if r.parent is not None]
+    assert child.parent == platform.records("cube_plus_one")[-1].id
