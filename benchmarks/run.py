@@ -372,6 +372,125 @@ def bench_fresh(size: Size) -> dict[str, Any]:
     return _warm_calls(size, "square_fresh", {}, isolation="fresh")
 
 
+# The same task in every runtime: the SHA-256 of a short text, as hex.
+RUNTIME_TEXT = "edge"
+RUNTIME_CELLS = {
+    "python sandbox": ("python", "import hashlib\nhashlib.sha256(text.encode()).hexdigest()"),
+    "wasm": ("wasm", "import hashlib\nhashlib.sha256(text.encode()).hexdigest()"),
+    "javascript": ("javascript", "return require('crypto').createHash('sha256').update(text).digest('hex');"),
+    "bash": ("bash", 'printf %s "$text" | sha256sum | cut -d " " -f 1'),
+}
+RUNTIME_ROWS = (
+    ("warm_p50_ms", "warm call p50 (ms)"),
+    ("warm_p99_ms", "warm call p99 (ms)"),
+    ("cold_start_ms", "cold start, 0 workers -> result (ms)"),
+    ("new_process_ms", "cached artefact -> first result, new process (ms)"),
+    ("init_p50_ms", "instantiation per call p50 (ms)"),
+)
+# Loads the cached compiled component in a new process and times it to the first result (interpreter start and
+# imports excluded: a worker's sandbox has them already).
+_NEW_PROCESS = """
+import pickle, sys, time
+import jupyter_faas.worker.runtimes.wasm
+function = pickle.loads(sys.stdin.buffer.read())
+began = time.perf_counter()
+value = function(sys.argv[1])
+print((time.perf_counter() - began) * 1000, value)
+"""
+
+
+def _runtime_function(label: str, runtime: str, cell: str) -> Any:
+    from jupyter_faas.client.function import FaasFunction
+    from jupyter_faas.definition.limits import Limits
+    from jupyter_faas.definition.model import from_cell
+    from jupyter_faas.definition.polyglot import from_lang_cell, from_wasm_cell
+
+    limits = Limits(timeout=30.0, memory=256 * MB, retries=0, concurrency=None)
+    name = "sha_" + label.split()[0]
+    if runtime == "python":
+        definition = from_cell(cell, {}, limits, name=name, params=["text"])
+    elif runtime == "wasm":
+        definition = from_wasm_cell(
+            cell, {}, limits, name=name, params=["text"], on_progress=lambda text: print(f"... {text}", file=sys.stderr)
+        )
+    else:
+        definition = from_lang_cell(cell, runtime, limits, name, ["text"])
+    return FaasFunction(definition)
+
+
+def bench_runtimes(size: Size) -> dict[str, dict[str, Any]]:
+    """The same task in each runtime: warm calls, a cold start from zero workers; for wasm, instantiation per
+    call and the load of its cached artefact in a new process."""
+    import hashlib
+
+    import cloudpickle
+    import dask
+
+    import jupyter_faas
+    from jupyter_faas.worker import runtimes as _runtimes
+
+    expected = hashlib.sha256(RUNTIME_TEXT.encode()).hexdigest()
+    functions = {label: _runtime_function(label, *spec) for label, spec in RUNTIME_CELLS.items()}
+    results: dict[str, dict[str, Any]] = {}
+    with dask.config.set({"faas.cluster.idle-timeout": "1s"}):
+        p = jupyter_faas.platform()
+        try:
+            for label, fn in functions.items():
+                cold = []
+                for _ in range(max(1, size.cold_trials)):
+                    wait_for_zero(p)
+                    start = time.perf_counter()
+                    if fn(RUNTIME_TEXT) != expected:
+                        raise RuntimeError(f"{label} computed a wrong hash")
+                    cold.append((time.perf_counter() - start) * 1000)
+                fn(RUNTIME_TEXT)
+                results[label] = {
+                    **latency_figures(time_calls(lambda _i, fn=fn: fn(RUNTIME_TEXT), size.warm)),
+                    "cold_start_ms": statistics.median(cold),
+                    "cold_trials_ms": cold,
+                }
+        finally:
+            p.shutdown()
+    # Instantiation per call, in this process (the sandbox does the same): a fresh Store and instance each.
+    local = functions["wasm"]._definition.load()
+    inits = []
+    for _ in range(size.warm):
+        local(RUNTIME_TEXT)
+        if _runtimes.last_init_ms is not None:
+            inits.append(_runtimes.last_init_ms)
+    _runtimes.stop_all()
+    results["wasm"]["init_p50_ms"] = statistics.median(inits)
+    new_process = []
+    for _ in range(max(1, size.cold_trials)):
+        done = subprocess.run(
+            [sys.executable, "-c", _NEW_PROCESS, RUNTIME_TEXT],
+            input=cloudpickle.dumps(functions["wasm"]._definition.load()),
+            capture_output=True,
+            check=True,
+            timeout=CALL_TIMEOUT_S,
+        )
+        ms, value = done.stdout.decode().split()
+        if value != expected:
+            raise RuntimeError("wasm in a new process computed a wrong hash")
+        new_process.append(float(ms))
+    results["wasm"]["new_process_ms"] = statistics.median(new_process)
+    return results
+
+
+def runtime_table(results: dict[str, dict[str, Any]]) -> str:
+    columns = list(results)
+    label_width = max(len(label) for _, label in RUNTIME_ROWS) + 2
+    widths = [max(len(c), 10) + 2 for c in columns]
+    lines = ["same task (sha256 of a short text)".ljust(label_width) + "".join(
+        c.rjust(w) for c, w in zip(columns, widths, strict=True)
+    )]  # fmt: skip
+    lines.append("-" * len(lines[0]))
+    for key, label in RUNTIME_ROWS:
+        cells = "".join(fmt(results[c].get(key)).rjust(w) for c, w in zip(columns, widths, strict=True))
+        lines.append(label.ljust(label_width) + cells)
+    return "\n".join(lines)
+
+
 def fmt(value: float | None) -> str:
     if value is None:
         return "-"
@@ -534,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
     # The durable log stays on, as by default, but in a folder of its own rather than the user's.
     state_dir = tempfile.mkdtemp(prefix="faas-bench-state-")
     os.environ["DASK_FAAS__STATE_DIR"] = state_dir
+    # WebAssembly builds (seconds each) are kept between runs, unless a cache is set already.
+    wasm_cache = Path.home() / ".cache" / "jupyter-faas" / "bench-wasm"
+    os.environ.setdefault("DASK_FAAS__RUNTIMES__WASM_CACHE", str(wasm_cache))
     try:
         return _run(args)
     finally:
@@ -564,6 +686,7 @@ def _run(args: argparse.Namespace) -> int:
     log_off = phase("jupyter-faas, durable log off", lambda: bench_log_off(size))
     fresh = phase("jupyter-faas, --isolation fresh", lambda: bench_fresh(size))
     nested = phase("jupyter-faas, a call made inside a function", lambda: bench_nested(size))
+    runtimes = phase("runtimes: python sandbox, wasm, javascript, bash", lambda: bench_runtimes(size))
     cold = phase("plain distributed cold start", lambda: bench_plain_cold(size.cold_trials, "spawn"))
     cold_fs = phase(
         "plain distributed cold start, forkserver", lambda: bench_plain_cold(size.cold_trials, "forkserver")
@@ -586,6 +709,7 @@ def _run(args: argparse.Namespace) -> int:
             "faas_warm_fresh": fresh,
             "faas_nested": nested,
         },
+        "runtimes": runtimes,
         "phase_seconds": phases,
         "elapsed_s": round(time.perf_counter() - began, 2),
     }
@@ -598,6 +722,8 @@ def _run(args: argparse.Namespace) -> int:
     print(table(results, report["ratios_faas_over_plain"]))
     for line in notes(size, report):
         print(f"  {line}")
+    print()
+    print(runtime_table(runtimes))
     print(f"  elapsed {report['elapsed_s']:.1f} s")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from jupyter_core.application import JupyterApp
 
+from jupyter_faas.export.app import ExportApp
+from jupyter_faas.gateway.keyscli import KeysApp
 from jupyter_faas.gateway.serve import ServeApp
 
 
@@ -11,9 +13,11 @@ class FaasApp(JupyterApp):
     """jupyter-faas from the command line."""
 
     name = "jupyter-faas"
-    description = "Serverless functions native to Jupyter. Subcommands: serve."
+    description = "Serverless functions native to Jupyter. Subcommands: serve, keys, export."
     subcommands = {
         "serve": (ServeApp, ServeApp.description.splitlines()[0]),
+        "keys": (KeysApp, KeysApp.description),
+        "export": (ExportApp, ExportApp.description.splitlines()[0]),
     }
 
     def start(self) -> None:

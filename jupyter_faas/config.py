@@ -151,6 +151,16 @@ def state_dir() -> Path:
     return Path(os.path.expanduser(os.fspath(value)))
 
 
+def wasm_cache_dir() -> Path:
+    """Where --runtime wasm keeps its builds: `faas.runtimes.wasm-cache`, or "runtimes/wasm" in the state dir."""
+    value = _get("faas.runtimes.wasm-cache")
+    if value in (None, ""):
+        return state_dir() / "runtimes" / "wasm"
+    if not isinstance(value, str | os.PathLike):
+        raise ConfigError(f"faas.runtimes.wasm-cache: expected a folder path, got {value!r}")
+    return Path(os.path.expanduser(os.fspath(value)))
+
+
 # The state dir holds deployed code, invocation inputs and results: only its owner may read it.
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -267,6 +277,10 @@ def http_max_connections() -> int:
     return _checked("faas.http.max-connections", lambda v: _whole(v, "faas.http.max-connections", minimum=1))
 
 
+def http_idempotency_ttl() -> float:
+    return _checked("faas.http.idempotency-ttl", lambda v: parse_duration(v, "faas.http.idempotency-ttl"))
+
+
 def http_allow_hosts() -> tuple[str, ...]:
     """`faas.http.allow-hosts`: Host names `serve` answers to besides the addresses it listens on."""
     value = _get("faas.http.allow-hosts")
@@ -379,7 +393,9 @@ _VALIDATORS = {
     "faas.http.max-connections": http_max_connections,
     "faas.http.allow-hosts": http_allow_hosts,
     "faas.http.tracebacks": http_tracebacks,
+    "faas.http.idempotency-ttl": http_idempotency_ttl,
     "faas.pricing.gb-second": pricing,
+    "faas.runtimes.wasm-cache": wasm_cache_dir,
     "faas.gateway.port": gateway_port,
 }
 

@@ -7,6 +7,9 @@ Our exception hierarchy:
   + FaasMemoryError (also MemoryError)
   + WorkerLost
   + RemoteError
+    - JavaScriptError
+    - ScriptExit
+  + RuntimeFailure
   + NoCapacity
   + VersionMismatch
   + MissingSecret
@@ -22,6 +25,8 @@ Our exception hierarchy:
   + LogError (also OSError)
   + CallDepthExceeded
   + NestedCallError
+  + FunctionKeyError (also ValueError)
+  + ExportError (also ValueError)
 """
 
 from __future__ import annotations
@@ -52,6 +57,34 @@ class RemoteError(FaasError):
         super().__init__(f"{type_name}: {message}" if message else type_name)
         self.type_name = type_name
         self.message = message
+
+
+class JavaScriptError(RemoteError):
+    """An error a JavaScript cell threw: its name (`type_name`), its message, and the cell line it came from."""
+
+    def __init__(self, type_name: str, message: str, line: int | None = None) -> None:
+        super().__init__(type_name, message)
+        self.line = line
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, self.message, self.line))
+
+
+class ScriptExit(RemoteError):
+    """A bash cell that exited with a non-zero status: `status`, and the end of its stderr."""
+
+    def __init__(self, status: int, stderr: str) -> None:
+        tail = stderr.strip()
+        super().__init__("ScriptExit", f"exit status {status}" + (f"; stderr ends with:\n{tail}" if tail else ""))
+        self.status = status
+        self.stderr = stderr
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.status, self.stderr))
+
+
+class RuntimeFailure(FaasError):
+    """A runtime of another language, or its runner process, broke (not the cell): it is replaced for the next call."""
 
 
 class NoCapacity(FaasError):
@@ -118,6 +151,10 @@ class NestedCallError(FaasError):
     """A call made inside a function cannot go where it was made from: e.g. a process the function started."""
 
 
+class FunctionKeyError(FaasError, ValueError):
+    """A function key cannot be made, found or revoked, or the key store cannot be read; the message says which."""
+
+
 def type_name(error: BaseException) -> str:
     """The name of the error's type as the function raised it, also when it could not be rebuilt here."""
     return error.type_name if isinstance(error, RemoteError) else type(error).__name__
@@ -150,3 +187,7 @@ def present(error: BaseException, function: str, worker: str | None, traceback_t
     with contextlib.suppress(AttributeError, TypeError):
         error._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
     return error
+
+
+class ExportError(FaasError, ValueError):
+    """A notebook or function that cannot be exported as asked: the message names the option and what to do."""

@@ -11,7 +11,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_faas
 from jupyter_faas.dispatch import platform as _platform
-from tests.helpers import faas_shell
+from tests.helpers import WASM_CACHE, faas_shell
 
 # A real Jupyter server for the server extension's tests: jp_serverapp, jp_fetch.
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -20,7 +20,8 @@ pytest_plugins = ["pytest_jupyter.jupyter_server"]
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_state_and_shutdown(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The suite's durable state lives in a temporary folder, never the user's; the platform stops at the end."""
-    with dask.config.set({"faas.state-dir": str(tmp_path_factory.mktemp("faas-state"))}):
+    state = {"faas.state-dir": str(tmp_path_factory.mktemp("faas-state")), "faas.runtimes.wasm-cache": str(WASM_CACHE)}
+    with dask.config.set(state):
         yield
         _platform.current(start=False).shutdown()
 

@@ -22,6 +22,10 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from nbclient import NotebookClient
 
+# Built WebAssembly components, kept across test sessions (a build takes 10-25 s and hundreds of MB): CI may keep
+# this folder between runs. A session that finds it empty builds what it needs once.
+WASM_CACHE = Path(os.environ.get("FAAS_TEST_WASM_CACHE") or Path.home() / ".cache" / "jupyter-faas-tests" / "wasm")
+
 
 def stop_process_group(process: subprocess.Popen) -> None:
     """SIGTERM a process started with start_new_session, and its children; SIGKILL what is left after 30 s."""

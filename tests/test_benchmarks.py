@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import WASM_CACHE
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "run.py"
@@ -33,6 +36,7 @@ def test_tiny_benchmark_runs_and_reports(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--size", "tiny", "--json", str(out)],
         cwd=ROOT,
+        env={**os.environ, "DASK_FAAS__RUNTIMES__WASM_CACHE": str(WASM_CACHE)},
         capture_output=True,
         text=True,
         timeout=240,
@@ -64,3 +68,14 @@ def test_tiny_benchmark_runs_and_reports(tmp_path: Path) -> None:
 
     for heading in ("jupyter-faas", "plain distributed", "ProcessPool(2)", "in-process", "faas/plain", *ROW_LABELS):
         assert heading in done.stdout
+
+    # The runtimes, on the same task: every one answered, warm and cold; wasm's start-up figures too.
+    runtimes = report["runtimes"]
+    assert set(runtimes) == {"python sandbox", "wasm", "javascript", "bash"}
+    for section in runtimes.values():
+        for key in ("warm_p50_ms", "warm_p99_ms", "cold_start_ms"):
+            _positive(section, key)
+    _positive(runtimes["wasm"], "init_p50_ms")
+    _positive(runtimes["wasm"], "new_process_ms")
+    for label in ("same task (sha256 of a short text)", "instantiation per call p50 (ms)"):
+        assert label in done.stdout

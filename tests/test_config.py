@@ -65,9 +65,11 @@ def test_a_yaml_file_in_the_dask_config_folder_sets_keys(tmp_path: Path) -> None
         ("faas.http.allow-hosts", ["a b"], "faas.http.allow-hosts: 'a b' is not a host name"),
         ("faas.http.queue-timeout", "soon", "faas.http.queue-timeout: expected a duration"),
         ("faas.http.tracebacks", "maybe", "faas.http.tracebacks: expected true or false"),
+        ("faas.runtimes.wasm-cache", 42, "faas.runtimes.wasm-cache: expected a folder path"),
         ("faas.gateway.port", -1, "faas.gateway.port: expected a whole number of at least 0"),
         ("faas.gateway.port", 70000, "faas.gateway.port: expected a port from 0 to 65535"),
         ("faas.gateway.port", "http", "faas.gateway.port"),
+        ("faas.http.idempotency-ttl", "forever", "faas.http.idempotency-ttl: expected a duration"),
     ],
 )
 def test_a_bad_value_fails_validation_naming_its_key(key: str, value: object, message: str) -> None:

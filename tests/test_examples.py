@@ -26,13 +26,13 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from tests.helpers import stop_process_group, wait_for
+from tests.helpers import WASM_CACHE, stop_process_group, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 # Lessons that need a Jupyter server with the jupyter-faas extension: HTTP endpoints and triggers live there.
-NEEDS_SERVER = {"04-http-endpoints.ipynb", "05-event-driven.ipynb"}
+NEEDS_SERVER = {"04-http-endpoints.ipynb", "05-event-driven.ipynb", "08-polyglot.ipynb"}
 # Lessons that run on whatever cluster their kernel has: in JupyterLab and on Binder, their server's. (The others
 # run a cluster of their own wherever they are, to set its keep-alive.)
 ON_ANY_CLUSTER = {"03-stateless-functions.ipynb"}
@@ -50,6 +50,8 @@ def _kernel_environment(state_dir: Path) -> dict[str, str]:
     """This process's environment, minus any Jupyter server's platform, with a state dir of the test's own."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("JUPYTER_FAAS_")}
     environment["DASK_FAAS__STATE_DIR"] = str(state_dir)
+    # WebAssembly builds are kept across runs (CI may keep the folder); a first run builds them, within 90 s.
+    environment["DASK_FAAS__RUNTIMES__WASM_CACHE"] = str(WASM_CACHE)
     return environment
 
 
@@ -101,8 +103,8 @@ def _execute_in_own_kernel(nb: Any, run_dir: Path, state_dir: Path) -> None:
 # -- the notebooks as files -------------------------------------------------------------------------------
 
 
-def test_there_are_seven_lessons() -> None:
-    assert [n.name[:3] for n in NOTEBOOKS] == ["01-", "02-", "03-", "04-", "05-", "06-", "07-"], NOTEBOOKS
+def test_there_are_eight_lessons() -> None:
+    assert [n.name[:3] for n in NOTEBOOKS] == ["01-", "02-", "03-", "04-", "05-", "06-", "07-", "08-"], NOTEBOOKS
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_ids)

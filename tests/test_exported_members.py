@@ -32,6 +32,9 @@ EXCEPTIONS = {
     "FaasMemoryError": (errors.FaasError, MemoryError),
     "WorkerLost": (errors.FaasError,),
     "RemoteError": (errors.FaasError,),
+    "JavaScriptError": (errors.RemoteError,),
+    "ScriptExit": (errors.RemoteError,),
+    "RuntimeFailure": (errors.FaasError,),
     "NoCapacity": (errors.FaasError,),
     "VersionMismatch": (errors.FaasError,),
     "MissingSecret": (errors.FaasError,),
@@ -47,6 +50,8 @@ EXCEPTIONS = {
     "LogError": (errors.FaasError, OSError),
     "CallDepthExceeded": (errors.FaasError,),
     "NestedCallError": (errors.FaasError,),
+    "FunctionKeyError": (errors.FaasError, ValueError),
+    "ExportError": (errors.FaasError, ValueError),
 }
 
 

@@ -7,9 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from jupyter_faas import config as _config
 from jupyter_faas.definition.model import FunctionDefinition
 from jupyter_faas.dispatch.sharing import REGISTRY_ENV, TRIGGERS_ENV, URL_ENV
 from jupyter_faas.errors import ConfigError, FaasError
+from jupyter_faas.gateway.keys import KeyStore, keys_path
+from jupyter_faas.gateway.ratelimit import check as check_limits
 from jupyter_faas.gateway.triggers import TriggerSpec, TriggerStore
 from jupyter_faas.record.registry import Registry
 
@@ -26,10 +29,22 @@ def use_fallback(fallback: Fallback | None) -> None:
     _fallback = fallback
 
 
-def serve_here(registry: Registry | None, url: str = "", triggers: TriggerStore | None = None) -> None:
-    """Called by `jupyter faas serve` and the server extension: deploys in this process go to `registry`."""
-    global _here
+_keys_here: KeyStore | None = None
+
+
+def serve_here(
+    registry: Registry | None, url: str = "", triggers: TriggerStore | None = None, keys: KeyStore | None = None
+) -> None:
+    """Called by `jupyter faas serve` and the server extension: deploys in this process go to `registry`, and
+    function keys made here to `keys` (by default, those of the state dir)."""
+    global _here, _keys_here
     _here = None if registry is None else (registry, url, triggers)
+    _keys_here = keys
+
+
+def serving_here() -> tuple[Registry, str, TriggerStore | None] | None:
+    """What `serve_here` set last (None if nothing): to put back after borrowing it."""
+    return _here
 
 
 def served_elsewhere() -> bool:
@@ -56,11 +71,18 @@ def _target(start: bool = True) -> tuple[Registry, str, TriggerStore | None]:
     )
 
 
-def deploy(definition: FunctionDefinition) -> str:
-    """Deploy `definition` under its name; the endpoint's URL."""
+def deploy(definition: FunctionDefinition, rate: str | None = None, quota: str | None = None) -> str:
+    """Deploy `definition` under its name, with its rate and daily quota per caller; the endpoint's URL."""
+    check_limits(rate, quota)
     registry, url, _ = _target()
-    registry.deploy(definition)
+    registry.deploy(definition, rate=rate, quota=quota)
     return f"{url}faas/functions/{definition.name}"
+
+
+def key_store() -> KeyStore:
+    """The function keys of the server this process deploys to (the state dir's, shared with that server)."""
+    _target()  # no server, no keys: the same error as deploying
+    return _keys_here if _keys_here is not None else KeyStore(keys_path(_config.state_dir()))
 
 
 def undeploy(name: str) -> bool:

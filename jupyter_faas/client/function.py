@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,9 +22,12 @@ from jupyter_faas.definition.requirements import with_requirements
 from jupyter_faas.definition.secrets import with_secrets
 from jupyter_faas.dispatch import compose as _compose
 from jupyter_faas.dispatch import platform as _platform
-from jupyter_faas.errors import ConfigError, LogError, type_name
+from jupyter_faas.errors import ConfigError, LogError
+from jupyter_faas.export import build as _export
 from jupyter_faas.gateway import triggers as _triggers
-from jupyter_faas.record.deadletters import DeadLetters, dead_letters_path
+from jupyter_faas.gateway.keys import NewKey
+from jupyter_faas.gateway.ratelimit import check as check_limits
+from jupyter_faas.record.deadletters import keep_if_failed
 from jupyter_faas.record.log import read_invocations
 from jupyter_faas.record.records import InvocationRecord
 from jupyter_faas.ui.output import CallOutput, logs_text, show_map_output
@@ -56,6 +59,9 @@ class FaasFunction:
         self._card: FunctionCard | None = None
         # In a kernel of a Jupyter server, its invocations there (HTTP, triggers) count here too.
         _traffic.follow(definition)
+        # The endpoint's limits per caller ("50/s", "10000/day"), kept for every later deploy of this function.
+        self._rate: str | None = None
+        self._quota: str | None = None
 
     @property
     def name(self) -> str:
@@ -152,16 +158,32 @@ class FaasFunction:
         """This function as another's payload ships it: its definition, and calls that go to the platform."""
         return Callee(self.name, cloudpickle.dumps(self._definition, protocol=5))
 
-    def deploy(self) -> str:
+    def deploy(self, rate: str | None = None, quota: str | None = None) -> str:
         """Deploy this version as an HTTP endpoint: POST {base_url}faas/functions/NAME. Returns its URL.
 
         Deploying again switches the name to the new version; requests under way finish on the old one.
+        `rate="50/s"` limits each caller (each function key, the owner's token) to a token bucket of that rate,
+        `quota="10000/day"` to that many calls a UTC day; past either the answer is 429 with Retry-After, and the
+        function does not run. Both are kept for later deploys of this function object.
         """
-        return _deploy.deploy(self._definition)
+        check_limits(rate, quota)
+        self._rate = rate if rate is not None else self._rate
+        self._quota = quota if quota is not None else self._quota
+        return _deploy.deploy(self._definition, rate=self._rate, quota=self._quota)
 
     def undeploy(self) -> bool:
         """Remove the endpoint; False if it was not deployed."""
         return _deploy.undeploy(self.name)
+
+    def create_key(self, note: str = "") -> NewKey:
+        """A new function key that calls this function's endpoint and nothing else: the secret (`fk_...`), shown
+        this once only (the server keeps its sha256), with `.id` to revoke it."""
+        key, secret = _deploy.key_store().create([self.name], note)
+        return NewKey(secret, key)
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Refuse the key with this id from now on, on every route; False if there is none."""
+        return _deploy.key_store().revoke(key_id)
 
     def schedule(self, every: Any = None, cron: str | None = None) -> dict[str, Any]:
         """Invoke on a schedule: `every="30s"` or `cron="*/5 * * * *"`, from the server that owns the platform.
@@ -203,6 +225,11 @@ class FaasFunction:
         future = _platform.calling().invoke(self._definition, blob, trigger="queue", background=True)
         future.add_done_callback(lambda done: _dead_letter_if_failed(self._definition, args, kwargs, done))
         return future.id
+
+    def export(self, to: str, out: str | os.PathLike[str]) -> _export.ExportResult:
+        """Write this function as a build context for `to` ("knative", "openfaas" or "lambda") in the folder `out`:
+        readable code, captured values as data, requirements.txt, a Dockerfile and the target's settings."""
+        return _export.export_definition(self._definition, to, out)
 
     @property
     def invocations(self) -> list[InvocationRecord]:
@@ -272,16 +299,8 @@ class FaasFunction:
 def _dead_letter_if_failed(
     definition: FunctionDefinition, args: tuple[Any, ...], kwargs: dict[str, Any], future: Future[Any]
 ) -> None:
-    error = future.exception()
-    if error is None:
-        return
-    # In the JSON form an HTTP replay can send: positional arguments as an array, keywords as an object.
-    body = json.dumps(list(args) if not kwargs else {**kwargs}, default=repr).encode()
-    kind = type_name(error)
-    DeadLetters(dead_letters_path(_config.state_dir())).add(
-        future.id,  # type: ignore[attr-defined]
-        definition.name, definition.version, "application/json", body, {"type": kind, "message": str(error)},
-    )  # fmt: skip
+    letter_id: str = future.id  # type: ignore[attr-defined]
+    keep_if_failed(letter_id, definition.name, definition.version, args, kwargs, future.exception())
 
 
 def _with_logged_output(name: str, records: list[InvocationRecord]) -> list[InvocationRecord]:

@@ -15,14 +15,18 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
 from jupyter_faas import config as _config
+from jupyter_faas.client import deploy as _deploy
 from jupyter_faas.client.function import FaasFunction
 from jupyter_faas.definition.limits import Limits
 from jupyter_faas.definition.model import check_name, from_cell
+from jupyter_faas.definition.polyglot import LANGUAGES, from_lang_cell, from_wasm_cell
 from jupyter_faas.definition.requirements import with_requirements
 from jupyter_faas.definition.secrets import with_secrets
 from jupyter_faas.definition.signature import annotation_name
 from jupyter_faas.dispatch import platform as _platform
-from jupyter_faas.errors import ConfigError, DefinitionError, FaasError, LimitError
+from jupyter_faas.errors import ConfigError, DefinitionError, FaasError, FunctionKeyError, LimitError
+from jupyter_faas.gateway.keys import NewKey
+from jupyter_faas.gateway.ratelimit import check as check_limits
 from jupyter_faas.ui import widgets as _widgets
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -43,6 +47,9 @@ def _faas_parser() -> argparse.ArgumentParser:
 
 
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
+# The function key each `%%faas NAME --http` of this kernel printed: the same one while the kernel lives and the
+# key is not revoked, so that running the cell again does not make a new key each time.
+_printed_keys: dict[str, NewKey] = {}
 _LINE_COMMANDS = ("config", "status", "shutdown")
 
 
@@ -143,10 +150,19 @@ class FaasMagics(Magics):
         action="store_true",
         help="Also deploy it as an HTTP endpoint of this notebook's Jupyter server (or of `jupyter faas serve`).",
     )
+    @argument("--rate", help="With --http: calls per caller (each key, the owner) before it answers 429, e.g. 50/s.")
+    @argument("--quota", help="With --http: calls per caller per UTC day past which it answers 429, e.g. 10000/day.")
     @argument("--every", help="Invoke it on a schedule, e.g. 30s or '5 minutes'.")
     @argument("--cron", help="Invoke it on a cron schedule, e.g. '*/5 * * * *'.")
     @argument("--on-file", dest="on_file", help="Invoke it once for each file dropped in this folder.")
     @argument("--pattern", help="With --on-file: only the files matching this glob, e.g. '*.png'.")
+    @argument(
+        "--runtime",
+        help="python (default): the sandbox process; wasm: the cell built into a WebAssembly component, "
+        "run by wasmtime in a fresh instance per call.",
+    )
+    @argument("--lang", help="python (default), javascript (Node.js) or bash: the language of the cell.")
+    @argument("--allow-read", dest="allow_read", metavar="DIR", help="With --runtime wasm: one folder it may read.")
     @line_cell_magic
     def faas(self, line: str, cell: str | None = None) -> Any:
         """Turn the cell into a stateless function that runs on an elastic Dask cluster.
@@ -181,28 +197,51 @@ class FaasMagics(Magics):
                 isolation=_unquote(args.isolation),
                 option_prefix="--",
             )
-            definition = from_cell(
-                cell,
-                self._user_ns,
-                limits,
-                name=name,
-                params=args.params,
-                magic_line=line.strip(),
-            )
+            runtime, lang = _runtime_options(args)
+            if lang != "python":
+                definition = from_lang_cell(cell, lang, limits, name, args.params, magic_line=line.strip())
+            elif runtime == "wasm":
+                progress = _BuildProgress()
+                try:
+                    definition = from_wasm_cell(
+                        cell,
+                        self._user_ns,
+                        limits,
+                        name=name,
+                        params=args.params,
+                        magic_line=line.strip(),
+                        allow_read=_unquote(args.allow_read),
+                        on_progress=progress,
+                    )
+                finally:
+                    progress.done()
+            else:
+                definition = from_cell(
+                    cell,
+                    self._user_ns,
+                    limits,
+                    name=name,
+                    params=args.params,
+                    magic_line=line.strip(),
+                )
             if args.requirements:
                 definition = with_requirements(definition, [_unquote(r) or "" for r in args.requirements])
             if args.secrets:
                 definition = with_secrets(definition, [_unquote(n) or "" for n in args.secrets])
+            rate, quota = _unquote(args.rate), _unquote(args.quota)
+            check_limits(rate, quota, prefix="--")
         except (LimitError, DefinitionError) as e:
             raise UsageError(str(e)) from None
         function = FaasFunction(definition)
+        # Kept on the function: `jupyter faas serve` deploys every function of the notebook with them.
+        function._rate, function._quota = rate, quota
         self._user_ns[definition.name] = function
         if args.http:
             try:
                 url = function.deploy()
             except FaasError as e:
                 raise UsageError(f"%%faas --http: {e}") from None
-            print(_deployed_message(definition.name, url, definition.signature))
+            print(_deployed_message(definition.name, url, definition.signature, _key_for(function)))
         if args.pattern is not None and args.on_file is None:
             raise UsageError("%%faas --pattern goes with --on-file FOLDER")
         try:
@@ -261,7 +300,64 @@ class FaasMagics(Magics):
             print(f"{full_key} = {value!r}")
 
 
-def _deployed_message(name: str, url: str, signature: inspect.Signature) -> str:
+def _runtime_options(args: argparse.Namespace) -> tuple[str, str]:
+    """(runtime, language) from the magic line; options that apply only to the Python sandbox are refused."""
+    runtime = (_unquote(args.runtime) or "python").lower()
+    lang = (_unquote(args.lang) or "python").lower()
+    if lang in ("js", "node"):
+        lang = "javascript"
+    if runtime not in ("python", "wasm"):
+        raise UsageError(f"%%faas --runtime {runtime}: expected python or wasm")
+    if lang not in LANGUAGES:
+        raise UsageError(f"%%faas --lang {lang}: expected one of {', '.join(LANGUAGES)}")
+    if lang != "python" and runtime == "wasm":
+        raise UsageError(f"%%faas --runtime wasm runs Python cells; --lang {lang} runs on its own runner")
+    if args.allow_read is not None and runtime != "wasm":
+        raise UsageError("%%faas --allow-read goes with --runtime wasm (the Python sandbox reads what its user can)")
+    if runtime == "python" and lang == "python":
+        return runtime, lang
+    chosen = f"--runtime {runtime}" if lang == "python" else f"--lang {lang}"
+    python_only = {
+        "--requirements": bool(args.requirements),
+        "--secret": bool(args.secrets),
+        "--isolation": args.isolation is not None and (_unquote(args.isolation) or "").lower() == "fresh",
+    }
+    for option, given in python_only.items():
+        if given:
+            raise UsageError(f"%%faas {option} applies to the Python sandbox only, not to {chosen}")
+    return runtime, lang
+
+
+class _BuildProgress:
+    """Shows a WebAssembly build's progress in the cell's output, on one line rewritten in place."""
+
+    def __init__(self) -> None:
+        self._width = 0
+
+    def __call__(self, text: str) -> None:
+        padding = " " * max(self._width - len(text), 0)
+        self._width = len(text)
+        print(f"\r{text}{padding}", end="", flush=True)
+
+    def done(self) -> None:
+        if self._width:
+            print(flush=True)
+
+
+def _key_for(function: FaasFunction) -> str | None:
+    """A function key for the printed curl line: this kernel's earlier one if still valid, else a new one."""
+    try:
+        earlier = _printed_keys.get(function.name)
+        if earlier is not None and _deploy.key_store().get(earlier.id) is not None:
+            return earlier
+        made = function.create_key(note=f"printed by %%faas {function.name} --http")
+    except (FunctionKeyError, FaasError):
+        return None  # the line then asks for the server's token, as before keys
+    _printed_keys[function.name] = made
+    return made
+
+
+def _deployed_message(name: str, url: str, signature: inspect.Signature, key: str | None = None) -> str:
     samples = {"int": 1, "float": 1.0, "str": "text", "bool": True, "list": [], "dict": {}}
     example = {
         p.name: samples.get(annotation_name(p.annotation) or "")
@@ -270,6 +366,11 @@ def _deployed_message(name: str, url: str, signature: inspect.Signature) -> str:
     }
     return (
         f"{name} is deployed at {url}\n"
-        f"  curl -X POST {url} -H 'Authorization: token YOUR_TOKEN' "
+        f"  curl -X POST {url} -H 'Authorization: Bearer {key or 'YOUR_TOKEN'}' "
         f"-H 'Content-Type: application/json' -d '{json.dumps(example)}'"
+        + (
+            f"\n  (a function key for {name} only; revoke it with {name}.revoke_key({getattr(key, 'id', '')!r}))"
+            if key
+            else ""
+        )
     )

@@ -17,6 +17,7 @@ from jupyter_faas.dispatch.admission import Call, Invocation, InvocationFuture
 from jupyter_faas.dispatch.outcomes import MapResults
 from jupyter_faas.dispatch.transport import Reply
 from jupyter_faas.errors import CallDepthExceeded, FaasError, FaasTimeout, NestedCallError
+from jupyter_faas.record.deadletters import keep_if_failed
 from jupyter_faas.worker.messages import ChildCall, ChildResult
 
 # Versions of functions defined in this process: only they get secrets when called from inside a function,
@@ -61,6 +62,14 @@ def describe_chain(chain: tuple[str, ...]) -> str:
         else:
             runs.append((name, 1))
     return " → ".join(name if count == 1 else f"{name} ({count} times)" for name, count in runs)
+
+
+def _dead_letter_if_failed(definition: FunctionDefinition, calls_blob: bytes, future: InvocationFuture) -> None:
+    error = future.exception()
+    if error is None:
+        return
+    ((args, kwargs),) = cloudpickle.loads(calls_blob)
+    keep_if_failed(future.id, definition.name, definition.version, args, kwargs, error)
 
 
 def _pickled(result: ChildResult) -> bytes:
@@ -108,7 +117,9 @@ class Composer:
             reply(_pickled(("error", e, [])))
             return
         if background:
-            # Queued, and from now on the platform's: it is not cancelled with its caller.
+            # Queued, and from now on the platform's: it is not cancelled with its caller, and if it fails
+            # for good it becomes a dead letter, as a call queued from the notebook does.
+            future.add_done_callback(lambda _: _dead_letter_if_failed(definition, calls_blob, future))
             reply(_pickled(("ok", future.id, [future.id])))
             return
         self._hold(parent.id, future)

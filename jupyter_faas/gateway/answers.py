@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jupyter_faas import config as _config
+from jupyter_faas.definition.schema import ArgumentInvalid, validate, validators
 from jupyter_faas.definition.signature import JSON_TYPES as _JSON_TYPES
 from jupyter_faas.definition.signature import annotation_name
 from jupyter_faas.errors import (
@@ -86,6 +87,14 @@ def check_types(call: Call) -> None:
                 f"{call.deployment.name}(): parameter {name!r} expects {expected}, got {type(value).__name__}",
                 parameter=name,
             )
+    if validators(call.deployment.definition).adapters:
+        try:
+            converted = validate(call.deployment.definition, dict(bound.arguments))
+        except ArgumentInvalid as e:
+            raise HttpError(422, "ArgumentError", f"{call.deployment.name}(): {e}", parameter=e.parameter) from None
+        # The function gets what its annotations ask for: a dataclass, a model, floats for a dict[str, float].
+        bound.arguments.update(converted)
+        call.args, call.kwargs = bound.args, bound.kwargs
 
 
 def shown(name: str) -> str:
@@ -194,6 +203,9 @@ def describe_deployment(
             "memory_bytes": limits.memory,
             "retries": limits.retries,
             "concurrency": limits.concurrency,
+            # Per caller, over HTTP: "50/s", "10000/day", or None.
+            "rate": deployment.rate,
+            "quota": deployment.quota,
         },
         "url": url,
         "stats": finite(stats),

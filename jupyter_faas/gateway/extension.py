@@ -19,6 +19,7 @@ from jupyter_faas.client import deploy as _deploy
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.dispatch.sharing import Sharing
 from jupyter_faas.gateway.handlers import routes, settings_for
+from jupyter_faas.gateway.keys import OWNER, PREFIX, Caller, bearer, caller_of
 from jupyter_faas.gateway.service import Endpoints, HttpError
 from jupyter_faas.gateway.triggers import TriggerStore
 from jupyter_faas.record.registry import Registry
@@ -33,6 +34,10 @@ class _JupyterBase(APIHandler):
 
     The server checks the Host itself. A request from a web page of another origin is refused on every faas
     route, token or not, unless the server's CORS settings allow that origin.
+
+    A function key (`Authorization: Bearer fk_...`) is no login of the server's: its identity provider never
+    knows it, so on every route of the server's own (contents, kernels, terminals) it is no user at all. Here it
+    reaches its own functions only.
     """
 
     auth_resource = "faas"
@@ -69,13 +74,30 @@ class _JupyterBase(APIHandler):
             raise web.HTTPError(405)
         super().options(*args, **kwargs)
 
-    def faas_guard(self, public: bool = False) -> None:
+    def _function_key(self) -> str | None:
+        given = bearer(self.request.headers.get("Authorization", ""))
+        return given if given is not None and given.startswith(PREFIX) else None
+
+    def check_xsrf_cookie(self) -> None:
+        # A function key comes in a header no web page of another origin can set without CORS: no XSRF to fear.
+        if self._function_key() is not None and not getattr(self, "_jupyter_current_user", None):
+            return
+        super().check_xsrf_cookie()
+
+    def faas_guard(self, public: bool = False) -> Caller:
         user = self.current_user
         if not user:
+            given = self._function_key()
+            caller = None if given is None else caller_of(self.settings["faas_endpoints"].keys, given)
+            if caller is not None:
+                return caller
+            if given is not None:
+                raise HttpError(403, "Forbidden", "the function key is wrong, or it was revoked")
             raise web.HTTPError(403, "log in, or send Authorization: token YOUR_TOKEN")
         action = "read" if self.request.method in ("GET", "HEAD") else "write"
         if not self.authorizer.is_authorized(self, user, action, self.auth_resource):
             raise web.HTTPError(403, f"not allowed to {action} faas")
+        return OWNER
 
 
 class FaasExtension(ExtensionApp):

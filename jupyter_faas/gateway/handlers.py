@@ -15,6 +15,9 @@ from typing import Any
 from tornado import web
 
 from jupyter_faas import config as _config
+from jupyter_faas.errors import FunctionKeyError
+from jupyter_faas.gateway.idempotency import HEADER as IDEMPOTENCY_HEADER
+from jupyter_faas.gateway.keys import Caller, described
 from jupyter_faas.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jupyter_faas.gateway.service import Endpoints, HttpError, Reply
 from jupyter_faas.record.deadletters import DEFAULT_PAGE, MAX_PAGE
@@ -76,7 +79,9 @@ class _Faas(web.RequestHandler):
     read and dropped, then the refusal answered.
 
     `unauthenticated` names the methods that need no token at all; `public_methods` those that need none when
-    the app serves its functions publicly (`serve --public`).
+    the app serves its functions publicly (`serve --public`); `key_methods` those a function key may use (the
+    handler then checks that the key names the function); every other method needs the owner's token.
+    `faas_guard` answers the `Caller` a request speaks for, kept as `faas_caller`.
 
     Every answer carries `X-Content-Type-Options: nosniff` and an `X-Request-Id`: the invocation's id when
     the request started one, a fresh random id otherwise; and no `Server` banner.
@@ -86,6 +91,8 @@ class _Faas(web.RequestHandler):
     faas_admit: Any
     unauthenticated: tuple[str, ...] = ()
     public_methods: tuple[str, ...] = ()
+    key_methods: tuple[str, ...] = ()
+    faas_caller: Caller | None = None
     _faas_request_id: str | None = None
     _refusal: BaseException | None = None
     _closing = False
@@ -144,7 +151,17 @@ class _Faas(web.RequestHandler):
             return
         # A preflight runs nothing and carries no credentials: options() answers it (405 unless CORS is configured).
         if method not in (*self.unauthenticated, "options"):
-            self.faas_guard(public=method in self.public_methods)
+            caller: Caller = self.faas_guard(public=method in self.public_methods)
+            if not caller.admin and method not in self.key_methods:
+                raise HttpError(
+                    403, "Forbidden", "a function key reaches only its functions; this route needs the server's token"
+                )
+            self.faas_caller = caller
+
+    def check_scope(self, name: str) -> None:
+        """403 unless the request's caller may call the function `name`."""
+        if self.faas_caller is not None and not self.faas_caller.may_call(name):
+            raise HttpError(403, "Forbidden", "this function key does not reach that function")
 
     def _small_body(self) -> bool:
         if "chunked" in self.request.headers.get("Transfer-Encoding", "").lower():
@@ -207,6 +224,7 @@ class _Invoke(_Faas):
     """
 
     public_methods = ("post",)
+    key_methods = ("post",)
     _reserved = 0
     _received = False
 
@@ -222,6 +240,11 @@ class _Invoke(_Faas):
         await super().admit()
         if self._finished:
             return
+        name = self.path_kwargs["name"]
+        self.check_scope(name)
+        if self.faas_caller is not None:
+            # Before the body is read: a request past its rate or quota costs the server nothing more.
+            self.endpoints.admit_call(self.faas_caller, name)
         declared = self.request.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self._limit:
             raise HttpError(413, "PayloadTooLarge", f"the request body is {declared} bytes; the limit is {self._limit}")
@@ -263,7 +286,17 @@ class _Invoke(_Faas):
             body = b"".join(self._chunks)
             self._chunks = []
             content_type = self.request.headers.get("Content-Type", "")
-            if self.get_query_argument("async", "false").lower() in ("true", "1", "yes"):
+            asynchronous = self.get_query_argument("async", "false").lower() in ("true", "1", "yes")
+            key = self.request.headers.get(IDEMPOTENCY_HEADER)
+            if key is not None and self.faas_caller is not None:
+                reply, kept = await self.endpoints.invoke_once(
+                    self.faas_caller, key, name, content_type, body, asynchronous, self.note_invocation
+                )
+                if kept is not None:
+                    self.set_header("Idempotent-Replayed", "true")
+                    self.note_invocation(kept)
+                self.send_reply(reply)
+            elif asynchronous:
                 # Journaling writes and syncs the body to disk: never on the event loop.
                 reply = await asyncio.to_thread(self.endpoints.invoke_async, name, content_type, body)
                 self.note_invocation(reply.body["id"])
@@ -314,8 +347,74 @@ class _Health(_Faas):
 
 
 class _Invocation(_Faas):
+    """An invocation's state: a function key reaches those of its own functions (the id of an async call)."""
+
+    key_methods = ("get",)
+
     def get(self, ident: str) -> None:
-        self.send_json(self.endpoints.invocation(ident))
+        answer = self.endpoints.invocation(ident)
+        self.check_scope(str(answer.get("function", "")))
+        self.send_json(answer)
+
+
+# The largest body the keys route reads: a list of function names.
+MAX_KEYS_BODY = 64 * 2**10
+
+
+class _Keys(_Faas):
+    """GET: every function key, without secrets. POST {"functions": [NAME, ...] or "*", "note": TEXT}: a new key,
+    its secret in the answer this once only (201)."""
+
+    _kept: list[bytes]
+    _kept_size = 0
+
+    async def admit(self) -> None:
+        self._kept = []
+        await super().admit()
+
+    def data_received(self, chunk: bytes) -> None:
+        # Past the limit nothing more is kept; post() answers 413 once the body has been read.
+        self._kept_size += len(chunk)
+        if self._kept_size <= MAX_KEYS_BODY:
+            self._kept.append(chunk)
+
+    async def get(self) -> None:
+        keys = await asyncio.to_thread(self.endpoints.keys.listed)
+        self.send_json({"keys": described(keys)})
+
+    async def post(self) -> None:
+        if self._kept_size > MAX_KEYS_BODY:
+            raise HttpError(413, "PayloadTooLarge", f"a key's request body is at most {MAX_KEYS_BODY} bytes")
+        try:
+            data = json.loads(b"".join(self._kept) or b"{}")
+        except (ValueError, RecursionError) as e:
+            raise HttpError(400, "InvalidJSON", f"the request body is not valid JSON: {e}") from None
+        if not isinstance(data, dict) or "functions" not in data:
+            raise HttpError(422, "KeyError", 'send {"functions": ["NAME", ...]}, or {"functions": "*"} for all')
+        try:
+            # The store writes and syncs a file: never on the event loop.
+            key, secret = await asyncio.to_thread(self.endpoints.keys.create, data["functions"], data.get("note", ""))
+        except FunctionKeyError as e:
+            raise HttpError(422, "KeyError", str(e)) from None
+        self.send_json({**key.to_dict(), "key": secret}, 201)
+
+
+class _Key(_Faas):
+    async def get(self, ident: str) -> None:
+        key = await asyncio.to_thread(self.endpoints.keys.get, ident)
+        if key is None:
+            raise HttpError(404, "NotFound", f"no function key {shown_id(ident)}")
+        self.send_json(key.to_dict())
+
+    async def delete(self, ident: str) -> None:
+        if not await asyncio.to_thread(self.endpoints.keys.revoke, ident):
+            raise HttpError(404, "NotFound", f"no function key {shown_id(ident)}")
+        self.set_status(204)
+        self.finish()
+
+
+def shown_id(ident: str) -> str:
+    return repr(ident[:40])
 
 
 class _DeadLetters(_Faas):
@@ -393,6 +492,8 @@ _ROUTES: list[tuple[str, type[_Faas]]] = [
     (r"faas/api/triggers", _Triggers),
     (r"faas/api/openapi\.json", _OpenAPI),
     (r"faas/metrics", _Metrics),
+    (r"faas/api/keys", _Keys),
+    (rf"faas/api/keys/{_ID}", _Key),
 ]
 
 
@@ -400,7 +501,8 @@ def joined(handler: type[_Faas], base: type[web.RequestHandler], mark_public: An
     """`handler` joined with the app's base class (its authentication), streaming its body: Tornado would read
     a whole body before `prepare` otherwise, so before the request is admitted and authenticated."""
     namespace: dict[str, Any] = {}
-    for method in getattr(handler, "unauthenticated", ()):
+    # A function key is no login of the app's own: the methods it may use are let through to `faas_guard`.
+    for method in (*getattr(handler, "unauthenticated", ()), *getattr(handler, "key_methods", ())):
         if mark_public is not None:
             namespace[method] = mark_public(getattr(handler, method))
     combined = type(f"Faas{handler.__name__.lstrip('_')}Handler", (handler, base), namespace)

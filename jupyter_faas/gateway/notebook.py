@@ -15,6 +15,7 @@ import nbformat
 
 from jupyter_faas.client import deploy as _deploy
 from jupyter_faas.client.function import FaasFunction
+from jupyter_faas.gateway.keys import KeyStore, keys_path
 from jupyter_faas.gateway.triggers import TriggerSpec, TriggerStore
 from jupyter_faas.record.registry import Registry
 
@@ -72,14 +73,16 @@ def run_notebook(path: Path, fresh: bool = False) -> dict[str, Any]:
     return cast(dict[str, Any], shell.user_ns)  # typed Any in IPython
 
 
-def run_into(path: Path, registry: Registry, url: str, triggers: TriggerStore, fresh: bool = False) -> None:
-    """Run the notebook with its deploys and triggers going to `registry` and `triggers`; every %%faas function
-    it defines is deployed there too. `_deploy`'s target is left pointing at them."""
-    _deploy.serve_here(registry, url, triggers)
+def run_into(
+    path: Path, registry: Registry, url: str, triggers: TriggerStore, fresh: bool = False, keys: KeyStore | None = None
+) -> None:
+    """Run the notebook with its deploys and triggers going to `registry` and `triggers`, and keys made meanwhile
+    to `keys`; every %%faas function it defines is deployed there too. `_deploy`'s target is left pointing at them."""
+    _deploy.serve_here(registry, url, triggers, keys)
     namespace = run_notebook(path, fresh)
     for value in list(namespace.values()):
         if isinstance(value, FaasFunction):
-            registry.deploy(value._definition)
+            value.deploy()  # with the --rate and --quota of its magic line
 
 
 @dataclass
@@ -149,6 +152,7 @@ class ServedNotebook:
     ) -> None:  # fmt: skip
         self.path, self.url, self.registry, self.triggers = path, url, registry, triggers
         self.state, self.cells, self.on_switch = state, cells, on_switch
+        self.keys = KeyStore(keys_path(state))
 
     def reload(self) -> None:
         """Run the notebook again if its code cells changed; what happened is printed, errors to stderr."""
@@ -165,7 +169,7 @@ class ServedNotebook:
         shutil.rmtree(staging, ignore_errors=True)
         staged, staged_triggers = Registry(None), TriggerStore(staging / "triggers")
         try:
-            run_into(self.path, staged, self.url, staged_triggers, fresh=True)
+            run_into(self.path, staged, self.url, staged_triggers, fresh=True, keys=self.keys)
             switched = switch(self.registry, self.triggers, staged, staged_triggers)
         except Exception as e:  # NotebookError, or a cell's deploy that failed: the old versions keep serving
             print(
@@ -174,7 +178,7 @@ class ServedNotebook:
             )  # fmt: skip
             return
         finally:
-            _deploy.serve_here(self.registry, self.url, self.triggers)
+            _deploy.serve_here(self.registry, self.url, self.triggers, self.keys)
             shutil.rmtree(staging, ignore_errors=True)
         self.on_switch()
         print(f"jupyter faas serve: {self.path.name} ran again; now serving:", flush=True)

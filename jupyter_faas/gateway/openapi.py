@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from jupyter_faas.definition.schema import json_schema
 from jupyter_faas.definition.signature import annotation_name, takes_bytes
 
 if TYPE_CHECKING:
@@ -22,13 +23,17 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 _ERRORS = {
-    "400": "The body is not valid JSON.",
+    "400": "The body is not valid JSON, or the Idempotency-Key is not 1 to 255 printable characters.",
     "401": "No token was given.",
-    "403": "The token is wrong.",
+    "403": "The token is wrong, or the function key was revoked or does not reach this function or route.",
     "404": "No function of that name is deployed.",
     "413": "The body is larger than faas.http.max-body.",
     "431": "The request headers are too large.",
-    "422": "The arguments do not fit the function's signature.",
+    "409": "The first request with this Idempotency-Key was cut short by a restart; it is not run again.",
+    "422": "The arguments do not fit the function's signature (the parameter named), or the Idempotency-Key was "
+    "used with another body.",
+    "429": "Past the function's rate or daily quota for this caller (Retry-After says when to try again), or its "
+    "queue is full; the function did not run.",
     "500": "The function raised, ran out of memory, or returned what JSON cannot carry.",
     "503": "No free slot within faas.http.queue-timeout; or the server is still starting (type Starting).",
     "504": "The function ran past its timeout.",
@@ -42,7 +47,17 @@ def _schema(annotation: Any) -> dict[str, Any]:
     return dict(_SCHEMAS.get(name or "", {}))
 
 
-def _request_schemas(deployment: Deployment) -> dict[str, Any]:
+def _parameter_schema(deployment: Deployment, parameter: inspect.Parameter, found: dict[str, Any]) -> dict[str, Any]:
+    """A plain type's schema, or pydantic's for a richer annotation (its named parts added to `found`)."""
+    plain = _schema(parameter.annotation)
+    if plain or parameter.annotation is inspect.Parameter.empty:
+        return plain
+    schema, named = json_schema(deployment.definition, parameter.name, f"{deployment.name}.")
+    found.update(named)
+    return schema
+
+
+def _request_schemas(deployment: Deployment, found: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments as an object, positional ones as an array; bytes when the first parameter asks."""
     signature: inspect.Signature = deployment.definition.signature
     named = [
@@ -52,7 +67,7 @@ def _request_schemas(deployment: Deployment) -> dict[str, Any]:
     ]
     keywords: dict[str, Any] = {
         "type": "object",
-        "properties": {parameter.name: _schema(parameter.annotation) for parameter in named},
+        "properties": {parameter.name: _parameter_schema(deployment, parameter, found) for parameter in named},
         "required": [parameter.name for parameter in named if parameter.default is parameter.empty],
         "additionalProperties": any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()),
     }
@@ -63,7 +78,7 @@ def _request_schemas(deployment: Deployment) -> dict[str, Any]:
     ]
     array: dict[str, Any] = {"type": "array", "minItems": sum(p.default is p.empty for p in positional)}
     if positional:  # JSON Schema wants a non-empty prefixItems, or none
-        array["prefixItems"] = [_schema(parameter.annotation) for parameter in positional]
+        array["prefixItems"] = [_parameter_schema(deployment, parameter, found) for parameter in positional]
     if not any(p.kind == p.VAR_POSITIONAL for p in signature.parameters.values()):
         array["maxItems"] = len(positional)
     content: dict[str, Any] = {"application/json": {"schema": {"oneOf": [keywords, array]}}}
@@ -95,7 +110,7 @@ def _responses(deployment: Deployment) -> dict[str, Any]:
     return responses
 
 
-def _operation(deployment: Deployment) -> dict[str, Any]:
+def _operation(deployment: Deployment, found: dict[str, Any]) -> dict[str, Any]:
     definition = deployment.definition
     doc = inspect.cleandoc(definition.load().__doc__ or "") if definition.payload else ""
     return {
@@ -109,9 +124,17 @@ def _operation(deployment: Deployment) -> dict[str, Any]:
                 "required": False,
                 "description": "true: answer 202 with an invocation id at once, instead of waiting for the result.",
                 "schema": {"type": "boolean"},
-            }
+            },
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "Repeats with this key (per caller, within faas.http.idempotency-ttl) get the first "
+                "answer, or the first invocation id, and never run the function again.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            },
         ],
-        "requestBody": {"required": False, "content": _request_schemas(deployment)},
+        "requestBody": {"required": False, "content": _request_schemas(deployment, found)},
         "responses": _responses(deployment),
     }
 
@@ -141,10 +164,11 @@ def _api(
 
 _API_ERRORS = {
     "400": "A query parameter is malformed.",
-    "404": "No such function, invocation or dead letter.",
+    "404": "No such function, invocation, dead letter or key.",
     "410": "The async result is no longer kept (past faas.http.async-results-max-bytes); "
     "the error's invocation_status is its status.",
-    "422": "The dead letter's input no longer fits the function's signature, or cannot be read back.",
+    "422": "The dead letter's input no longer fits the function's signature, or cannot be read back; or a key's "
+    'functions are not a list of names or "*".',
     "500": "The registry cannot be read.",
 }
 
@@ -159,7 +183,20 @@ def _list_of(key: str, item: dict[str, Any]) -> dict[str, Any]:
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 
+_KEY_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "string"},
+    "functions": {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"const": "*"}]},
+    "created": {"type": "number"},
+    "note": {"type": "string"},
+}
+
 _COMPONENTS: dict[str, Any] = {
+    "FunctionKey": {"type": "object", "required": ["id", "functions"], "properties": _KEY_PROPERTIES},
+    "NewKey": {
+        "type": "object",
+        "required": ["id", "key", "functions"],
+        "properties": {**_KEY_PROPERTIES, "key": {"type": "string", "pattern": "^fk_"}},
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -279,8 +316,10 @@ _COMPONENTS: dict[str, Any] = {
 
 def document(deployments: Sequence[Deployment], base_url: str, version: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
+    # The named schemas of the parameters' models, dataclasses and TypedDicts, each under FUNCTION.NAME.
+    found: dict[str, Any] = {}
     for deployment in deployments:
-        paths[f"{base_url}faas/functions/{deployment.name}"] = {"post": _operation(deployment)}
+        paths[f"{base_url}faas/functions/{deployment.name}"] = {"post": _operation(deployment, found)}
     api = f"{base_url}faas/api"
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     ident = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -362,6 +401,27 @@ def document(deployments: Sequence[Deployment], base_url: str, version: str) -> 
         "get": _api("Every schedule and file trigger.", "200", _list_of("triggers", {"type": "object"}))
     }
     paths[f"{api}/openapi.json"] = {"get": _api("This document.", "200", {"type": "object"})}
+    key_body = {
+        "type": "object",
+        "required": ["functions"],
+        "properties": {
+            "functions": {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"const": "*"}]},
+            "note": {"type": "string", "maxLength": 200},
+        },
+    }
+    created = _api("A new function key: its secret `key` is in this answer only.", "201", _ref("NewKey"), "422")
+    created["requestBody"] = {"required": True, "content": {"application/json": {"schema": key_body}}}
+    created["responses"]["400"] = _error("The body is not valid JSON.")
+    created["responses"]["413"] = _error("The body is over 64 KiB.")
+    paths[f"{api}/keys"] = {
+        "get": _api("Every function key, without its secret.", "200", _list_of("keys", _ref("FunctionKey"))),
+        "post": created,
+    }
+    paths[f"{api}/keys/{{id}}"] = {
+        "parameters": [ident],
+        "get": _api("One function key, without its secret.", "200", _ref("FunctionKey"), "404"),
+        "delete": _api("Revoke it: refused from the next request on.", "204", None, "404"),
+    }
     health = _api(
         "Readiness; needs no token.",
         "200",
@@ -389,7 +449,7 @@ def document(deployments: Sequence[Deployment], base_url: str, version: str) -> 
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization"},
             },
-            "schemas": copy.deepcopy(_COMPONENTS),
+            "schemas": {**copy.deepcopy(_COMPONENTS), **found},
         },
         "security": [{"bearer": []}, {"token": []}],
     }

@@ -33,6 +33,7 @@ from jupyter_faas import config as _config
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.errors import ConfigError, TriggerError
 from jupyter_faas.gateway.handlers import RETRY_AFTER, NotFound, joined, routes, settings_for
+from jupyter_faas.gateway.keys import OWNER, PUBLIC, Caller, KeyStore, bearer, caller_of, keys_path
 
 # Imported from here by tests and other commands; they live in notebook.py.
 from jupyter_faas.gateway.notebook import SKIP_LINE as SKIP_LINE
@@ -149,7 +150,10 @@ def _is_loopback(ip: str) -> bool:
 
 
 class _ServeBase(web.RequestHandler):
-    """A known Host and Origin, then a token in the Authorization header: `Bearer TOKEN` or `token TOKEN`."""
+    """A known Host and Origin, then a token in the Authorization header: `Bearer TOKEN` or `token TOKEN`.
+
+    The server's token is the owner's; a function key (`fk_...`) reaches only its functions.
+    """
 
     def faas_admit(self) -> None:
         policy: HostPolicy = self.settings["faas_hosts"]
@@ -166,14 +170,23 @@ class _ServeBase(web.RequestHandler):
         if not policy.origin_allowed(origin, host):
             raise HttpError(403, "OriginNotAllowed", "requests from the web pages of other origins are refused")
 
-    def faas_guard(self, public: bool = False) -> None:
+    def faas_guard(self, public: bool = False) -> Caller:
+        given = bearer(self.request.headers.get("Authorization", ""))
+        if given is not None and hmac.compare_digest(given.encode(), self.settings["faas_token"].encode()):
+            return OWNER
+        caller = None if given is None else caller_of(self.settings["faas_endpoints"].keys, given)
+        if caller is not None:
+            return caller
         if public and self.settings["faas_public"]:
-            return
-        scheme, _, given = self.request.headers.get("Authorization", "").strip().partition(" ")
-        if scheme.lower() not in ("bearer", "token") or not given.strip():
+            return PUBLIC
+        if given is None:
             raise HttpError(401, "Unauthorized", "send the token: Authorization: Bearer TOKEN")
-        if not hmac.compare_digest(given.strip().encode(), self.settings["faas_token"].encode()):
-            raise HttpError(403, "Forbidden", "the token is wrong")
+        raise HttpError(403, "Forbidden", "the token is wrong, or the function key was revoked")
+
+
+def serve_state(path: Path) -> Path:
+    """The state folder of `serve` for this notebook: its triggers, function keys, dead letters."""
+    return _config.state_dir() / "serve" / f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 
 
 class ServeApp(JupyterApp):
@@ -240,7 +253,7 @@ class ServeApp(JupyterApp):
         host = f"[{self.ip}]" if ":" in self.ip else self.ip
         url = f"http://{host}:{port}/"
         registry = Registry(None)
-        state = _config.state_dir() / "serve" / f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+        state = serve_state(path)
         try:
             triggers = TriggerStore(state / "triggers")
         except TriggerError as e:
@@ -260,7 +273,7 @@ class ServeApp(JupyterApp):
         try:
             try:
                 cells = read_cells(path)
-                run_into(path, registry, url, triggers)
+                run_into(path, registry, url, triggers, keys=KeyStore(keys_path(state)))
             except NotebookError as e:
                 self.exit_with(f"jupyter faas serve: {path.name}: {e}", 1)
             platform.start()  # ready means the cluster is up too, also for a notebook that never calls a function
@@ -306,6 +319,7 @@ class ServeApp(JupyterApp):
         for deployment in deployments:
             print(f"  POST {url}faas/functions/{deployment.name}    {deployment.definition.describe_signature()}")
         print(f"  token: {token}    (send it as: Authorization: Bearer {token})")
+        print(f"  a key for one function only: jupyter faas keys create NAME --notebook {path}")
         if self.public:
             print(
                 "  WARNING: --public: the function endpoints answer anyone who can reach this address, "

@@ -15,7 +15,7 @@ from typing import Any
 from jupyter_faas import config as _config
 from jupyter_faas.definition.signature import takes_bytes
 from jupyter_faas.dispatch.platform import Platform, pack_calls
-from jupyter_faas.errors import ArgumentsTooLarge, InputRefused, MissingSecret, QueueFull, RegistryError
+from jupyter_faas.errors import ArgumentsTooLarge, InputRefused, LimitError, MissingSecret, QueueFull, RegistryError
 from jupyter_faas.gateway.answers import (
     Call,
     as_json,
@@ -35,8 +35,11 @@ from jupyter_faas.gateway.answers import (
 from jupyter_faas.gateway.answers import HttpError as HttpError
 from jupyter_faas.gateway.answers import Reply as Reply
 from jupyter_faas.gateway.firing import TriggerFiring
+from jupyter_faas.gateway.idempotency import IDEMPOTENCY_FOLDER, Idempotency, checked_key, fingerprint
+from jupyter_faas.gateway.keys import Caller, KeyStore, keys_path
 from jupyter_faas.gateway.metrics import Metrics
 from jupyter_faas.gateway.openapi import document
+from jupyter_faas.gateway.ratelimit import QUOTA_FOLDER, Limited, Limiter, parse_quota, parse_rate
 from jupyter_faas.gateway.triggers import TriggerRunner, TriggerStore, read_dropped_file
 from jupyter_faas.record.calltree import summary
 from jupyter_faas.record.deadletters import DamagedLetter, DeadLetters, dead_letters_path, whole_input
@@ -97,6 +100,12 @@ class Endpoints:
         self._ready = threading.Event()
         if not starting:
             self._ready.set()
+        # Who may call what, how often, and the answers kept for repeated requests: all under the state dir.
+        self.keys = KeyStore(None if state_dir is None else keys_path(state_dir))
+        self.limiter = Limiter(None if state_dir is None else state_dir / QUOTA_FOLDER)
+        self.idempotency = Idempotency(
+            None if state_dir is None else state_dir / IDEMPOTENCY_FOLDER, _config.http_idempotency_ttl()
+        )
         platform.add_listener(self.metrics.observe)
 
     def _settle_interrupted(self) -> None:
@@ -157,6 +166,53 @@ class Endpoints:
         return f"{self.url}faas/functions/{name}"
 
     # -- invoking ------------------------------------------------------------------------------------
+
+    def admit_call(self, caller: Caller, name: str) -> None:
+        """Take one call of `name` from the caller's rate and quota, or raise the 429 that refuses it (run never)."""
+        try:
+            deployment = self.registry.get(name)
+        except RegistryError as e:
+            raise registry_failed(e) from None
+        if deployment is None or (deployment.rate is None and deployment.quota is None):
+            return  # not deployed: the request's own 404 says so
+        try:
+            rate = None if deployment.rate is None else parse_rate(deployment.rate)
+            quota = None if deployment.quota is None else parse_quota(deployment.quota)
+        except LimitError as e:
+            log.error("jupyter-faas: the deployment of %s has a damaged limit: %s", name, e)
+            message = "the function's deployment cannot be read; see the server log"
+            raise HttpError(500, "RegistryError", message) from None
+        try:
+            self.limiter.admit(caller.id, name, rate, quota)
+        except Limited as e:
+            raise HttpError(429, "TooManyRequests", str(e), retry_after=e.retry_after) from None
+
+    async def invoke_once(
+        self,
+        caller: Caller,
+        key: str,
+        name: str,
+        content_type: str,
+        body: bytes,
+        asynchronous: bool,
+        on_submit: Callable[[str], None],
+    ) -> tuple[Reply, str | None]:
+        """A request with an Idempotency-Key: run once per (caller, function, key) within faas.http.idempotency-ttl;
+        a repeat gets the first answer, with its invocation's id. The same key with another body is 422."""
+        entry = Idempotency.entry(caller.id, name, checked_key(key))
+
+        async def run(submitted: Callable[[str], None]) -> Reply:
+            def noted(invocation_id: str) -> None:
+                submitted(invocation_id)
+                on_submit(invocation_id)
+
+            if asynchronous:
+                reply = await asyncio.to_thread(self.invoke_async, name, content_type, body)
+                noted(reply.body["id"])
+                return reply
+            return await self.invoke(name, content_type, body, on_submit=noted)
+
+        return await self.idempotency.run_once(entry, fingerprint(content_type, body, asynchronous), run)
 
     def _deployment(self, name: str) -> Deployment:
         try:

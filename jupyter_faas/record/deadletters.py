@@ -25,6 +25,7 @@ from typing import Any
 
 from jupyter_faas import config as _config
 from jupyter_faas.config import open_private, private_dir, write_private
+from jupyter_faas.errors import type_name
 from jupyter_faas.units import is_json
 
 log = logging.getLogger("jupyter_faas.deadletters")
@@ -442,6 +443,25 @@ class DeadLetters:
 
 def dead_letters_path(state_dir: Path) -> Path:
     return state_dir / "dead-letters.jsonl"
+
+
+def keep_if_failed(
+    letter_id: str,
+    function: str,
+    version: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    error: BaseException | None,
+) -> None:
+    """A queued call that failed for good becomes a dead letter of the state dir, with its input; None: it did not."""
+    if error is None:
+        return
+    # In the JSON form an HTTP replay can send: positional arguments as an array, keywords as an object.
+    body = json.dumps(list(args) if not kwargs else {**kwargs}, default=repr).encode()
+    kind = type_name(error)
+    DeadLetters(dead_letters_path(_config.state_dir())).add(
+        letter_id, function, version, "application/json", body, {"type": kind, "message": str(error)}
+    )
 
 
 def _slack(limit: int) -> int:

@@ -29,6 +29,9 @@ class Deployment:
     name: str
     definition: FunctionDefinition
     deployed_at: float
+    # Its HTTP abuse controls as written ("50/s", "10000/day"): the gateway reads them; None for none.
+    rate: str | None = None
+    quota: str | None = None
 
     @property
     def version(self) -> str:
@@ -75,15 +78,21 @@ class Registry:
     def __repr__(self) -> str:
         return f"<jupyter_faas registry {self.directory or 'in memory'}>"
 
-    def deploy(self, definition: FunctionDefinition) -> Deployment:
-        """Make `definition` answer for its name from now on; requests already running keep their version."""
-        deployment = Deployment(definition.name, definition, time.time())
+    def deploy(self, definition: FunctionDefinition, rate: str | None = None, quota: str | None = None) -> Deployment:
+        """Make `definition` answer for its name from now on; requests already running keep their version.
+
+        `rate` and `quota` are the endpoint's limits per caller, checked by the gateway (`gateway/ratelimit.py`).
+        """
+        deployment = Deployment(definition.name, definition, time.time(), rate, quota)
         if self.directory is None:
             with self._lock:
                 self._memory[definition.name] = deployment
             return deployment
         version_path = self.directory / "versions" / f"{definition.version}.pickle"
-        pointer = {"name": definition.name, "version": definition.version, "deployed_at": deployment.deployed_at}
+        pointer: dict[str, object] = {
+            "name": definition.name, "version": definition.version, "deployed_at": deployment.deployed_at
+        }  # fmt: skip
+        pointer.update({key: value for key, value in (("rate", rate), ("quota", quota)) if value is not None})
         if len(definition.name.encode()) > MAX_NAME_BYTES:
             raise RegistryError(
                 f"cannot deploy {definition.name[:40]}...: a deployed function's name is at most {MAX_NAME_BYTES} "
@@ -159,6 +168,9 @@ class Registry:
             data = json.loads(pointer.read_text())
             version = str(data["version"])
             deployed_at = float(data["deployed_at"])
+            rate, quota = data.get("rate"), data.get("quota")
+            if not isinstance(rate, str | None) or not isinstance(quota, str | None):
+                raise ValueError("rate and quota are text like 50/s and 10000/day")
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -174,4 +186,4 @@ class Registry:
             if not isinstance(definition, FunctionDefinition) or definition.version != version:
                 raise RegistryError(f"{path} does not hold version {version[:8]} of {name}")
             self._versions[version] = definition
-        return Deployment(name, definition, deployed_at)
+        return Deployment(name, definition, deployed_at, rate, quota)

@@ -108,8 +108,9 @@ class Batch:
     max_result: int = NO_RESULT_LIMIT
 
 
-# What a sandbox may send: a streamed output, a request for the package, or an answer's status.
-_MESSAGES = frozenset({"output", "missing", "call", "ok", "error", "memory"})
+# What a sandbox may send: a streamed output, a request for the package, a call, or an answer's status
+# ("timeout" when a runtime of worker/runtimes/ stopped its call itself).
+_MESSAGES = frozenset({"output", "missing", "call", "ok", "error", "memory", "timeout"})
 
 
 class SandboxGone(Exception):

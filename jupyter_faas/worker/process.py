@@ -84,13 +84,18 @@ def _children() -> list[int]:
     return pids
 
 
+# Runner processes of the runtimes (worker/runtimes/), kept warm across calls: the only children a call's
+# cleanup leaves alive. What a call starts under them comes back here when they do not wait for it.
+SPARED: set[int] = set()
+
+
 def stop_strays() -> None:
     """Kill every process the call started and left running (subprocess, fork, setsid): a call leaves nothing.
 
     Killing a child re-parents its own children to this subreaper, so repeat until none are left.
     """
     for _ in range(1000):
-        pids = _children()
+        pids = [pid for pid in _children() if pid not in SPARED]
         if not pids:
             break
         for pid in pids:

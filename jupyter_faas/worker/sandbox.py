@@ -17,7 +17,7 @@ from typing import Any
 
 import cloudpickle
 
-from jupyter_faas.errors import ResultTooLarge
+from jupyter_faas.errors import FaasTimeout, ResultTooLarge
 from jupyter_faas.worker import capture as _capture
 from jupyter_faas.worker import children as _children
 from jupyter_faas.worker import process as _process
@@ -208,6 +208,9 @@ def _call(
     try:
         args, kwargs = call
         result = _run_function(loaded.fresh(), args, kwargs)
+    except FaasTimeout as e:
+        # A runtime (worker/runtimes/) stopped its call before the worker's deadline: this sandbox lives on.
+        status, error = "timeout", _describe_error(e, 2, secrets)
     except MemoryError as e:
         status, error = "memory", _describe_error(e, 2, secrets)
     except BaseException as e:

@@ -11,6 +11,10 @@ import pytest
 
 import jupyter_faas
 from jupyter_faas import FaasFunction, RemoteError, function
+from jupyter_faas.client import deploy as _deploy
+from jupyter_faas.errors import LimitError
+from jupyter_faas.gateway.keys import KeyStore, keys_path
+from jupyter_faas.record.registry import Registry
 
 
 @function(timeout="20s")
@@ -189,3 +193,25 @@ def test_platform_is_public_and_reports_the_cluster(platform: object) -> None:
 def test_a_misspelt_option_of_the_decorator_is_a_type_error_naming_it() -> None:
     with pytest.raises(TypeError, match="unexpected keyword arguments: tiemout"):
         function(tiemout="5s")
+
+
+def test_deploy_keeps_its_rate_and_quota_and_keys_reach_only_this_function(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "registry")
+    store = KeyStore(keys_path(tmp_path))
+    _deploy.serve_here(registry, "http://127.0.0.1:1/", None, store)
+    try:
+        with pytest.raises(LimitError, match="rate: expected calls per unit"):
+            square.deploy(rate="fast")
+        assert registry.get("square") is None  # a bad rate deploys nothing
+        assert square.deploy(rate="5/s", quota="100/day") == "http://127.0.0.1:1/faas/functions/square"
+        square.deploy()  # a later deploy keeps them
+        deployed = registry.get("square")
+        assert deployed is not None and (deployed.rate, deployed.quota) == ("5/s", "100/day")
+        key = square.create_key(note="for a test")
+        assert key.startswith("fk_") and key.functions == ("square",)
+        found = store.find(key)
+        assert found is not None and found.id == key.id and found.note == "for a test"
+        assert square.revoke_key(key.id) is True and store.find(key) is None
+        assert square.revoke_key(key.id) is False
+    finally:
+        _deploy.serve_here(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,8 +15,10 @@ import psutil
 import pytest
 
 from jupyter_faas import FaasTimeout, function
+from jupyter_faas import config as _config
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.errors import CallDepthExceeded
+from jupyter_faas.record.deadletters import DeadLetters, dead_letters_path
 from tests.helpers import wait_for
 
 SANDBOX_MARK = "jupyter_faas.worker.sandbox"
@@ -311,3 +314,24 @@ def test_outside_a_sandbox_platform_and_calls_work_as_before(small: _platform.Pl
 def test_local_recursion_stays_local() -> None:
     # fn.local() runs here: its own name is itself here too, not a call to the platform.
     assert chain.local(3) == [os.getpid()] * 3
+
+
+@function(retries=0)
+def always_fails(x: int) -> None:
+    raise ValueError(f"queued {x} failed")
+
+
+@function
+def queues_a_failure(x: int) -> str:
+    return always_fails.enqueue(x)
+
+
+def test_a_call_queued_from_inside_that_fails_for_good_is_a_dead_letter(small: _platform.Platform) -> None:
+    letter_id = queues_a_failure(41)
+    letters = DeadLetters(dead_letters_path(_config.state_dir()))
+    letter = wait_for(lambda: letters.get(letter_id), message="the dead letter")
+    assert letter["function"] == "always_fails"
+    assert letter["error"] == {"type": "ValueError", "message": "queued 41 failed"}
+    assert json.loads(letters.body(letter_id)) == [41]
+    record = wait_for(lambda: small.find_record(letter_id))
+    assert record.trigger == "queue" and record.parent == queues_a_failure.invocations[-1].id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -18,7 +20,17 @@ from distributed import Client
 
 from jupyter_faas.client.function import FaasFunction, function
 from jupyter_faas.dispatch.platform import Platform
-from tests.helpers import AUTH, invocations_of, start_serve, stop_process_group, wait_for, write_notebook
+from tests.helpers import (
+    AUTH,
+    WASM_CACHE,
+    invocations_of,
+    start_serve,
+    stop_process_group,
+    wait_for,
+    write_notebook,
+)
+from tests.worker.runtimes.test_wasm import EDGE
+from tests.worker.runtimes.test_wasm import LINE as WASM_LINE
 
 DASK = str(Path(sys.executable).parent / "dask")
 
@@ -382,3 +394,38 @@ def test_requirements_are_installed_on_an_external_cluster_before_the_first_call
             lambda dask_scheduler: [*dask_scheduler.plugins, *dask_scheduler.worker_plugins]
         )
     assert any(name.startswith("jupyter-faas-pip-") for name in plugins)
+
+
+def test_cells_of_every_runtime_answer_http_on_an_external_cluster(external: ExternalCluster, tmp_path: Path) -> None:
+    # The same WebAssembly cell as tests/worker/runtimes/test_wasm.py: its build is cached, serve finds it.
+    cells = [
+        f"%%faas {WASM_LINE} --http\n{EDGE}",
+        "%%faas greet name --lang javascript --http\nreturn `hello ${name}`;",
+        '%%faas count_words text --lang bash --http\nprintf "%s" "$text" | wc -w',
+        "assert edge('echo', 5)['echo'] == 5 and greet('map') == 'hello map' and count_words('a b') == '2'",
+    ]
+    notebook = write_notebook(tmp_path / "polyglot.ipynb", cells)
+    env = {"DASK_FAAS__CLUSTER__ADDRESS": external.address, "DASK_FAAS__RUNTIMES__WASM_CACHE": str(WASM_CACHE)}
+    server = start_serve(notebook, tmp_path / "state", env=env)
+    try:
+        signature = hmac.new(b"k", b"body", hashlib.sha256).hexdigest()
+        answers = {
+            "edge": server.post("edge", json={"mode": "verify", "arg": ["k", "body", signature]}, headers=AUTH),
+            "greet": server.post("greet", json={"name": "http"}, headers=AUTH),
+            "count_words": server.post("count_words", json={"text": "one two three"}, headers=AUTH),
+        }
+        assert {name: (r.status_code, r.json()) for name, r in answers.items()} == {
+            "edge": (200, True),
+            "greet": (200, "hello http"),
+            "count_words": (200, "3"),
+        }
+        external_workers = external.worker_addresses()
+        for name in answers:
+            records = invocations_of(server, name)
+            assert {r["status"] for r in records} == {"ok"} and {r["worker"] for r in records} <= external_workers
+            assert Counter(r["trigger"] for r in records)["http"] == 1
+        # The cell's error, over HTTP: a 500 whose error is the cell's own.
+        failed = server.post("edge", json={"mode": "fail"}, headers=AUTH)
+        assert failed.status_code == 500 and failed.json()["error"]["type"] == "ZeroDivisionError"
+    finally:
+        stop_process_group(server.process)

@@ -131,7 +131,7 @@ async def test_a_kernel_deploys_a_cell_and_the_server_answers_for_it(
     async with started_kernel(jp_serverapp) as kernel:
         output = await kernel.run("%%faas square x:int --http\nx * x")
         assert f"square is deployed at {jp_serverapp.connection_url}faas/functions/square" in output
-        assert "curl -X POST" in output and "YOUR_TOKEN" in output and '{"x": 1}' in output
+        assert "curl -X POST" in output and "Bearer fk_" in output and '{"x": 1}' in output
 
         response = await jp_fetch(
             "faas", "functions", "square", method="POST", body=json.dumps({"x": 7}),

@@ -218,6 +218,8 @@ def test_async_answers_202_with_an_id_then_the_result(served: Served) -> None:
     invocation_id = response.json()["id"]
     state = wait_for_outcome(served, invocation_id)
     record = state.pop("record")
+    # It made no calls: no children, and a call tree of itself alone.
+    assert state.pop("children") == [] and [row["id"] for row in state.pop("call_tree")["calls"]] == [invocation_id]
     assert state == {"id": invocation_id, "function": "square", "status": "ok", "result": 144, "output": ""}
     assert record["id"] == invocation_id and record["trigger"] == "http"
 

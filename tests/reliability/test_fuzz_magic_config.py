@@ -39,7 +39,7 @@ one_line_text = st.text(
 )
 OPTIONS = [
     "--timeout", "--memory", "--retries", "--concurrency", "--zones", "--requirements", "--http", "--every",
-    "--cron", "--on-file", "--pattern", "--", "-", "-h", "--help", "--time", "--nope",
+    "--cron", "--on-file", "--pattern", "--", "-", "-h", "--help", "--time", "--nope", "--rate", "--quota",
 ]  # fmt: skip
 VALUES = [
     "0", "-1", "1", "1.5", "1e400", "-1e400", "nan", "inf", "-inf", "NaN", "1" * 5000, "9" * 400, "30s", "1ms",
@@ -132,6 +132,8 @@ def test_any_magic_line_defines_a_function_or_is_one_usage_error(
             "--on-file",
             "--pattern",
             "--http --on-file",
+            "--http --rate",
+            "--http --quota",
             "--every 1s --cron",
         ]
     ),

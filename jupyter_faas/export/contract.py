@@ -1,0 +1,208 @@
+"""The request and response contract of `jupyter faas serve`, standalone: copied into every export as faas_contract.py.
+
+It imports nothing but the standard library, so an exported function runs where jupyter-faas is not installed.
+Its answers match jupyter_faas/gateway/answers.py and service.py row for row (tests/export compares them).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+# faas.http.max-body's default; the platform's own request limit may be lower.
+MAX_BODY_BYTES = int(os.environ.get("FAAS_MAX_BODY_BYTES", str(6 * 2**20)))
+
+# JSON types a plain annotation asks for; other annotations are not checked at the door.
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "list": (list,),
+    "dict": (dict,),
+}
+
+
+class Answer(NamedTuple):
+    """What to send back: a status, its headers and the body's bytes."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class ContractError(Exception):
+    """An answer other than success, with the body `{"error": {"type", "message", ...}}`."""
+
+    def __init__(self, status: int, kind: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.extra = extra
+
+    def answer(self) -> Answer:
+        body = {"error": {"type": self.kind, "message": self.message, **self.extra}}
+        return Answer(self.status, _headers("application/json"), json.dumps(body).encode())
+
+
+def _headers(content_type: str) -> dict[str, str]:
+    return {"Content-Type": content_type, "X-Content-Type-Options": "nosniff"}
+
+
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    # No Content-Type at all is read as JSON too, as serve does.
+    return media in ("", "application/json") or media.endswith("+json")
+
+
+def _annotation_name(annotation: Any) -> str | None:
+    if isinstance(annotation, str):
+        return annotation if annotation in (*JSON_TYPES, "bytes") else None
+    if isinstance(annotation, type) and annotation.__name__ in (*JSON_TYPES, "bytes"):
+        return annotation.__name__
+    return None
+
+
+# JSON's own numbers only, each one Python can carry: no NaN or Infinity, nothing that overflows a float,
+# no integer longer than Python reads.
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]}{'...' if len(text) > 40 else ''} is too large for a float")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is too long to read") from None
+
+
+def read_arguments(name: str, content_type: str, body: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A JSON object as keyword arguments, a JSON array as positional ones, any other body as one bytes value."""
+    if not is_json(content_type):
+        return (body,), {}
+    if not body.strip():
+        return (), {}
+    try:
+        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_whole)
+    except (ValueError, RecursionError) as e:
+        raise ContractError(400, "InvalidJSON", f"the request body is not valid JSON: {e}") from None
+    if isinstance(data, dict):
+        return (), data
+    if isinstance(data, list):
+        return tuple(data), {}
+    raise ContractError(
+        422,
+        "ArgumentError",
+        f"{name}(): send a JSON object of keyword arguments or an array of positional ones, "
+        f"not a JSON {type(data).__name__}",
+    )
+
+
+def check_arguments(name: str, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """The arguments fit the signature and its plain annotations, or a 422 naming the parameter."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as e:
+        message = str(e)
+        named = message.split("'")[1] if "'" in message else None
+        raise ContractError(422, "ArgumentError", f"{name}(): {message}", parameter=named) from None
+    for parameter_name, value in bound.arguments.items():
+        parameter = signature.parameters[parameter_name]
+        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        expected = _annotation_name(parameter.annotation)
+        if expected is None:
+            continue
+        if expected == "bytes":
+            ok = isinstance(value, bytes)
+        else:
+            ok = isinstance(value, JSON_TYPES[expected]) and not (expected != "bool" and isinstance(value, bool))
+        if not ok:
+            raise ContractError(
+                422,
+                "ArgumentError",
+                f"{name}(): parameter {parameter_name!r} expects {expected}, got {type(value).__name__}",
+                parameter=parameter_name,
+            )
+
+
+def encode_result(name: str, value: Any) -> Answer:
+    """A 200: bytes as application/octet-stream, anything else as JSON if JSON can carry it."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return Answer(200, _headers("application/octet-stream"), bytes(value))
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ContractError(
+            500,
+            "ResultNotJSON",
+            f"{name} returned a {type(value).__name__} that JSON cannot carry ({e}); "
+            "return a dict, list, str, number, bool, None or bytes",
+        ) from None
+    return Answer(200, _headers("application/json"), text.encode())
+
+
+def missing_secrets(name: str, secrets: Iterable[str]) -> None:
+    """Every declared secret is set in this process's environment, or a 500 naming the missing ones."""
+    missing = [secret for secret in secrets if secret not in os.environ]
+    if missing:
+        raise ContractError(
+            500,
+            "MissingSecret",
+            f"{name} needs the secret {', '.join(missing)}, which is not set in the environment of this "
+            "function: set it in the platform's configuration, then call again",
+        )
+
+
+def answer(
+    function: Callable[..., Any],
+    name: str,
+    method: str,
+    content_type: str,
+    body: bytes,
+    secrets: Iterable[str] = (),
+) -> Answer:
+    """The answer `jupyter faas serve` gives to this request for `name`: run the function, or say why not."""
+    try:
+        if method.upper() != "POST":
+            raise ContractError(405, "MethodNotAllowed", "Method Not Allowed")
+        if len(body) > MAX_BODY_BYTES:
+            raise ContractError(413, "PayloadTooLarge", f"the request body is over the limit of {MAX_BODY_BYTES} bytes")
+        args, kwargs = read_arguments(name, content_type, body)
+        try:
+            check_arguments(name, inspect.signature(function), args, kwargs)
+        except ContractError as e:
+            if not is_json(content_type):
+                e.message += (
+                    f" (with Content-Type {content_type.split(';')[0]!r} the body is passed as bytes to the first "
+                    "parameter; send Content-Type: application/json to pass JSON arguments)"
+                )
+            raise
+        missing_secrets(name, secrets)
+        try:
+            value = function(*args, **kwargs)
+        except Exception as error:
+            # The caller gets the type and message; the platform's log gets the whole traceback.
+            traceback.print_exc(file=sys.stderr)
+            kind = type(error).__name__
+            message = str(error)
+            raise ContractError(
+                500, kind, f"{name} raised {kind}: {message}" if message else f"{name} raised {kind}"
+            ) from None
+        return encode_result(name, value)
+    except ContractError as e:
+        return e.answer()
