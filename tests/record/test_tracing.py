@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import dask
 import httpx
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -24,7 +29,7 @@ from jupyter_faas.gateway.service import Endpoints
 from jupyter_faas.record import tracing as _tracing
 from jupyter_faas.record.registry import Registry
 from jupyter_faas.record.tracing import Tracing
-from tests.helpers import wait_for
+from tests.helpers import AUTH, start_serve, stop_process_group, wait_for, write_notebook
 
 TOKEN = "owner-token"
 # A caller's trace context (the W3C example): this trace, this parent span, sampled.
@@ -204,3 +209,75 @@ def test_without_opentelemetry_the_key_names_the_extra_to_install() -> None:
     assert result.returncode == 0, result.stderr
     message = json.loads(result.stdout)
     assert "faas.tracing.otlp-endpoint" in message and 'pip install "jupyter-faas[tracing]"' in message
+
+
+class _Collector(BaseHTTPRequestHandler):
+    """An OTLP/HTTP traces endpoint: each export request decoded with OpenTelemetry's own protobuf classes."""
+
+    received: list[ExportTraceServiceRequest]
+
+    def do_POST(self) -> None:  # http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        self.received.append(request)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def collector() -> Iterator[tuple[str, list[ExportTraceServiceRequest]]]:
+    received: list[ExportTraceServiceRequest] = []
+    handler = type("Collector", (_Collector,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_serve_sends_its_spans_to_the_otlp_endpoint_in_the_requests_trace(
+    collector: tuple[str, list[ExportTraceServiceRequest]], tmp_path: Path
+) -> None:
+    endpoint, received = collector
+    notebook = write_notebook(
+        tmp_path / "traced.ipynb",
+        ["%%faas inner text:str\nlen(text)", "%%faas outer text:str\ninner(text) + 1"],
+    )
+    # The SDK's batch delay, shortened: spans go out within 0.2 s rather than 5 s.
+    env = {"DASK_FAAS__TRACING__OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    served = start_serve(notebook, tmp_path / "state", env=env)
+    try:
+        answer = served.post("outer", json={"text": SECRET_INPUT}, headers={**AUTH, "traceparent": TRACEPARENT})
+        assert answer.status_code == 200, answer.text
+
+        def spans() -> dict[str, Any]:
+            found = {
+                span.name: span
+                for request in received
+                for resource in request.resource_spans
+                for scope in resource.scope_spans
+                for span in scope.spans
+            }
+            return found if {"outer", "inner"} <= set(found) else {}
+
+        found = wait_for(spans, 30, "the spans at the OTLP endpoint")
+    finally:
+        stop_process_group(served.process)
+    caller, callee = found["outer"], found["inner"]
+    assert caller.trace_id.hex() == callee.trace_id.hex() == TRACE_ID
+    assert caller.parent_span_id.hex() == PARENT_SPAN
+    assert callee.parent_span_id == caller.span_id
+    attributes = {item.key: item.value.string_value for item in caller.attributes}
+    assert attributes["faas.invocation_id"] == answer.headers["X-Request-Id"]
+    assert all(SECRET_INPUT.encode() not in request.SerializeToString() for request in received)
