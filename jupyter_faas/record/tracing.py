@@ -170,6 +170,7 @@ def from_config() -> Tracing | None:
     if endpoint is None:
         return None
     _required()
+    # Imported only when spans are sent: an optional package (and protobuf's import time) no other process needs.
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError as e:  # the SDK without its OTLP exporter
