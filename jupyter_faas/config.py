@@ -364,6 +364,19 @@ def gateway_port() -> int:
     return port
 
 
+def tracing_otlp_endpoint() -> str | None:
+    """`faas.tracing.otlp-endpoint`: the OTLP/HTTP URL each invocation's span is sent to; None sends none."""
+    value = _get("faas.tracing.otlp-endpoint")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")) or any(c.isspace() for c in value):
+        raise ConfigError(
+            f"faas.tracing.otlp-endpoint: expected an http:// or https:// URL (an OTLP/HTTP traces endpoint, "
+            f"e.g. http://localhost:4318/v1/traces), got {value!r}"
+        )
+    return value
+
+
 _VALIDATORS = {
     "faas.cluster.idle-timeout": idle_timeout,
     "faas.cluster.maximum": maximum_workers,
@@ -397,6 +410,7 @@ _VALIDATORS = {
     "faas.pricing.gb-second": pricing,
     "faas.runtimes.wasm-cache": wasm_cache_dir,
     "faas.gateway.port": gateway_port,
+    "faas.tracing.otlp-endpoint": tracing_otlp_endpoint,
 }
 
 

@@ -70,6 +70,9 @@ def test_a_yaml_file_in_the_dask_config_folder_sets_keys(tmp_path: Path) -> None
         ("faas.gateway.port", 70000, "faas.gateway.port: expected a port from 0 to 65535"),
         ("faas.gateway.port", "http", "faas.gateway.port"),
         ("faas.http.idempotency-ttl", "forever", "faas.http.idempotency-ttl: expected a duration"),
+        ("faas.tracing.otlp-endpoint", "localhost:4318", "faas.tracing.otlp-endpoint: expected an http://"),
+        ("faas.tracing.otlp-endpoint", 4318, "faas.tracing.otlp-endpoint: expected an http://"),
+        ("faas.tracing.otlp-endpoint", "http://a b/v1/traces", "faas.tracing.otlp-endpoint"),
     ],
 )
 def test_a_bad_value_fails_validation_naming_its_key(key: str, value: object, message: str) -> None:

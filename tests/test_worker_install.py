@@ -48,6 +48,14 @@ def test_the_worker_install_is_a_subset_of_the_full_one_with_the_same_floors() -
     assert tomllib.loads(WORKER.read_text())["tool"]["hatch"]["version"]["path"] == "../jupyter_faas/_version.py"
 
 
+def test_the_worker_extras_are_subsets_of_the_full_ones_with_the_same_floors() -> None:
+    full = tomllib.loads(FULL.read_text())["project"]["optional-dependencies"]
+    worker = tomllib.loads(WORKER.read_text())["project"]["optional-dependencies"]
+    for extra, requirements in worker.items():
+        known = {Requirement(r).name: Requirement(r).specifier for r in full[extra]}
+        assert {Requirement(r).name: Requirement(r).specifier for r in requirements}.items() <= known.items()
+
+
 def test_imported_packages_are_declared_and_croniter_is_a_maintained_release() -> None:
     full = _requirements(FULL)
     assert "packaging" in full  # definition/requirements.py imports it
@@ -90,8 +98,8 @@ def _importable(env: SlimEnv, module: str) -> bool:
 
 def test_the_worker_install_has_no_notebook_packages(slim_env: SlimEnv) -> None:
     assert not [module for module in NOTEBOOK_ONLY if _importable(slim_env, module)]
-    # What runs on a worker, and what a function that calls another function loads inside a sandbox.
-    modules = ["jupyter_faas.worker.plugin", "jupyter_faas.worker.sandbox", "jupyter_faas.client.function"]
+    # What runs on a worker, and the stand-in through which a function calls another inside a sandbox.
+    modules = ["jupyter_faas", *(f"jupyter_faas.worker.{name}" for name in ("plugin", "sandbox", "children"))]
     code = "; ".join(f"import {module}" for module in modules)
     done = subprocess.run([str(slim_env.python), "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": ""})  # fmt: skip
@@ -141,6 +149,11 @@ def cube(x: int) -> int:
     return x**3
 
 
+@function
+def cube_plus_one(x: int) -> int:
+    return cube(x) + 1  # a call made inside a function: it goes back through the worker to the platform
+
+
 @function(timeout="1s", retries=0)
 def sleeps() -> None:
     import time
@@ -163,3 +176,7 @@ def test_a_worker_only_install_serves_invocations(
     with pytest.raises(FaasTimeout):
         sleeps()
     assert cube(4) == 64
+    # Composition on the slim worker: the inner call runs, and is a child of the outer one.
+    assert cube_plus_one(2) == 9
+    (child,) = [r for r in platform.records("cube") if r.parent is not None]
+    assert child.parent == platform.records("cube_plus_one")[-1].id

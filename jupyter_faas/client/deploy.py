@@ -21,12 +21,16 @@ _here: tuple[Registry, str, TriggerStore | None] | None = None
 # started on first need (`start=True`); None from it while not started. Set by jupyter_faas.gateway.inkernel.
 Fallback = Callable[[bool], "tuple[Registry, str, TriggerStore | None] | None"]
 _fallback: Fallback | None = None
+# The function keys of that gateway, once started (None before): its own, not the state dir's.
+_fallback_keys: Callable[[], KeyStore | None] | None = None
 
 
-def use_fallback(fallback: Fallback | None) -> None:
-    """Called by the in-kernel gateway's module: deploys with no server go to the gateway it starts."""
-    global _fallback
+def use_fallback(fallback: Fallback | None, keys: Callable[[], KeyStore | None] | None = None) -> None:
+    """Called by the in-kernel gateway's module: deploys with no server go to the gateway it starts, and function
+    keys made here to the store `keys` gives."""
+    global _fallback, _fallback_keys
     _fallback = fallback
+    _fallback_keys = keys
 
 
 _keys_here: KeyStore | None = None
@@ -82,7 +86,13 @@ def deploy(definition: FunctionDefinition, rate: str | None = None, quota: str |
 def key_store() -> KeyStore:
     """The function keys of the server this process deploys to (the state dir's, shared with that server)."""
     _target()  # no server, no keys: the same error as deploying
-    return _keys_here if _keys_here is not None else KeyStore(keys_path(_config.state_dir()))
+    if _keys_here is not None:
+        return _keys_here
+    if _here is None and not os.environ.get(REGISTRY_ENV) and _fallback_keys is not None:
+        own = _fallback_keys()  # this kernel's own gateway, which _target() has started
+        if own is not None:
+            return own
+    return KeyStore(keys_path(_config.state_dir()))
 
 
 def undeploy(name: str) -> bool:

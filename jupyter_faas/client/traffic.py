@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from jupyter_faas import config as _config
 from jupyter_faas.client import deploy as _deploy
@@ -33,36 +32,51 @@ class ServerTraffic:
 
     def __init__(self) -> None:
         self._versions: dict[str, set[str]] = {}
+        # Versions followed since the last poll: their rows up to the cursor are looked at once, by the poller.
+        self._pending: set[tuple[str, str]] = set()
         self._after = 0
-        # Held while reading and adopting: a row is adopted once, by the poll or by a follow's look back.
+        self._lock = threading.Lock()
+        # Held while reading and adopting: a row is adopted once, by the tail or by a version's look back.
         self._reading = threading.Lock()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def follow(self, definition: FunctionDefinition) -> None:
-        """From now on, and back to the log's first row, adopt the server's records of this version."""
+        """From now on, and back to the log's first row, adopt the server's records of this version.
+
+        Returns at once: the poller thread reads the log (a kernel's cell never waits on the disk for it).
+        """
         name, version = definition.name, definition.version
-        with self._reading:
-            if version in self._versions.get(name, set()):
+        with self._lock:
+            if version in self._versions.get(name, set()) or (name, version) in self._pending:
                 return
-            # Rows up to the cursor were looked at without this version: look at them again for it alone.
-            self._adopt(name, {version}, upto=self._after)
-            self._versions.setdefault(name, set()).add(version)
+            self._pending.add((name, version))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="faas-server-traffic", daemon=True)
                 self._thread.start()
+        self._wake.set()
 
     def _run(self) -> None:
         while True:
-            time.sleep(POLL_INTERVAL)
+            self._wake.wait(POLL_INTERVAL)
+            self._wake.clear()
             try:
                 self.poll()
             except Exception:  # the next poll tries again; a kernel's figures must never stop it
                 log.exception("jupyter-faas: reading the server's invocation records failed")
 
     def poll(self) -> None:
-        """Adopt what the server logged since the last poll."""
+        """Adopt what the server logged since the last poll, and the history of the versions followed since."""
         with self._reading:
-            followed = {name: set(versions) for name, versions in self._versions.items()}
+            with self._lock:
+                pending, self._pending = self._pending, set()
+            for name, version in sorted(pending):
+                # Rows up to the cursor were looked at without this version: look at them again for it alone.
+                self._adopt(name, {version}, upto=self._after)
+                with self._lock:
+                    self._versions.setdefault(name, set()).add(version)
+            with self._lock:
+                followed = {name: set(versions) for name, versions in self._versions.items()}
             while True:
                 records, self._after = self._read(list(followed), after=self._after)
                 _platform.current(start=False).adopt(

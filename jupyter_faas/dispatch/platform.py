@@ -42,10 +42,12 @@ from jupyter_faas.dispatch.lease import KernelLease, Leases
 from jupyter_faas.dispatch.outcomes import MAP_OUTPUT_LINES, MapResults, conclude, on_stream, should_retry
 from jupyter_faas.dispatch.transport import DirectDispatcher, Job, Outcome
 from jupyter_faas.errors import ConfigError, FaasError, LogError
+from jupyter_faas.record import tracing as _tracing
 from jupyter_faas.record.calltree import WaterfallRow, waterfall
 from jupyter_faas.record.cost import Comparison, compare
 from jupyter_faas.record.log import InvocationLog
 from jupyter_faas.record.records import InvocationRecord, RecordStore
+from jupyter_faas.record.tracing import Tracing
 from jupyter_faas.worker.capture import Segments
 
 # Names other modules import from here.
@@ -88,6 +90,9 @@ class Platform:
         self._closed = False
         self._queued = QueueTimeouts()
         self._listeners: list[Callable[[InvocationRecord], None]] = []
+        # Listeners of this platform's own invocations only, not of records adopted from another process.
+        self._own_listeners: list[Callable[[InvocationRecord], None]] = []
+        self._tracing: Tracing | None = None
         self._leases = Leases()
         self._retirements = 0
         self._zone_floor = 1
@@ -112,6 +117,9 @@ class Platform:
             if self._closed:
                 raise FaasError("this platform was shut down; call jupyter_faas.platform() for a new one")
             if self._cluster is None:
+                if self._tracing is None:
+                    # Before the cluster: a bad or unusable faas.tracing.otlp-endpoint stops here, naming the key.
+                    self.use_tracing(_tracing.from_config())
                 token = secrets.token_hex(16)
                 self._log = _open_log()
                 cluster = connect(token, self)
@@ -153,6 +161,8 @@ class Platform:
                 log.close()
             except LogError as e:
                 warnings.warn(f"jupyter_faas: the last invocation records were not saved: {e}", stacklevel=2)
+        # The last spans are sent before the process may end.
+        self.use_tracing(None)
 
     # -- what users read -----------------------------------------------------------------------------
 
@@ -501,7 +511,7 @@ class Platform:
         record, result, error = conclude(invocation, outcome)
         output = record.output
         self._store(record.function).add(record)
-        for listener in self._listeners:
+        for listener in [*self._listeners, *self._own_listeners]:
             with contextlib.suppress(Exception):  # an observer's bug must not lose the caller's result
                 listener(record)
         log = self._log
@@ -558,12 +568,32 @@ class Platform:
                 with contextlib.suppress(Exception):  # an observer's bug must not stop the others
                     listener(record)
 
-    def add_listener(self, listener: Callable[[InvocationRecord], None]) -> None:
-        """Call `listener` with every finished invocation's record (from a platform thread)."""
-        self._listeners = [*self._listeners, listener]
+    def add_listener(self, listener: Callable[[InvocationRecord], None], adopted: bool = True) -> None:
+        """Call `listener` with every finished invocation's record (from a platform thread); with `adopted` False,
+        only those this platform ran, not those adopted from another process (which reports them itself)."""
+        if adopted:
+            self._listeners = [*self._listeners, listener]
+        else:
+            self._own_listeners = [*self._own_listeners, listener]
 
     def remove_listener(self, listener: Callable[[InvocationRecord], None]) -> None:
         self._listeners = [known for known in self._listeners if known is not listener]
+        self._own_listeners = [known for known in self._own_listeners if known is not listener]
+
+    @property
+    def tracing(self) -> Tracing | None:
+        """Where this platform's invocations go as OpenTelemetry spans (faas.tracing.otlp-endpoint); None: nowhere."""
+        return self._tracing
+
+    def use_tracing(self, tracing: Tracing | None) -> None:
+        """Send each invocation this platform runs as a span to `tracing` from now on (None: stop); the one
+        replaced is flushed and closed."""
+        previous, self._tracing = self._tracing, tracing
+        if previous is not None:
+            self.remove_listener(previous.observe)
+            previous.close()
+        if tracing is not None:
+            self.add_listener(tracing.observe, adopted=False)
 
     # -- kernels sharing this platform's cluster -----------------------------------------------------
 

@@ -35,7 +35,8 @@ def collect(path: Path, names: Sequence[str] = ()) -> list[Exportable]:
         _deploy.serve_here(Registry(None), "", TriggerStore(Path(state) / "triggers"))
         os.chdir(path.parent)
         try:
-            namespace = run_notebook(path)
+            # In a namespace of its own, as a new kernel would run it: only the notebook's functions are exported.
+            namespace = run_notebook(path, fresh=True)
             functions = {value.name: value for value in namespace.values() if isinstance(value, FaasFunction)}
             if not functions:
                 raise ExportError(f"export: {path.name} defines no %%faas function")

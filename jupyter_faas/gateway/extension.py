@@ -134,7 +134,11 @@ class FaasExtension(ExtensionApp):
         self._endpoints = Endpoints(platform, registry, state_dir, serverapp.base_url, url, starting=True)
         triggers = TriggerStore(state_dir / "triggers")
         # The faas_* series also on the server's own /metrics, under its authenticate_prometheus setting.
-        self._unpublish_metrics = self._endpoints.metrics.publish_on(prometheus_client.REGISTRY)
+        try:
+            self._unpublish_metrics = self._endpoints.metrics.publish_on(prometheus_client.REGISTRY)
+        except ValueError as e:  # a series of the same name from elsewhere: faas/metrics still has them all
+            self.log.warning("jupyter-faas: the faas_* series are not on the server's /metrics: %s", e)
+            self._unpublish_metrics = lambda: None
         self._endpoints.start_triggers(triggers)
         self._endpoints.mark_ready()
         self._sharing = Sharing(platform, state_dir / "registry", url, state_dir)

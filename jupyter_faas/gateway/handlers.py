@@ -22,6 +22,7 @@ from jupyter_faas.gateway.keys import Caller, described
 from jupyter_faas.gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jupyter_faas.gateway.service import Endpoints, HttpError, Reply
 from jupyter_faas.record.deadletters import DEFAULT_PAGE, MAX_PAGE
+from jupyter_faas.record.tracing import TRACEPARENT_HEADER
 
 _NAME = r"(?P<name>[^/]+)"
 _ID = r"(?P<ident>[^/]+)"
@@ -289,9 +290,11 @@ class _Invoke(_Faas):
             content_type = self.request.headers.get("Content-Type", "")
             asynchronous = self.get_query_argument("async", "false").lower() in ("true", "1", "yes")
             key = self.request.headers.get(IDEMPOTENCY_HEADER)
+            # A W3C trace context: the parent of this invocation's span (and so of its calls').
+            traceparent = self.request.headers.get(TRACEPARENT_HEADER)
             if key is not None and self.faas_caller is not None:
                 reply, kept = await self.endpoints.invoke_once(
-                    self.faas_caller, key, name, content_type, body, asynchronous, self.note_invocation
+                    self.faas_caller, key, name, content_type, body, asynchronous, self.note_invocation, traceparent
                 )
                 if kept is not None:
                     self.set_header("Idempotent-Replayed", "true")
@@ -299,19 +302,24 @@ class _Invoke(_Faas):
                 self.send_reply(reply)
             elif asynchronous:
                 # Journaling writes and syncs the body to disk: never on the event loop.
-                reply = await asyncio.to_thread(self.endpoints.invoke_async, name, content_type, body)
+                reply = await asyncio.to_thread(self.endpoints.invoke_async, name, content_type, body, traceparent)
                 self.note_invocation(reply.body["id"])
                 self.send_reply(reply)
             elif self.endpoints.streams(name):
-                await self._stream(name, content_type, body)
+                await self._stream(name, content_type, body, traceparent)
             else:
-                self.send_reply(await self.endpoints.invoke(name, content_type, body, on_submit=self.note_invocation))
+                answer = await self.endpoints.invoke(
+                    name, content_type, body, on_submit=self.note_invocation, traceparent=traceparent
+                )
+                self.send_reply(answer)
         finally:
             self._release()
 
-    async def _stream(self, name: str, content_type: str, body: bytes) -> None:
+    async def _stream(self, name: str, content_type: str, body: bytes, traceparent: str | None = None) -> None:
         """A generator's answer: chunked, each item as it is yielded (Server-Sent Events if the caller asks)."""
-        stream = self.endpoints.invoke_stream(name, content_type, body, on_submit=self.note_invocation)
+        stream = self.endpoints.invoke_stream(
+            name, content_type, body, on_submit=self.note_invocation, traceparent=traceparent
+        )
         events = _streaming.wants_events(self.request.headers.get("Accept", ""))
         await _streaming.answer(self, name, stream, events)
 

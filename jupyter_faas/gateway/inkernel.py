@@ -15,6 +15,7 @@ from tornado import netutil
 from jupyter_faas import config as _config
 from jupyter_faas.client import deploy as _deploy
 from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.gateway.keys import KeyStore
 from jupyter_faas.gateway.serve import HostPolicy, HttpThread, serve_http
 from jupyter_faas.gateway.service import Endpoints
 from jupyter_faas.gateway.triggers import TriggerStore
@@ -70,10 +71,13 @@ def gateway(start: bool = True) -> tuple[Registry, str, TriggerStore | None] | N
                 return None
             _gateway = KernelGateway()
             atexit.register(_gateway.stop)
+            # The admin token is not printed: outputs get saved and shared. Each deployed function's curl line
+            # carries a key for that function only; the token stays in this process, for the owner.
             print(
                 f"jupyter-faas: no Jupyter server owns this kernel's platform, so it serves its functions itself, "
                 f"at {_gateway.url} while the kernel runs\n"
-                f"  token: {_gateway.token}    (send it as: Authorization: Bearer {_gateway.token})",
+                f"  each function's curl line carries a key for that function only; the admin token (every function "
+                f"and faas/api) is jupyter_faas.gateway.inkernel.current().token",
                 file=sys.stdout,
                 flush=True,
             )
@@ -85,4 +89,9 @@ def current() -> KernelGateway | None:
     return _gateway
 
 
-_deploy.use_fallback(gateway)
+def _keys() -> KeyStore | None:
+    """The function keys this kernel's gateway accepts, once it is started."""
+    return None if _gateway is None else _gateway.endpoints.keys
+
+
+_deploy.use_fallback(gateway, _keys)

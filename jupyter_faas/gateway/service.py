@@ -14,7 +14,7 @@ from typing import Any
 
 from jupyter_faas import config as _config
 from jupyter_faas.definition.signature import takes_bytes
-from jupyter_faas.dispatch.platform import Platform, pack_calls
+from jupyter_faas.dispatch.platform import Platform, new_ids, pack_calls
 from jupyter_faas.dispatch.streams import ItemStream
 from jupyter_faas.errors import ArgumentsTooLarge, InputRefused, LimitError, MissingSecret, QueueFull, RegistryError
 from jupyter_faas.gateway.answers import (
@@ -197,6 +197,7 @@ class Endpoints:
         body: bytes,
         asynchronous: bool,
         on_submit: Callable[[str], None],
+        traceparent: str | None = None,
     ) -> tuple[Reply, str | None]:
         """A request with an Idempotency-Key: run once per (caller, function, key) within faas.http.idempotency-ttl;
         a repeat gets the first answer, with its invocation's id. The same key with another body is 422."""
@@ -208,10 +209,10 @@ class Endpoints:
                 on_submit(invocation_id)
 
             if asynchronous:
-                reply = await asyncio.to_thread(self.invoke_async, name, content_type, body)
+                reply = await asyncio.to_thread(self.invoke_async, name, content_type, body, traceparent)
                 noted(reply.body["id"])
                 return reply
-            return await self.invoke(name, content_type, body, on_submit=noted)
+            return await self.invoke(name, content_type, body, on_submit=noted, traceparent=traceparent)
 
         return await self.idempotency.run_once(entry, fingerprint(content_type, body, asynchronous), run)
 
@@ -260,12 +261,17 @@ class Endpoints:
         return deployment is not None and deployment.definition.streams
 
     def invoke_stream(
-        self, name: str, content_type: str, body: bytes, on_submit: Callable[[str], None] | None = None
+        self,
+        name: str,
+        content_type: str,
+        body: bytes,
+        on_submit: Callable[[str], None] | None = None,
+        traceparent: str | None = None,
     ) -> ItemStream:
         """Start a generator's invocation: its items, as it yields them (an HttpError if it cannot start)."""
         call = self.prepare(name, content_type, body)
         stream = ItemStream(name, call.deployment.definition.limits.timeout)
-        future = self._submit(call, _config.http_queue_timeout(), on_item=stream.put)
+        future = self._submit(call, _config.http_queue_timeout(), on_item=stream.put, traceparent=traceparent)
         stream.attach(future)
         if on_submit is not None:
             on_submit(future.id)  # type: ignore[attr-defined]
@@ -277,6 +283,7 @@ class Endpoints:
         queue_timeout: float | None,
         background: bool = False,
         on_item: Callable[[bytes], None] | None = None,
+        traceparent: str | None = None,
     ) -> Future[Any]:
         definition = call.deployment.definition
         try:
@@ -285,24 +292,36 @@ class Endpoints:
             raise HttpError(422, "ArgumentError", str(e)) from None
         except ArgumentsTooLarge as e:
             raise HttpError(413, "PayloadTooLarge", str(e)) from None
+        invocation_id = new_ids(1)[0]
+        tracing = self.platform.tracing
+        if traceparent is not None and tracing is not None:
+            # Kept against the id before it runs: its span (and its calls') are in the caller's trace.
+            tracing.follow(invocation_id, traceparent)
         try:
             return self.platform.invoke(
-                definition, blob, queue_timeout=queue_timeout, trigger="http", background=background, on_item=on_item
-            )
+                definition, blob, queue_timeout=queue_timeout, trigger="http", background=background, on_item=on_item,
+                invocation_id=invocation_id,
+            )  # fmt: skip
         except MissingSecret as e:
             raise HttpError(500, "MissingSecret", str(e)) from None
         except QueueFull as e:
             raise HttpError(429, "QueueFull", str(e), retry_after=e.retry_after) from None
 
     async def invoke(
-        self, name: str, content_type: str, body: bytes, on_submit: Callable[[str], None] | None = None
+        self,
+        name: str,
+        content_type: str,
+        body: bytes,
+        on_submit: Callable[[str], None] | None = None,
+        traceparent: str | None = None,
     ) -> Reply:
         """Run the function and wait: 200 with its result, or an HttpError from the table in README.
 
-        `on_submit` is told the invocation's id as soon as it has one (the handler's X-Request-Id).
+        `on_submit` is told the invocation's id as soon as it has one (the handler's X-Request-Id); a W3C
+        `traceparent` (the request's header) is the parent of its span, when spans are sent.
         """
         call = self.prepare(name, content_type, body)
-        future = self._submit(call, _config.http_queue_timeout())
+        future = self._submit(call, _config.http_queue_timeout(), traceparent=traceparent)
         if on_submit is not None:
             on_submit(future.id)  # type: ignore[attr-defined]
         try:
@@ -311,12 +330,12 @@ class Endpoints:
             raise error_for(name, error) from None
         return Reply(200, encode_result(name, value))
 
-    def invoke_async(self, name: str, content_type: str, body: bytes) -> Reply:
+    def invoke_async(self, name: str, content_type: str, body: bytes, traceparent: str | None = None) -> Reply:
         """Queue the invocation and answer 202 with its id at once; it waits for capacity as long as it takes."""
-        return self._queue(self.prepare(name, content_type, body))
+        return self._queue(self.prepare(name, content_type, body), traceparent=traceparent)
 
-    def _queue(self, call: Call, source: dict[str, Any] | None = None) -> Reply:
-        future = self._submit(call, None, background=True)
+    def _queue(self, call: Call, source: dict[str, Any] | None = None, traceparent: str | None = None) -> Reply:
+        future = self._submit(call, None, background=True, traceparent=traceparent)
         pending = _Pending(call.deployment.name, future, call, source)
         # Journaled before the 202: an invocation a caller was told about is never silently forgotten.
         invocation_id: str = future.id  # type: ignore[attr-defined]

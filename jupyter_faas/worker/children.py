@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pickle
@@ -175,6 +176,11 @@ class _Answer:
         return value
 
 
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():  # cancelled meanwhile: the caller no longer waits
+        future.set_result(None)
+
+
 class Callee:
     """Another function (or this one itself) as a function's payload holds it: calls to it go to the platform.
 
@@ -208,6 +214,20 @@ class Callee:
 
     def __call__(self, *args: object, **kwargs: object) -> object:
         return self._send("invoke", [(args, kwargs)]).value()
+
+    async def aio(self, *args: object, **kwargs: object) -> object:
+        """The call, awaited: the event loop runs on while it waits for the answer."""
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[None] = loop.create_future()
+        answer = self._send("invoke", [(args, kwargs)])
+
+        def wake() -> None:
+            answer.done.wait()
+            loop.call_soon_threadsafe(_settle, answered)
+
+        threading.Thread(target=wake, name="faas-child-aio", daemon=True).start()
+        await answered
+        return answer.value()
 
     def submit(self, *args: object, **kwargs: object) -> Future[object]:
         """A concurrent.futures.Future of one call; the call runs while this function goes on."""

@@ -23,6 +23,7 @@ from jupyter_faas.worker import capture as _capture
 from jupyter_faas.worker import children as _children
 from jupyter_faas.worker import concurrent as _concurrent
 from jupyter_faas.worker import process as _process
+from jupyter_faas.worker import runtimes as _runtimes
 from jupyter_faas.worker import warm as _warm
 from jupyter_faas.worker.code import with_filename
 from jupyter_faas.worker.messages import (
@@ -317,6 +318,7 @@ def _call(
                 value = b""
                 status, error = "error", _describe_error(too_large, 0, secrets)
     finally:
+        _report_instantiation(channel, index)
         _process.stop_strays()
         state.restore()
     finished = time.time()
@@ -324,6 +326,15 @@ def _call(
     if peak is not None and peak > memory_limit and status != "memory":
         status, value, error = "memory", b"", None
     return (status, value, started, finished, fresh, peak, error)
+
+
+def _report_instantiation(channel: _Channel | None, index: int) -> None:
+    """A runtime that made a new instance for the call (WebAssembly) says how long it took, as a warm class's
+    setup does: an "init" event, which sets the record's init_ms. It is part of the call's duration."""
+    init_ms = _runtimes.take_init_ms()
+    if init_ms is not None and channel is not None:
+        event: InitDone = ("init", index, init_ms)
+        _send_event(channel, event)
 
 
 def _call_in_fork(

@@ -36,6 +36,7 @@ class PlainKernel:
     lines: list[str]
     url: str
     token: str
+    key: str
     state: Path
 
     def post(self, name: str, **kwargs: object) -> httpx.Response:
@@ -54,6 +55,8 @@ def plain_kernel(tmp_path: Path) -> Iterator[PlainKernel]:
         "%load_ext jupyter_faas",
         "%%faas square x:int --http\nx * x",
         f"%%faas shout path --on-file {str(inbox)!r}\nopen(path).read().upper()",
+        # The owner asks for the admin token; it is never printed unasked.
+        "from jupyter_faas.gateway import inkernel\nprint('admin token =', inkernel.current().token)",
     ]
     env = {key: value for key, value in os.environ.items() if key not in _ENV_KEYS}
     state = tmp_path / "state"
@@ -71,9 +74,10 @@ def plain_kernel(tmp_path: Path) -> Iterator[PlainKernel]:
                 break
         text = "".join(lines)
         served = re.search(r"serves its functions itself, at (http://127\.0\.0\.1:\d+/)", text)
-        token = re.search(r"token: (\S+)", text)
-        assert served and token, text
-        yield PlainKernel(process, lines, served.group(1), token.group(1), state)
+        token = re.search(r"^admin token = (\S+)$", text, re.MULTILINE)
+        key = re.search(r"curl -X POST \S+/square -H 'Authorization: Bearer (\S+)'", text)
+        assert served and token and key, text
+        yield PlainKernel(process, lines, served.group(1), token.group(1), key.group(1), state)
     finally:
         stop_process_group(process)
 
@@ -82,8 +86,16 @@ def test_a_plain_ipython_shell_serves_its_functions_over_http_and_fires_its_file
     plain_kernel: PlainKernel, tmp_path: Path
 ) -> None:
     kernel = plain_kernel
-    assert "square is deployed at " + kernel.url + "faas/functions/square" in "".join(kernel.lines)
+    printed = "".join(kernel.lines[:-2])  # all but the owner's own print of the admin token
+    assert "square is deployed at " + kernel.url + "faas/functions/square" in printed
     assert kernel.post("square", json={"x": 7}, headers=kernel.auth).json() == 49
+    # The printed curl line works with a key for square alone: not the admin token, which is printed nowhere.
+    assert kernel.key.startswith("fk_") and kernel.token not in printed
+    as_key = {"Authorization": f"Bearer {kernel.key}"}
+    assert kernel.post("square", json={"x": 8}, headers=as_key).json() == 64
+    assert kernel.post("shout", json={"path": "/etc/hostname"}, headers=as_key).status_code == 403
+    assert httpx.get(f"{kernel.url}faas/api/functions", headers=as_key, timeout=60).status_code == 403
+    assert httpx.get(f"{kernel.url}faas/api/keys", headers=as_key, timeout=60).status_code == 403
     # The same contract as serve: a token, a known Host, the API and OpenAPI beside the endpoints.
     assert kernel.post("square", json={"x": 7}).status_code == 401
     assert kernel.post("square", json={"x": 7}, headers={"Authorization": "Bearer wrong"}).status_code == 403

@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
+
+# Imported at collection, before any test runs: see tests/test_layout.py's note on CPython 3.11 (_parse).
+import schemathesis.specs.openapi.schemas
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode

@@ -53,6 +53,8 @@ ALLOWED = {
         "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
     "PYTHONHASHSEED", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONDONTWRITEBYTECODE", "PYTHONWARNINGS",
     "PYTHONFAULTHANDLER", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+    # Set by the sandbox itself (no value of anyone's): a sandbox never starts a platform (worker/children.py).
+    "JUPYTER_FAAS_SANDBOX",
 }  # fmt: skip
 
 

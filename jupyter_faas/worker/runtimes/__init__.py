@@ -85,7 +85,8 @@ class Runtime(ABC):
 RUNTIMES: dict[str, type[Runtime]] = {}
 _running: dict[str, Runtime] = {}
 _lock = threading.Lock()
-# How long the last call's runtime took to get an instance ready (WebAssembly instantiation), in ms.
+# How long the last call's runtime took to get an instance ready (WebAssembly instantiation), in ms; the
+# sandbox takes it for the call's record (take_init_ms).
 last_init_ms: float | None = None
 
 
@@ -104,6 +105,13 @@ def invoke(program: Program, args: tuple[Any, ...], kwargs: dict[str, Any]) -> A
     global last_init_ms
     last_init_ms = None
     return runtime_for(program.runtime).run(program, args, kwargs)
+
+
+def take_init_ms() -> float | None:
+    """The instantiation time the call that just ended left, or None; taken once, so no later call reports it."""
+    global last_init_ms
+    taken, last_init_ms = last_init_ms, None
+    return taken
 
 
 def stop_all() -> None:
