@@ -6,17 +6,22 @@ Its answers match jupyter_faas/gateway/answers.py and service.py row for row (te
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import math
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 # faas.http.max-body's default; the platform's own request limit may be lower.
 MAX_BODY_BYTES = int(os.environ.get("FAAS_MAX_BODY_BYTES", str(6 * 2**20)))
+
+# How a generator's items go out where the target streams them, as serve does.
+NDJSON = "application/x-ndjson"
 
 # JSON types a plain annotation asks for; other annotations are not checked at the door.
 JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -156,6 +161,70 @@ def encode_result(name: str, value: Any) -> Answer:
     return Answer(200, _headers("application/json"), text.encode())
 
 
+class Warm:
+    """A class function's instance, made and set up once per process at its first use, as a sandbox does."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.instance: Any = None
+        self._lock = threading.Lock()
+
+    def ready(self) -> Any:
+        """The set-up instance; a setup() that raises keeps none, so the next call tries again."""
+        with self._lock:
+            if self.instance is None:
+                instance = self.cls()
+                setup = getattr(instance, "setup", None)
+                if callable(setup):
+                    setup()
+                self.instance = instance
+            return self.instance
+
+    def teardown(self) -> None:
+        with self._lock:
+            instance, self.instance = self.instance, None
+        hook = getattr(instance, "teardown", None)
+        if callable(hook):
+            hook()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.ready()(*args, **kwargs)
+
+
+def callable_signature(function: Any) -> inspect.Signature:
+    """What callers pass: a function's parameters, or a warm class's `__call__` without self."""
+    if isinstance(function, Warm):
+        signature = inspect.signature(function.cls.__dict__["__call__"])
+        return signature.replace(parameters=list(signature.parameters.values())[1:])
+    return inspect.signature(function)
+
+
+async def _collect_async(items: Any) -> list[Any]:
+    return [item async for item in items]
+
+
+def settle(value: Any) -> Any:
+    """A call's value as one value: a coroutine awaited, a generator's items collected into a list."""
+    if inspect.iscoroutine(value):
+        return asyncio.run(value)
+    if inspect.isasyncgen(value):
+        return asyncio.run(_collect_async(value))
+    if inspect.isgenerator(value):
+        return list(value)
+    return value
+
+
+def ndjson(name: str, items: list[Any]) -> Answer:
+    """A generator's items as `serve` streams them: one JSON line each (a bytes item as its bytes)."""
+    chunks = []
+    for item in items:
+        if isinstance(item, bytes | bytearray | memoryview):
+            chunks.append(bytes(item))
+            continue
+        chunks.append(encode_result(name, item).body + b"\n")
+    return Answer(200, _headers(NDJSON), b"".join(chunks))
+
+
 def missing_secrets(name: str, secrets: Iterable[str]) -> None:
     """Every declared secret is set in this process's environment, or a 500 naming the missing ones."""
     missing = [secret for secret in secrets if secret not in os.environ]
@@ -175,8 +244,12 @@ def answer(
     content_type: str,
     body: bytes,
     secrets: Iterable[str] = (),
+    stream: bool = False,
 ) -> Answer:
-    """The answer `jupyter faas serve` gives to this request for `name`: run the function, or say why not."""
+    """The answer `jupyter faas serve` gives to this request for `name`: run the function, or say why not.
+
+    An async function is awaited; a generator's items come as NDJSON when `stream`, else as one JSON array.
+    """
     try:
         if method.upper() != "POST":
             raise ContractError(405, "MethodNotAllowed", "Method Not Allowed")
@@ -184,7 +257,7 @@ def answer(
             raise ContractError(413, "PayloadTooLarge", f"the request body is over the limit of {MAX_BODY_BYTES} bytes")
         args, kwargs = read_arguments(name, content_type, body)
         try:
-            check_arguments(name, inspect.signature(function), args, kwargs)
+            check_arguments(name, callable_signature(function), args, kwargs)
         except ContractError as e:
             if not is_json(content_type):
                 e.message += (
@@ -194,7 +267,7 @@ def answer(
             raise
         missing_secrets(name, secrets)
         try:
-            value = function(*args, **kwargs)
+            value = settle(function(*args, **kwargs))
         except Exception as error:
             # The caller gets the type and message; the platform's log gets the whole traceback.
             traceback.print_exc(file=sys.stderr)
@@ -203,6 +276,7 @@ def answer(
             raise ContractError(
                 500, kind, f"{name} raised {kind}: {message}" if message else f"{name} raised {kind}"
             ) from None
-        return encode_result(name, value)
+        streamed = stream and isinstance(value, list)
+        return ndjson(name, value) if streamed else encode_result(name, value)
     except ContractError as e:
         return e.answer()
