@@ -214,15 +214,47 @@ def settle(value: Any) -> Any:
     return value
 
 
-def ndjson(name: str, items: list[Any]) -> Answer:
-    """A generator's items as `serve` streams them: one JSON line each (a bytes item as its bytes)."""
+def _gather(items: Any, into: list[Any]) -> Any:
+    """Append a generator's items to `into` as they come; for an async one, the coroutine that does."""
+    if inspect.isasyncgen(items):
+
+        async def gather_async() -> None:
+            async for item in items:
+                into.append(item)
+
+        return gather_async()
+    for item in items:
+        into.append(item)
+    return None
+
+
+def _raised(name: str, error: Exception) -> ContractError:
+    """What the caller learns of the function's own exception: its type and message; the log gets the traceback."""
+    traceback.print_exception(error, file=sys.stderr)
+    kind = type(error).__name__
+    message = str(error)
+    return ContractError(500, kind, f"{name} raised {kind}: {message}" if message else f"{name} raised {kind}")
+
+
+def ndjson(name: str, items: list[Any], failure: ContractError | None = None) -> Answer:
+    """A generator's items as `serve` streams them: one JSON line each, or the bytes themselves when the first item
+    is bytes; a failure after the first item is a last line `{"error": ...}`."""
     chunks = []
     for item in items:
         if isinstance(item, bytes | bytearray | memoryview):
             chunks.append(bytes(item))
             continue
-        chunks.append(encode_result(name, item).body + b"\n")
-    return Answer(200, _headers(NDJSON), b"".join(chunks))
+        try:
+            chunks.append(encode_result(name, item).body + b"\n")
+        except ContractError as error:
+            failure = error
+            break
+    if failure is not None:
+        if not chunks:
+            return failure.answer()
+        chunks.append(failure.answer().body + b"\n")
+    first_is_bytes = bool(items) and isinstance(items[0], bytes | bytearray | memoryview)
+    return Answer(200, _headers("application/octet-stream" if first_is_bytes else NDJSON), b"".join(chunks))
 
 
 def missing_secrets(name: str, secrets: Iterable[str]) -> None:
@@ -266,17 +298,19 @@ def answer(
                 )
             raise
         missing_secrets(name, secrets)
+        items: list[Any] = []
         try:
-            value = settle(function(*args, **kwargs))
+            value = function(*args, **kwargs)
+            if stream and (inspect.isgenerator(value) or inspect.isasyncgen(value)):
+                # Items are gathered one by one, so those before a failure are still sent, as serve sends them.
+                settle(_gather(value, items))
+                return ndjson(name, items)
+            value = settle(value)
         except Exception as error:
-            # The caller gets the type and message; the platform's log gets the whole traceback.
-            traceback.print_exc(file=sys.stderr)
-            kind = type(error).__name__
-            message = str(error)
-            raise ContractError(
-                500, kind, f"{name} raised {kind}: {message}" if message else f"{name} raised {kind}"
-            ) from None
-        streamed = stream and isinstance(value, list)
-        return ndjson(name, value) if streamed else encode_result(name, value)
+            failure = _raised(name, error)
+            if not items:
+                raise failure from None
+            return ndjson(name, items, failure)
+        return encode_result(name, value)
     except ContractError as e:
         return e.answer()

@@ -107,8 +107,8 @@ def map_kind(planned: Planned, *, streams: bool, setup_where: str) -> None:
         if streams:
             planned.mapped.append(("generator", "its items as NDJSON lines (application/x-ndjson), as serve does"))
             planned.warnings.append(
-                f"{planned.name}: a generator's items are sent when it has finished, not as each is yielded; "
-                "an error part-way is a 500 with no items (serve sends the items so far, then an error line); "
+                f"{planned.name}: a generator's items are sent when it has finished, not as each is yielded "
+                "(the same lines as serve's, a failure part-way still a last error line); "
                 "Server-Sent Events (Accept: text/event-stream) are not offered"
             )
         else:

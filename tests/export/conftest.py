@@ -116,6 +116,7 @@ REQUESTS = [
     Request("soon", b'{"x": 4}'),
     Request("counted", b'{"n": 2}'),
     Request("counted", b'{"n": 0}'),
+    Request("counted", b'{"n": 3}'),
     Request("counted", b'{"n": "2"}'),
     Request("ticks", b"[3]"),
 ]
@@ -134,9 +135,15 @@ def normalized(status: int, content_type: str, body: bytes) -> tuple[int, str, A
 
 
 def collected(answer: tuple[int, str, Any]) -> tuple[int, str, Any]:
-    """Serve's NDJSON answer as a one-body target gives it, by design: the same items as one JSON array."""
+    """Serve's NDJSON answer as a one-body target gives it, by design: the same items as one JSON array, or its
+    error alone when the generator failed part-way."""
     status, media, value = answer
-    return (status, JSON_TYPE, value) if media == NDJSON_TYPE else answer
+    if media != NDJSON_TYPE:
+        return answer
+    if value and isinstance(value[-1], dict) and "error" in value[-1]:
+        # A failure part-way: serve has sent the items so far; one body can only be the error.
+        return 500, JSON_TYPE, value[-1]
+    return status, JSON_TYPE, value
 
 
 def headers_for(request: Request) -> dict[str, str]:
