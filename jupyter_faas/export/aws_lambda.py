@@ -8,7 +8,15 @@ from typing import Any
 import yaml
 
 from jupyter_faas.export.mapping import aws_cron, aws_rate, logical_id, mebibytes, whole_seconds
-from jupyter_faas.export.plan import CONTRACT_MODULE, PYTHON, Planned, write_package, write_requirements
+from jupyter_faas.export.plan import (
+    CONTRACT_MODULE,
+    PYTHON,
+    Planned,
+    map_kind,
+    target_line,
+    write_package,
+    write_requirements,
+)
 
 # Lambda's own bounds.
 MIN_MEMORY_MB, MAX_MEMORY_MB = 128, 10240
@@ -28,6 +36,9 @@ import base64
 from function import {contract}
 from function.{name} import {name}
 
+# A class function's instance is made and set up at the first request of this execution environment, then kept.
+{target}
+
 NAME = {name!r}
 # Environment variables the function reads: set by template.yaml from NoEcho parameters, never written here.
 SECRETS = {secrets!r}
@@ -38,7 +49,7 @@ def lambda_handler(event, context):
     headers = {{key.lower(): value for key, value in (event.get("headers") or {{}}).items()}}
     body = event.get("body") or ""
     raw = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode("utf-8")
-    answer = {contract}.answer({name}, NAME, method, headers.get("content-type", ""), raw, SECRETS)
+    answer = {contract}.answer(TARGET, NAME, method, headers.get("content-type", ""), raw, SECRETS)
     if answer.headers["Content-Type"] == "application/json":
         return {{
             "statusCode": answer.status,
@@ -133,9 +144,17 @@ def _resource(planned: Planned, parameters: dict[str, Any]) -> dict[str, Any]:
 
 def write(out: Path, planned: Planned, resources: dict[str, Any], parameters: dict[str, Any]) -> None:
     folder = out / planned.name
+    map_kind(
+        planned, streams=False, setup_where="module level, at the first request of each execution environment (lazily)"
+    )
     write_package(folder / "function", planned)
     (folder / "app.py").write_text(
-        _APP_PY.format(name=planned.name, contract=CONTRACT_MODULE, secrets=tuple(planned.definition.secrets))
+        _APP_PY.format(
+            name=planned.name,
+            contract=CONTRACT_MODULE,
+            secrets=tuple(planned.definition.secrets),
+            target=target_line(planned, CONTRACT_MODULE),
+        )
     )
     write_requirements(folder / "requirements.txt", planned)
     (folder / "Dockerfile").write_text(_DOCKERFILE.format(python=PYTHON))

@@ -6,17 +6,22 @@ Its answers match jupyter_faas/gateway/answers.py and service.py row for row (te
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import math
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 # faas.http.max-body's default; the platform's own request limit may be lower.
 MAX_BODY_BYTES = int(os.environ.get("FAAS_MAX_BODY_BYTES", str(6 * 2**20)))
+
+# How a generator's items go out where the target streams them, as serve does.
+NDJSON = "application/x-ndjson"
 
 # JSON types a plain annotation asks for; other annotations are not checked at the door.
 JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -156,6 +161,102 @@ def encode_result(name: str, value: Any) -> Answer:
     return Answer(200, _headers("application/json"), text.encode())
 
 
+class Warm:
+    """A class function's instance, made and set up once per process at its first use, as a sandbox does."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.instance: Any = None
+        self._lock = threading.Lock()
+
+    def ready(self) -> Any:
+        """The set-up instance; a setup() that raises keeps none, so the next call tries again."""
+        with self._lock:
+            if self.instance is None:
+                instance = self.cls()
+                setup = getattr(instance, "setup", None)
+                if callable(setup):
+                    setup()
+                self.instance = instance
+            return self.instance
+
+    def teardown(self) -> None:
+        with self._lock:
+            instance, self.instance = self.instance, None
+        hook = getattr(instance, "teardown", None)
+        if callable(hook):
+            hook()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.ready()(*args, **kwargs)
+
+
+def callable_signature(function: Any) -> inspect.Signature:
+    """What callers pass: a function's parameters, or a warm class's `__call__` without self."""
+    if isinstance(function, Warm):
+        signature = inspect.signature(function.cls.__dict__["__call__"])
+        return signature.replace(parameters=list(signature.parameters.values())[1:])
+    return inspect.signature(function)
+
+
+async def _collect_async(items: Any) -> list[Any]:
+    return [item async for item in items]
+
+
+def settle(value: Any) -> Any:
+    """A call's value as one value: a coroutine awaited, a generator's items collected into a list."""
+    if inspect.iscoroutine(value):
+        return asyncio.run(value)
+    if inspect.isasyncgen(value):
+        return asyncio.run(_collect_async(value))
+    if inspect.isgenerator(value):
+        return list(value)
+    return value
+
+
+def _gather(items: Any, into: list[Any]) -> Any:
+    """Append a generator's items to `into` as they come; for an async one, the coroutine that does."""
+    if inspect.isasyncgen(items):
+
+        async def gather_async() -> None:
+            async for item in items:
+                into.append(item)
+
+        return gather_async()
+    for item in items:
+        into.append(item)
+    return None
+
+
+def _raised(name: str, error: Exception) -> ContractError:
+    """What the caller learns of the function's own exception: its type and message; the log gets the traceback."""
+    traceback.print_exception(error, file=sys.stderr)
+    kind = type(error).__name__
+    message = str(error)
+    return ContractError(500, kind, f"{name} raised {kind}: {message}" if message else f"{name} raised {kind}")
+
+
+def ndjson(name: str, items: list[Any], failure: ContractError | None = None) -> Answer:
+    """A generator's items as `serve` streams them: one JSON line each, or the bytes themselves when the first item
+    is bytes; a failure after the first item is a last line `{"error": ...}`."""
+    chunks = []
+    for item in items:
+        if isinstance(item, bytes | bytearray | memoryview):
+            chunks.append(bytes(item))
+            continue
+        try:
+            chunks.append(encode_result(name, item).body + b"\n")
+        except ContractError as error:
+            failure = error
+            break
+    if failure is not None:
+        if not chunks:
+            return failure.answer()
+        chunks.append(failure.answer().body + b"\n")
+    first_is_bytes = bool(items) and isinstance(items[0], bytes | bytearray | memoryview)
+    return Answer(200, _headers("application/octet-stream" if first_is_bytes else NDJSON), b"".join(chunks))
+
+
 def missing_secrets(name: str, secrets: Iterable[str]) -> None:
     """Every declared secret is set in this process's environment, or a 500 naming the missing ones."""
     missing = [secret for secret in secrets if secret not in os.environ]
@@ -175,8 +276,12 @@ def answer(
     content_type: str,
     body: bytes,
     secrets: Iterable[str] = (),
+    stream: bool = False,
 ) -> Answer:
-    """The answer `jupyter faas serve` gives to this request for `name`: run the function, or say why not."""
+    """The answer `jupyter faas serve` gives to this request for `name`: run the function, or say why not.
+
+    An async function is awaited; a generator's items come as NDJSON when `stream`, else as one JSON array.
+    """
     try:
         if method.upper() != "POST":
             raise ContractError(405, "MethodNotAllowed", "Method Not Allowed")
@@ -184,7 +289,7 @@ def answer(
             raise ContractError(413, "PayloadTooLarge", f"the request body is over the limit of {MAX_BODY_BYTES} bytes")
         args, kwargs = read_arguments(name, content_type, body)
         try:
-            check_arguments(name, inspect.signature(function), args, kwargs)
+            check_arguments(name, callable_signature(function), args, kwargs)
         except ContractError as e:
             if not is_json(content_type):
                 e.message += (
@@ -193,16 +298,19 @@ def answer(
                 )
             raise
         missing_secrets(name, secrets)
+        items: list[Any] = []
         try:
             value = function(*args, **kwargs)
+            if stream and (inspect.isgenerator(value) or inspect.isasyncgen(value)):
+                # Items are gathered one by one, so those before a failure are still sent, as serve sends them.
+                settle(_gather(value, items))
+                return ndjson(name, items)
+            value = settle(value)
         except Exception as error:
-            # The caller gets the type and message; the platform's log gets the whole traceback.
-            traceback.print_exc(file=sys.stderr)
-            kind = type(error).__name__
-            message = str(error)
-            raise ContractError(
-                500, kind, f"{name} raised {kind}: {message}" if message else f"{name} raised {kind}"
-            ) from None
+            failure = _raised(name, error)
+            if not items:
+                raise failure from None
+            return ndjson(name, items, failure)
         return encode_result(name, value)
     except ContractError as e:
         return e.answer()

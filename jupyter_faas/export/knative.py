@@ -8,7 +8,15 @@ from typing import Any
 import yaml
 
 from jupyter_faas.export.mapping import cron_for_every, dns_name, kubernetes_memory, whole_seconds
-from jupyter_faas.export.plan import CONTRACT_MODULE, PYTHON, Planned, write_package, write_requirements
+from jupyter_faas.export.plan import (
+    CONTRACT_MODULE,
+    PYTHON,
+    Planned,
+    map_kind,
+    target_line,
+    write_package,
+    write_requirements,
+)
 
 # Knative's Python middleware, as the func CLI's python template builds with it.
 FUNC_PYTHON = "func-python>=0.8.1,<0.9"
@@ -27,10 +35,16 @@ _FUNC_PY = '''"""{name} as a Knative function: func-python serves what new() ret
 
 import asyncio
 
+import sys
+import traceback
+
 from . import {contract}
 from .{name} import {name}
 
 NAME = {name!r}
+{target}
+# A generator's items go out as NDJSON lines, as serve streams them.
+STREAM = {stream}
 # Environment variables the function reads: set from Kubernetes Secrets by func.yaml, never written here.
 SECRETS = {secrets!r}
 
@@ -50,9 +64,11 @@ class Function:
             if not message.get("more_body", False):
                 break
         headers = {{key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}}
-        # The function is plain, blocking Python: run it off the event loop so the probes stay answered.
+        content_type = headers.get("content-type", "")
+        # The function may be plain, blocking Python (an async one gets its own loop there): run it off the event
+        # loop so the probes stay answered.
         answer = await asyncio.to_thread(
-            {contract}.answer, {name}, NAME, scope["method"], headers.get("content-type", ""), bytes(body), SECRETS
+            {contract}.answer, TARGET, NAME, scope["method"], content_type, bytes(body), SECRETS, STREAM
         )
         await send(
             {{
@@ -64,10 +80,18 @@ class Function:
         await send({{"type": "http.response.body", "body": answer.body}})
 
     def start(self, cfg):
-        """Called once when an instance starts; the module import above already loaded the function."""
+        """Called once when an instance starts: a class function's setup() runs here, once per instance."""
+        if isinstance(TARGET, {contract}.Warm):
+            try:
+                TARGET.ready()
+            except Exception:
+                # As in a sandbox: the failure is logged, and the first call tries setup() again and answers its error.
+                traceback.print_exc(file=sys.stderr)
 
     def stop(self):
-        """Called when an instance stops; the function keeps no state to flush."""
+        """Called when an instance stops: a class function's teardown() runs here."""
+        if isinstance(TARGET, {contract}.Warm):
+            TARGET.teardown()
 
     def alive(self):
         return True, "Alive"
@@ -175,9 +199,18 @@ def _trigger(planned: Planned) -> dict[str, Any] | None:
 def write(out: Path, planned: Planned, maximum: int) -> None:
     root = out / planned.name
     function = root / "function"
+    map_kind(planned, streams=True, setup_where="func's start(), once per instance; teardown() in stop()")
     write_package(function, planned, f'"""{planned.name}, as a Knative function."""\n\nfrom .func import new as new\n')
     secrets = tuple(planned.definition.secrets)
-    (function / "func.py").write_text(_FUNC_PY.format(name=planned.name, contract=CONTRACT_MODULE, secrets=secrets))
+    (function / "func.py").write_text(
+        _FUNC_PY.format(
+            name=planned.name,
+            contract=CONTRACT_MODULE,
+            secrets=secrets,
+            target=target_line(planned, CONTRACT_MODULE),
+            stream=planned.definition.streams,
+        )
+    )
     (root / "main.py").write_text(_MAIN_PY)
     write_requirements(root / "requirements.txt", planned, (FUNC_PYTHON,))
     (root / "Dockerfile").write_text(_DOCKERFILE.format(python=PYTHON))

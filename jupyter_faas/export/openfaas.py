@@ -8,7 +8,15 @@ from typing import Any
 import yaml
 
 from jupyter_faas.export.mapping import cron_for_every, dns_name, kubernetes_memory, whole_seconds
-from jupyter_faas.export.plan import CONTRACT_MODULE, PYTHON, Planned, write_package, write_requirements
+from jupyter_faas.export.plan import (
+    CONTRACT_MODULE,
+    PYTHON,
+    Planned,
+    map_kind,
+    target_line,
+    write_package,
+    write_requirements,
+)
 
 # What the python3-http template installs beside the function's own requirements.
 TEMPLATE_PACKAGES = ("flask", "waitress")
@@ -30,6 +38,8 @@ from . import {contract}
 from .{name} import {name}
 
 NAME = {name!r}
+# A class function's instance is made and set up at the first request of this container, then kept.
+{target}
 # Environment variable -> OpenFaaS secret: the platform mounts each secret as a file, never written here.
 SECRETS = {secrets!r}
 SECRETS_DIRECTORY = Path(os.environ.get("OPENFAAS_SECRETS_DIRECTORY", "/var/openfaas/secrets"))
@@ -41,7 +51,7 @@ for _variable, _secret in SECRETS.items():
 
 def handle(event, context):
     answer = {contract}.answer(
-        {name}, NAME, event.method, event.headers.get("Content-Type", ""), event.body, tuple(SECRETS)
+        TARGET, NAME, event.method, event.headers.get("Content-Type", ""), event.body, tuple(SECRETS)
     )
     if answer.headers["Content-Type"] == "application/json":
         return {{"statusCode": answer.status, "body": answer.body.decode("utf-8"), "headers": answer.headers}}
@@ -168,9 +178,14 @@ def _function(planned: Planned, maximum: int) -> dict[str, Any]:
 def write(out: Path, planned: Planned, maximum: int) -> dict[str, Any]:
     """Writes the handler folder; the function's entry for stack.yml."""
     folder = out / planned.name
+    map_kind(planned, streams=False, setup_where="module level, at the first request of each container (lazily)")
     write_package(folder, planned)
     secrets = {variable: secret_name(variable) for variable in planned.definition.secrets}
-    (folder / "handler.py").write_text(_HANDLER_PY.format(name=planned.name, contract=CONTRACT_MODULE, secrets=secrets))
+    (folder / "handler.py").write_text(
+        _HANDLER_PY.format(
+            name=planned.name, contract=CONTRACT_MODULE, secrets=secrets, target=target_line(planned, CONTRACT_MODULE)
+        )
+    )
     (folder / "index.py").write_text(_INDEX_PY)
     write_requirements(folder / "requirements.txt", planned)
     (folder / "Dockerfile").write_text(

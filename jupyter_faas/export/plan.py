@@ -91,6 +91,40 @@ def plan(exportable: Exportable, extra_requirements: tuple[str, ...] = ()) -> Pl
     return planned
 
 
+def target_line(planned: Planned, contract: str) -> str:
+    """The adapter's `TARGET`: the function itself, or a warm class's instance made and set up once per process."""
+    if planned.definition.warm_class:
+        return f"TARGET = {contract}.Warm({planned.name})"
+    return f"TARGET = {planned.name}"
+
+
+def map_kind(planned: Planned, *, streams: bool, setup_where: str) -> None:
+    """What the target does with an async function, a generator and a warm class; said where it differs from serve."""
+    definition = planned.definition
+    if definition.kind in ("async", "async_generator"):
+        planned.mapped.append(("async def", "awaited with asyncio in the handler"))
+    if definition.streams:
+        if streams:
+            planned.mapped.append(("generator", "its items as NDJSON lines (application/x-ndjson), as serve does"))
+            planned.warnings.append(
+                f"{planned.name}: a generator's items are sent when it has finished, not as each is yielded "
+                "(the same lines as serve's, a failure part-way still a last error line); "
+                "Server-Sent Events (Accept: text/event-stream) are not offered"
+            )
+        else:
+            planned.not_mapped(
+                "streaming (a generator)",
+                "the platform answers with one body, so the items come as one JSON array once the generator "
+                "has finished (serve streams them as NDJSON lines); an error part-way is a 500 with no items",
+            )
+    if definition.warm_class:
+        planned.mapped.append(("class with setup()", setup_where))
+        planned.warnings.append(
+            f"{planned.name}: setup() has no timeout of its own here (--setup-timeout is not mapped); "
+            "it counts against the request's timeout where it runs on first use"
+        )
+
+
 def write_package(directory: Path, planned: Planned, init_text: str = "") -> None:
     """The function's own package: the contract adapter, the generated module and its data files."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import cloudpickle
 
+from jupyter_faas.definition import kinds
 from jupyter_faas.definition.capture import CELL_MODULE, capture, local_modules
 from jupyter_faas.definition.model import FunctionDefinition
 from jupyter_faas.errors import DefinitionError
@@ -286,7 +287,10 @@ def generate(definition: FunctionDefinition, namespace: Mapping[str, Any] | None
     name = definition.name
     module = Module(name)
     function = definition.load()
-    values = {key: function.__globals__[key] for key in definition.captured if key in function.__globals__}
+    # A warm class's methods share one globals dict: what it captured.
+    methods = kinds.methods(function) if isinstance(function, type) else [function]
+    fn_globals: dict[str, Any] = methods[0].__globals__ if methods else {}
+    values = {key: fn_globals[key] for key in definition.captured if key in fn_globals}
     source = definition.source
     code_text: str
     own_names: set[str] = set()
@@ -294,8 +298,10 @@ def generate(definition: FunctionDefinition, namespace: Mapping[str, Any] | None
         cell = source.split("\n", 1)[1] if "\n" in source else ""
         tree = ast.parse(cell)
         # The magic puts a form 1 function's def on line 1, the magic line; a def written in the cell is below it.
-        if function.__code__.co_firstlineno == 1:
+        if not isinstance(function, type) and function.__code__.co_firstlineno == 1:
             code_text = _form_one(name, cell, definition.signature, module)
+            if definition.kind in ("async", "async_generator"):
+                code_text = "async " + code_text
         else:
             own_names = _bound_at_top(tree)
             code_text = cell.rstrip() + "\n"
@@ -303,7 +309,8 @@ def generate(definition: FunctionDefinition, namespace: Mapping[str, Any] | None
                 code_text += f"\n{name} = {function.__name__}\n"
     elif source.strip():
         tree = ast.parse(textwrap.dedent(source.lstrip("\n")))
-        defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function.__name__]
+        defined = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+        defs = [n for n in tree.body if isinstance(n, defined) and n.name == function.__name__]
         if not defs:
             raise DefinitionError(f"{name}: its source does not define {function.__name__}")
         lines = textwrap.dedent(source.lstrip("\n")).splitlines()
@@ -320,8 +327,11 @@ def generate(definition: FunctionDefinition, namespace: Mapping[str, Any] | None
         if key not in own_names:
             collector.add(key, values[key])
     # A def's closure variables become the module's globals: at module level the def reads them from there.
-    for variable, closure_cell in zip(function.__code__.co_freevars, function.__closure__ or (), strict=True):
-        collector.add(variable, closure_cell.cell_contents)
+    for method in methods:
+        for variable, closure_cell in zip(method.__code__.co_freevars, method.__closure__ or (), strict=True):
+            # Zero-argument super()'s __class__ cell is the class itself, defined again by its source.
+            if variable != "__class__":
+                collector.add(variable, closure_cell.cell_contents)
     module.text = _assemble(module, collector, code_text, definition)
     return module
 

@@ -38,10 +38,26 @@ CELLS = [
     "%%faas keyed --secret API_KEY\nimport os\nlen(os.environ['API_KEY'])",
     "%%faas watched path --on-file inbox\npath",
     "%%faas unused\n0",
+    # The kinds: a warm class (setup reads a captured global once), async in both forms, generators.
+    "%%faas\nclass Warm:\n    def setup(self):\n        self.base = LIMIT * 10\n"
+    "    def teardown(self):\n        self.base = None\n"
+    "    def __call__(self, n: int):\n        return self.base + n\n",
+    "%%faas\nimport asyncio\nasync def later(a: int, b: int = 1):\n    await asyncio.sleep(0)\n    return a + b\n",
+    "%%faas soon x:int\nimport asyncio\nawait asyncio.sleep(0)\nx + LIMIT",
+    "%%faas\ndef counted(n: int):\n    for i in range(n):\n        yield {'i': i}\n    if n > 2:\n"
+    "        raise ValueError('too many')\n",
+    "%%faas\nasync def ticks(n: int):\n    for i in range(n):\n        yield f'tick {i}'\n",
 ]
 
 # The functions each target serves for the contract table (one server process each).
-SERVED = ("square", "add", "size", "shout", "boom", "gather", "scaled", "bad_result", "digest", "keyed")
+SERVED = (
+    "square", "add", "size", "shout", "boom", "gather", "scaled", "bad_result", "digest", "keyed",
+    "Warm", "later", "soon", "counted", "ticks",
+)  # fmt: skip
+
+# The generators: serve streams their items as NDJSON; OpenFaaS and Lambda answer one JSON array (documented).
+STREAMING = ("counted", "ticks")
+NDJSON_TYPE = "application/x-ndjson"
 
 JSON_TYPE = "application/json"
 
@@ -91,6 +107,18 @@ REQUESTS = [
     Request("digest", b""),
     Request("digest", b'{"text": "x"}'),
     Request("keyed", b"{}"),
+    Request("Warm", b'{"n": 2}'),
+    Request("Warm", b"[5]"),
+    Request("Warm", b'{"n": "x"}'),
+    Request("later", b'{"a": 2}'),
+    Request("later", b"[2, 3]"),
+    Request("later", b'{"b": 2}'),
+    Request("soon", b'{"x": 4}'),
+    Request("counted", b'{"n": 2}'),
+    Request("counted", b'{"n": 0}'),
+    Request("counted", b'{"n": 3}'),
+    Request("counted", b'{"n": "2"}'),
+    Request("ticks", b"[3]"),
 ]
 
 
@@ -98,10 +126,24 @@ def normalized(status: int, content_type: str, body: bytes) -> tuple[int, str, A
     """An answer as the contract fixes it: the status, the media type, and the body (JSON decoded)."""
     media = content_type.split(";", 1)[0].strip()
     value: Any = json.loads(body) if media == JSON_TYPE else body
+    if media == NDJSON_TYPE:
+        value = [json.loads(line) for line in body.splitlines()]
     if isinstance(value, dict) and value.get("error", {}).get("type") == "MissingSecret":
         # The message names where the secret is missing from, which differs by design.
         value = {"error": {"type": "MissingSecret"}}
     return status, media, value
+
+
+def collected(answer: tuple[int, str, Any]) -> tuple[int, str, Any]:
+    """Serve's NDJSON answer as a one-body target gives it, by design: the same items as one JSON array, or its
+    error alone when the generator failed part-way."""
+    status, media, value = answer
+    if media != NDJSON_TYPE:
+        return answer
+    if value and isinstance(value[-1], dict) and "error" in value[-1]:
+        # A failure part-way: serve has sent the items so far; one body can only be the error.
+        return 500, JSON_TYPE, value[-1]
+    return status, JSON_TYPE, value
 
 
 def headers_for(request: Request) -> dict[str, str]:

@@ -44,7 +44,8 @@ def test_an_unknown_function_or_a_failing_cell_stops_it_and_nothing_is_written(n
     mine = (Registry(None), "http://mine/", None)
     _deploy.serve_here(*mine)
     try:
-        with pytest.raises(ExportError, match=r"--function nope: functions.ipynb has no such function; it has add, "):
+        unknown = r"--function nope: functions.ipynb has no such function; it has Warm, add, "
+        with pytest.raises(ExportError, match=unknown):
             export_notebook(notebook, "lambda", tmp_path / "out", ["square", "nope"])
         assert _deploy.serving_here() == mine
     finally:

@@ -22,6 +22,7 @@ from tests.export.conftest import (
     SECRET_VALUE,
     SERVED,
     Request,
+    collected,
     fresh_venv,
     headers_for,
     normalized,
@@ -123,7 +124,7 @@ def test_function_url_and_api_gateway_events_get_serves_answers(
     ]
     driven = drive(python, cases, {})
     assert driven["jupyter_faas_loaded"] is False
-    expected = [serve_answers[request] for _ in ("url", "api") for request in REQUESTS]
+    expected = [collected(serve_answers[request]) for _ in ("url", "api") for request in REQUESTS]
     mismatches = [
         (case["event"]["routeKey"], request, answer_of(got), want)
         for case, request, got, want in zip(cases, REQUESTS * 2, driven["answers"], expected, strict=True)

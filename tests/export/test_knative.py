@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,36 @@ def test_the_dockerfile_builds_from_what_the_export_holds(exports: dict[str, tup
         assert copied and all((context / source).exists() for source in copied), copied
         assert parser.cmd is not None and "main.py" in parser.cmd
         assert parser.envs["LISTEN_ADDRESS"] == "0.0.0.0:8080"
+
+
+_START_STOP = """
+import json
+from function import func, faas_contract
+function = func.new()
+seen = {"before_start": func.TARGET.instance is None}
+function.start({})
+instance = func.TARGET.instance
+seen["base_after_start"] = instance.base
+answer = faas_contract.answer(func.TARGET, "Warm", "POST", "application/json", b"[2]")
+seen["answer"] = json.loads(answer.body)
+seen["same_instance"] = func.TARGET.instance is instance
+function.stop()
+seen["after_stop"] = [func.TARGET.instance is None, instance.base]
+print(json.dumps(seen))
+"""
+
+
+def test_a_warm_class_is_set_up_in_start_and_torn_down_in_stop(knative: tuple[Path, Path]) -> None:
+    out, python = knative
+    result = subprocess.run(
+        [str(python), "-c", _START_STOP], cwd=out / "Warm", env=CLEAN_ENV, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    # Nothing is set up at import; start() sets up the one instance every call then uses; stop() tears it down.
+    assert json.loads(result.stdout) == {
+        "before_start": True,
+        "base_after_start": 30,
+        "answer": 32,
+        "same_instance": True,
+        "after_stop": [True, None],
+    }
