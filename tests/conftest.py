@@ -11,6 +11,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_faas
 from jupyter_faas.dispatch import platform as _platform
+from jupyter_faas.gateway import inkernel
 from tests.helpers import WASM_CACHE, faas_shell
 
 # A real Jupyter server for the server extension's tests: jp_serverapp, jp_fetch.
@@ -24,6 +25,14 @@ def _isolated_state_and_shutdown(tmp_path_factory: pytest.TempPathFactory) -> It
     with dask.config.set(state):
         yield
         _platform.current(start=False).shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _no_kernel_gateway_left() -> Iterator[None]:
+    """This process is one kernel for every test: a test whose shell made it serve its own functions (a deploy or a
+    trigger outside a server) stops that gateway, so no later test finds it, or its platform, in place."""
+    yield
+    inkernel.stop()
 
 
 @pytest.fixture

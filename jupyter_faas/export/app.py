@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from IPython.core.interactiveshell import InteractiveShell
 from jupyter_core.application import JupyterApp
 from traitlets import List, Unicode
 
@@ -35,9 +36,15 @@ def collect(path: Path, names: Sequence[str] = ()) -> list[Exportable]:
         _deploy.serve_here(Registry(None), "", TriggerStore(Path(state) / "triggers"))
         os.chdir(path.parent)
         try:
-            # In a namespace of its own, as a new kernel would run it: only the notebook's functions are exported.
-            namespace = run_notebook(path, fresh=True)
-            functions = {value.name: value for value in namespace.values() if isinstance(value, FaasFunction)}
+            # Only the functions this run made: a shell that ran other cells before (in a test, or an export called
+            # from a notebook) keeps its own. Not a reset: that would replace this process's __main__ module.
+            existing = {name: id(value) for name, value in InteractiveShell.instance().user_ns.items()}
+            namespace = run_notebook(path)
+            functions = {
+                value.name: value
+                for name, value in namespace.items()
+                if isinstance(value, FaasFunction) and existing.get(name) != id(value)
+            }
             if not functions:
                 raise ExportError(f"export: {path.name} defines no %%faas function")
             unknown = [name for name in names if name not in functions]

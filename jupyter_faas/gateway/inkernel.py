@@ -89,6 +89,15 @@ def current() -> KernelGateway | None:
     return _gateway
 
 
+def stop() -> None:
+    """Stop this kernel's own gateway, if it started one; the next deploy starts a new one."""
+    global _gateway
+    with _gateway_lock:
+        running, _gateway = _gateway, None
+    if running is not None:
+        running.stop()
+
+
 def _keys() -> KeyStore | None:
     """The function keys this kernel's gateway accepts, once it is started."""
     return None if _gateway is None else _gateway.endpoints.keys

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -298,11 +300,19 @@ def test_triggers_lists_what_is_set(owner: Owner, tmp_path: Path) -> None:
     assert jupyter_faas.triggers() == []
 
 
-def test_without_a_server_triggers_say_how_to_get_one(platform: Platform) -> None:
-    from jupyter_faas import FaasError
-
-    with pytest.raises(FaasError, match="jupyter faas serve NOTEBOOK.ipynb"):
-        define("1", "lonely_trigger").schedule(every="1s")
+def test_without_a_server_triggers_say_how_to_get_one(tmp_path: Path) -> None:
+    # A plain Python process that never loaded the extension (this one did: in a kernel, a trigger starts the
+    # kernel's own gateway instead, see tests/gateway/test_inkernel.py).
+    code = (
+        "from jupyter_faas import function\n"
+        "@function\n"
+        "def lonely_trigger() -> int:\n"
+        "    return 1\n"
+        "lonely_trigger.schedule(every='1s')\n"
+    )
+    env = {**os.environ, "DASK_FAAS__STATE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0 and "jupyter faas serve NOTEBOOK.ipynb" in done.stderr, done.stderr[-2000:]
 
 
 def test_the_card_shows_what_fires_the_function(owner: Owner, tmp_path: Path) -> None:
