@@ -350,30 +350,12 @@ def _call_in_fork(
     """One invocation in a process forked for it from this warm one, which it cannot change: it ends after.
 
     The child answers on the worker's socket itself; the sandbox only waits for it, and answers for it if
-    it died without answering.
+    it died without answering. The caller pauses the reader of child-call answers meanwhile.
     """
-    answered_read, answered_write = os.pipe()
-    calls = _children.active()
-    # While the child runs, only it reads the socket: the answers to the calls it makes are its own.
-    with calls.paused() if calls is not None else contextlib.nullcontext():
-        _fork_and_wait(channel, loaded, call, index, limits, fresh, state, secrets, (answered_read, answered_write))
-
-
-def _fork_and_wait(
-    channel: _Channel,
-    loaded: _Loaded,
-    call: tuple[tuple[Any, ...], dict[str, Any]],
-    index: int,
-    limits: tuple[int, int, int],
-    fresh: bool,
-    state: _process.ProcessState,
-    secrets: dict[str, str] | None,
-    pipe: tuple[int, int],
-) -> None:
     global _SANDBOX_PID
     memory_limit, max_output, max_result = limits
     started = time.time()
-    answered_read, answered_write = pipe
+    answered_read, answered_write = os.pipe()
     # Under the lock, so the child's copy of the socket holds no frame half-sent by the output streamer.
     with channel.lock:
         _Zygote.forking = True
@@ -520,7 +502,9 @@ def _serve_requests(
                 # A warm class is set up here, once: each forked call starts from a copy of its instance.
                 set_up = _setup_before_fork(channel, loaded, index, max_output, secrets)
                 if set_up is not None:
-                    _call_in_fork(channel, loaded, calls[index], index, limits, fresh or set_up, state, secrets)
+                    # While the child runs, only it reads the socket: the answers to the calls it makes are its own.
+                    with child_calls.paused():
+                        _call_in_fork(channel, loaded, calls[index], index, limits, fresh or set_up, state, secrets)
                 fresh = False
                 continue
             captured = _capture.Captured(max_output, secrets)
