@@ -5,11 +5,13 @@ from __future__ import annotations
 import builtins
 import contextlib
 import ctypes
+import importlib
 import os
 import re
 import resource
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 _HWM = re.compile(rb"VmHWM:\s+(\d+) kB")
@@ -17,6 +19,9 @@ _HWM = re.compile(rb"VmHWM:\s+(\d+) kB")
 _PR_SET_CHILD_SUBREAPER = 36
 # Signals whose handlers cannot be read or set.
 _FIXED_SIGNALS = {signal.SIGKILL, signal.SIGSTOP}
+# signal.getsignal wraps every answer in an enum, which costs twenty times the read itself, and restore() reads
+# every signal after every call: the C function underneath gives the same handlers (SIG_DFL and SIG_IGN as 0, 1).
+_read_handler: Callable[[int], Any] = importlib.import_module("_signal").getsignal
 
 
 class PeakMeter:
@@ -89,11 +94,25 @@ def _children() -> list[int]:
 SPARED: set[int] = set()
 
 
+def _has_children() -> bool:
+    """Whether this process has any child, running or ended: one system call, where listing them reads a file
+    per thread."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def stop_strays() -> None:
     """Kill every process the call started and left running (subprocess, fork, setsid): a call leaves nothing.
 
     Killing a child re-parents its own children to this subreaper, so repeat until none are left.
     """
+    if not _has_children():
+        return
     for _ in range(1000):
         pids = [pid for pid in _children() if pid not in SPARED]
         if not pids:
@@ -125,38 +144,48 @@ class ProcessState:
         self.umask = os.umask(0o022)
         os.umask(self.umask)
         self.environ = dict(os.environ)
+        # os.environ's own table (bytes on POSIX): equal to this copy means nothing to restore, checked at once.
+        self._environ_table = _environ_table()
+        self._environ_snapshot = dict(self._environ_table) if self._environ_table is not None else None
         self.path = list(sys.path)
         self.argv = list(sys.argv)
         self.recursion_limit = sys.getrecursionlimit()
         self.stdio = (sys.stdin, sys.stdout, sys.stderr)
         self.displayhook, self.excepthook = sys.displayhook, sys.excepthook
         self.builtins = dict(builtins.__dict__)
+        # The same names, in order, bound to the same objects: ids compare in C; the originals are held in
+        # self.builtins, so no other object can take one of their ids.
+        self._builtin_names = list(self.builtins)
+        self._builtin_ids = [id(value) for value in self.builtins.values()]
         self.blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
         self.signals: dict[signal.Signals, Any] = {}
         for signum in signal.valid_signals():
             if signum in _FIXED_SIGNALS:
                 continue
             with contextlib.suppress(ValueError, OSError):
-                handler = signal.getsignal(signum)
+                handler = _read_handler(signum)
                 if handler is not None:
                     self.signals[signum] = handler
 
     def restore(self) -> None:
         # builtins first: the rest of this, and the answer's pickling, rely on them.
         current = builtins.__dict__
-        for name in [name for name in current if name not in self.builtins]:
-            del current[name]
-        for name, value in self.builtins.items():
-            if current.get(name, _MISSING) is not value:
-                current[name] = value
+        if list(current) != self._builtin_names or list(map(id, current.values())) != self._builtin_ids:
+            for name in [name for name in current if name not in self.builtins]:
+                del current[name]
+            for name, value in self.builtins.items():
+                if current.get(name, _MISSING) is not value:
+                    current[name] = value
         with contextlib.suppress(OSError):
             os.chdir(self.cwd)
         os.umask(self.umask)
-        for name in [name for name in os.environ if name not in self.environ]:
-            del os.environ[name]
-        for name, value in self.environ.items():
-            if os.environ.get(name) != value:
-                os.environ[name] = value
+        table = _environ_table()
+        if table is None or table is not self._environ_table or table != self._environ_snapshot:
+            for name in [name for name in os.environ if name not in self.environ]:
+                del os.environ[name]
+            for name, value in self.environ.items():
+                if os.environ.get(name) != value:
+                    os.environ[name] = value
         sys.path[:] = self.path
         sys.argv[:] = self.argv
         if sys.getrecursionlimit() != self.recursion_limit:
@@ -167,11 +196,19 @@ class ProcessState:
         for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
             with contextlib.suppress(OSError):
                 signal.setitimer(timer, 0)
+        # One try for all: a context manager per signal would cost more than the reads themselves.
         for signum, handler in self.signals.items():
-            with contextlib.suppress(ValueError, OSError, TypeError):
-                if signal.getsignal(signum) is not handler:
+            try:
+                if _read_handler(signum) is not handler:
                     signal.signal(signum, handler)
+            except (ValueError, OSError, TypeError):
+                pass
         signal.pthread_sigmask(signal.SIG_SETMASK, self.blocked)
+
+
+def _environ_table() -> dict[Any, Any] | None:
+    table = getattr(os.environ, "_data", None)
+    return table if isinstance(table, dict) else None
 
 
 def become_subreaper() -> None:

@@ -136,6 +136,38 @@ def test_a_call_that_breaks_builtins_does_not_break_the_next_call(one_slot: Plat
     assert time.monotonic() - started < 10
 
 
+def test_a_call_cannot_hide_its_changes_from_the_cheap_checks_between_calls(one_slot: Platform) -> None:
+    """Between calls the sandbox first checks cheaply whether anything changed: builtins by identity, the
+    environment by os.environ's own table. A call that swaps in look-alikes must still be undone."""
+
+    @function(name="swaps_in_look_alikes")
+    def swaps_in_look_alikes() -> str:
+        import builtins
+        import os
+
+        class EqualToAll:
+            def __eq__(self, other: object) -> bool:
+                return True
+
+            def __hash__(self) -> int:
+                return 0
+
+            def __call__(self, *args: object) -> int:
+                return 0
+
+        builtins.len = EqualToAll()
+        # A new table behind os.environ, equal to the old one but for one variable.
+        table = dict(os.environ._data)  # type: ignore[attr-defined]
+        table[b"FAAS_LEFT_BEHIND"] = b"left"
+        os.environ._data = table  # type: ignore[attr-defined]
+        return "swapped"
+
+    assert swaps_in_look_alikes() == "swapped"
+    seen = looks_around()
+    assert seen["len"] == 3
+    assert seen["env"] is None
+
+
 def test_a_sandbox_that_breaks_its_protocol_is_replaced_and_the_next_call_answers(one_slot: Platform) -> None:
     @function(name="scribbles_on_its_channel", retries=0)
     def scribbles_on_its_channel() -> int:
