@@ -24,6 +24,46 @@ _FIXED_SIGNALS = {signal.SIGKILL, signal.SIGSTOP}
 _read_handler: Callable[[int], Any] = importlib.import_module("_signal").getsignal
 
 
+class _ProcStatus:
+    """/proc/self/status of the process that made this, read through a descriptor kept open.
+
+    A call may close descriptors or reuse their numbers: the descriptor is checked to be the same file before
+    each read, and opened again if it is not.
+    """
+
+    _PATH = "/proc/self/status"
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self._fd = os.open(self._PATH, os.O_RDONLY | os.O_CLOEXEC)
+            stat = os.fstat(self._fd)
+            self._identity = (stat.st_dev, stat.st_ino)
+        except OSError:
+            self._fd = self._identity = None
+
+    def read(self) -> bytes:
+        fd = self._fd
+        if fd is not None:
+            try:
+                stat = os.fstat(fd)
+                if (stat.st_dev, stat.st_ino) == self._identity:
+                    return os.pread(fd, 8192, 0)
+            except OSError:
+                pass
+        # Closed or replaced by the call: this read opens the file, and the next one uses the new descriptor.
+        self._open()
+        try:
+            with open(self._PATH, "rb") as f:
+                return f.read()
+        except OSError:
+            return b""
+
+
 class PeakMeter:
     """This process's peak resident memory, reset only when a call has raised it.
 
@@ -35,6 +75,9 @@ class PeakMeter:
     _SLACK = 2 * 2**20
 
     def __init__(self) -> None:
+        # Kept open: reading an open /proc file costs half of opening it each time. It names the process that
+        # opens it, so a forked process makes a meter of its own.
+        self._status = _ProcStatus()
         self._reset()
         hwm = self._status_peak()
         # getrusage is twenty times cheaper than /proc/self/status; use it where the reset reaches it.
@@ -49,13 +92,8 @@ class PeakMeter:
         except OSError:
             pass
 
-    @staticmethod
-    def _status_peak() -> int | None:
-        try:
-            with open("/proc/self/status", "rb") as f:
-                match = _HWM.search(f.read())
-        except OSError:
-            return None
+    def _status_peak(self) -> int | None:
+        match = _HWM.search(self._status.read())
         return int(match.group(1)) * 1024 if match else None
 
     @staticmethod
@@ -196,7 +234,7 @@ class ProcessState:
         for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
             with contextlib.suppress(OSError):
                 signal.setitimer(timer, 0)
-        # One try for all: a context manager per signal would cost more than the reads themselves.
+        # A try, not a context manager per signal: entering one costs more than the read itself.
         for signum, handler in self.signals.items():
             try:
                 if _read_handler(signum) is not handler:
