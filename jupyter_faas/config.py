@@ -39,7 +39,14 @@ KNOWN_KEYS: tuple[str, ...] = tuple(_flat_keys(DEFAULTS["faas"], "faas"))
 
 
 def _get(key: str) -> Any:
-    return dask.config.get(key)
+    # A call reads several keys: walking the nested config costs a tenth of dask.config.get, which first
+    # canonicalises every part of the key. Where the exact key is not there, dask.config.get answers.
+    node: Any = dask.config.config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return dask.config.get(key)
+        node = node[part]
+    return node
 
 
 _T = TypeVar("_T")
@@ -53,11 +60,31 @@ def _whole(value: Any, option: str, *, minimum: int) -> int:
     return number
 
 
+# Parsed values by key and raw value (and its type: True == 1, yet only one of them may be valid): each key has
+# one parser, and a value set at run time is a new raw value.
+_PARSED: dict[tuple[str, type, Any], Any] = {}
+_PARSED_MAX = 512
+
+
 def _checked(key: str, parse: Callable[[Any], _T]) -> _T:
+    raw = _get(key)
     try:
-        return parse(_get(key))
+        cache_key: tuple[str, type, Any] | None = (key, type(raw), raw)
+        hash(cache_key)
+    except TypeError:
+        cache_key = None  # a mapping or list: parsed each time
+    if cache_key is not None and cache_key in _PARSED:
+        parsed: _T = _PARSED[cache_key]
+        return parsed
+    try:
+        parsed = parse(raw)
     except LimitError as e:
         raise ConfigError(str(e)) from None
+    if cache_key is not None:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[cache_key] = parsed
+    return parsed
 
 
 def idle_timeout() -> float:
