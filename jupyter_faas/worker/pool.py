@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -14,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 
 import psutil
 
@@ -159,6 +161,25 @@ def failure(
     return (status, b"", started, time.time(), fresh, peak, (type_name, message, "", None), None)
 
 
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+def _readable(conn: Connection, upstream: Upstream | None, timeout: float) -> list[object]:
+    """Which of the sandbox's pipe and the upstream socket can be read now, waiting up to `timeout`.
+
+    One poll() call: multiprocessing's wait() builds a selector, registers and closes it each time.
+    """
+    poller = select.poll()
+    poller.register(conn.fileno(), _READABLE)
+    if upstream is not None:
+        poller.register(upstream.sock.fileno(), _READABLE)
+    ready: list[object] = []
+    # Rounded up: rounded down, the last millisecond before a deadline would spin.
+    for fd, _ in poller.poll(max(0, math.ceil(timeout * 1000))):
+        ready.append(conn if fd == conn.fileno() else upstream.sock if upstream is not None else conn)
+    return ready
+
+
 class Sandbox:
     """One child process that runs invocations one at a time and can be killed at any moment."""
 
@@ -275,7 +296,7 @@ class Sandbox:
                 stopped: tuple[float, bool, int | None] = (time.time() - limit, fresh, None)
                 why: tuple[AnswerStatus, str, str] = ("timeout", "FaasTimeout", message)
                 return self._fail_rest(indices, answered, early, at_once, why, stopped, on_answer)
-            ready = wait([self.conn] if upstream is None else [self.conn, upstream.sock], min(_MEMORY_POLL, remaining))
+            ready = _readable(self.conn, upstream, min(_MEMORY_POLL, remaining))
             if upstream is not None and upstream.sock in ready:
                 try:
                     reply = _wire.receive(upstream.sock)
