@@ -136,6 +136,21 @@ def children_rss() -> list[dict[str, Any]]:
     return found
 
 
+def worker_processes() -> list[psutil.Process]:
+    """Workers and sandboxes under this process: processes the forkserver forked, and what they started.
+
+    A forked worker has the forkserver's own command line, so it is told apart by its parent."""
+    me = psutil.Process()
+    found = []
+    for child in me.children(recursive=True):
+        try:
+            if child.ppid() != me.pid:
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
 def describe_child(cmdline: str) -> str:
     for marker, label in (
         ("forkserver", "forkserver"),
@@ -174,6 +189,9 @@ def bench_processpool(size: Size) -> dict[str, Any]:
 def idle_memory(p: Any, driver_before: int) -> dict[str, Any]:
     """RSS of this process and of its children that remain once the platform is at zero workers."""
     wait_for_zero(p)
+    # At zero workers, a retired worker process can still be on its way out for a moment (its nanny is gone from
+    # the cluster first): measured with it, the idle figure would count a whole worker.
+    wait_until(lambda: not worker_processes(), SCALE_DEADLINE_S)
     driver = rss_now()
     children = children_rss()
     children_mb = sum(c["rss_mb"] for c in children)
