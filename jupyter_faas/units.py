@@ -75,9 +75,3 @@ def parse_isolation(value: Any, option: str) -> str:
     if isinstance(value, str) and value.strip().lower() in ISOLATIONS:
         return value.strip().lower()
     raise LimitError(f"{option}: expected one of {', '.join(ISOLATIONS)}, got {value!r}")
-
-
-def is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    # No Content-Type at all is read as JSON too: that is what a bare `curl -d` sends to most APIs.
-    return media in ("", "application/json") or media.endswith("+json")

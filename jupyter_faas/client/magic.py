@@ -17,12 +17,12 @@ from IPython.display import display
 from jupyter_faas import config as _config
 from jupyter_faas.client import deploy as _deploy
 from jupyter_faas.client.function import FaasFunction
+from jupyter_faas.contract import annotation_name
 from jupyter_faas.definition.limits import Limits
 from jupyter_faas.definition.model import check_name, from_cell
 from jupyter_faas.definition.polyglot import LANGUAGES, from_lang_cell, from_wasm_cell
 from jupyter_faas.definition.requirements import with_requirements
 from jupyter_faas.definition.secrets import with_secrets
-from jupyter_faas.definition.signature import annotation_name
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.errors import ConfigError, DefinitionError, FaasError, FunctionKeyError, LimitError
 from jupyter_faas.gateway.keys import NewKey

@@ -15,8 +15,8 @@ from typing import Any
 import typing_extensions
 from pydantic import PydanticUserError, TypeAdapter, ValidationError
 
+from jupyter_faas.contract import annotation_name
 from jupyter_faas.definition.model import FunctionDefinition
-from jupyter_faas.definition.signature import annotation_name
 
 # Definitions whose validators are kept, newest used last; each holds a few compiled pydantic schemas.
 MAX_CACHED = 128

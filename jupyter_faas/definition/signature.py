@@ -1,29 +1,9 @@
-"""What a function's signature says to the HTTP contract: plain JSON types, and whether it takes raw bytes."""
+"""What a function's signature says to the HTTP contract beyond its types: whether it takes a raw body."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from jupyter_faas.contract import annotation_name
 from jupyter_faas.definition.model import FunctionDefinition
-
-# JSON types a plain annotation asks for; other annotations are not checked at the door.
-JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,),
-    "float": (int, float),
-    "str": (str,),
-    "bool": (bool,),
-    "list": (list,),
-    "dict": (dict,),
-}
-
-
-def annotation_name(annotation: Any) -> str | None:
-    """ "int" for int or 'int'; None for annotations that are not a plain builtin type."""
-    if isinstance(annotation, str):
-        return annotation if annotation in (*JSON_TYPES, "bytes") else None
-    if isinstance(annotation, type) and annotation.__name__ in (*JSON_TYPES, "bytes"):
-        return annotation.__name__
-    return None
 
 
 def takes_bytes(definition: FunctionDefinition) -> bool:

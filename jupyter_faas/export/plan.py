@@ -9,9 +9,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from jupyter_faas import contract
 from jupyter_faas.definition.model import FunctionDefinition
 from jupyter_faas.definition.signature import takes_bytes
-from jupyter_faas.export import contract
 from jupyter_faas.export.requirements import imported_modules, requirements_for
 from jupyter_faas.export.source import Module, generate
 from jupyter_faas.gateway.triggers import TriggerSpec

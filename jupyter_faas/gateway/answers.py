@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from jupyter_faas import config as _config
+from jupyter_faas import contract as _contract
+from jupyter_faas.contract import JSON_TYPES as _JSON_TYPES
+from jupyter_faas.contract import annotation_name
 from jupyter_faas.definition.schema import ArgumentInvalid, validate, validators
-from jupyter_faas.definition.signature import JSON_TYPES as _JSON_TYPES
-from jupyter_faas.definition.signature import annotation_name
 from jupyter_faas.errors import (
     FaasMemoryError,
     FaasTimeout,
@@ -26,7 +27,6 @@ from jupyter_faas.errors import (
 )
 from jupyter_faas.record.outcomes import FailedStatus
 from jupyter_faas.record.registry import Deployment
-from jupyter_faas.units import is_json
 
 log = logging.getLogger("jupyter_faas.endpoints")
 
@@ -118,24 +118,10 @@ def missing_parameter(message: str) -> str | None:
 
 def read_arguments(name: str, content_type: str, body: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """A request body as (args, kwargs): a JSON array or object of arguments, or any other body as one bytes value."""
-    if not is_json(content_type):
-        return (body,), {}
-    if not body.strip():
-        return (), {}
     try:
-        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_whole)
-    except (ValueError, RecursionError) as e:
-        raise HttpError(400, "InvalidJSON", f"the request body is not valid JSON: {e}") from None
-    if isinstance(data, dict):
-        return (), data
-    if isinstance(data, list):
-        return tuple(data), {}
-    raise HttpError(
-        422,
-        "ArgumentError",
-        f"{name}(): send a JSON object of keyword arguments or an array of positional ones, "
-        f"not a JSON {type(data).__name__}",
-    )
+        return _contract.read_arguments(name, content_type, body)
+    except _contract.ContractError as e:
+        raise HttpError(e.status, e.kind, e.message, **e.extra) from None
 
 
 def encode_result(name: str, value: Any) -> Any:
@@ -215,24 +201,6 @@ def describe_deployment(
 
 # JSON's own numbers only, each one Python can carry: no NaN or Infinity, nothing that overflows a float,
 # no integer longer than Python reads (4300 digits).
-def _no_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:40]}{'...' if len(text) > 40 else ''} is too large for a float")
-    return value
-
-
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is too long to read") from None
-
-
 def status_of(error: BaseException) -> FailedStatus:
     """The status an asynchronous invocation that raised `error` ends with."""
     if isinstance(error, FaasTimeout):

@@ -7,8 +7,9 @@ import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from jupyter_faas.contract import annotation_name
 from jupyter_faas.definition.schema import json_schema
-from jupyter_faas.definition.signature import annotation_name, takes_bytes
+from jupyter_faas.definition.signature import takes_bytes
 
 if TYPE_CHECKING:
     from jupyter_faas.record.registry import Deployment

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_faas import config as _config
+from jupyter_faas.contract import is_json
 from jupyter_faas.definition.signature import takes_bytes
 from jupyter_faas.dispatch.platform import Platform, new_ids, pack_calls
 from jupyter_faas.dispatch.streams import ItemStream
@@ -47,7 +48,6 @@ from jupyter_faas.record.deadletters import DamagedLetter, DeadLetters, dead_let
 from jupyter_faas.record.inflight import InFlight, inflight_path
 from jupyter_faas.record.outcomes import AsyncOutcomes, AsyncStatus, Dropped
 from jupyter_faas.record.registry import Deployment, Registry
-from jupyter_faas.units import is_json
 
 log = logging.getLogger("jupyter_faas.endpoints")
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from jupyter_faas import config as _config
 from jupyter_faas.config import open_private, private_dir, write_private
+from jupyter_faas.contract import is_json
 from jupyter_faas.errors import type_name
-from jupyter_faas.units import is_json
 
 log = logging.getLogger("jupyter_faas.deadletters")
 

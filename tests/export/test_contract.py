@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_faas import config as _config
-from jupyter_faas.export import contract
+from jupyter_faas import contract
 
 
 def square(x: int) -> int:

@@ -1,7 +1,8 @@
-"""The request and response contract of `jupyter faas serve`, standalone: copied into every export as faas_contract.py.
+"""The HTTP contract of a function, standard library only: serve reads requests with it; exports carry a copy.
 
-It imports nothing but the standard library, so an exported function runs where jupyter-faas is not installed.
-Its answers match jupyter_faas/gateway/answers.py and service.py row for row (tests/export compares them).
+It imports nothing but the standard library, so an exported function runs where jupyter-faas is not installed
+(each export has it as faas_contract.py). The gateway reads arguments and checks types with these same
+functions, and tests/export compares the answers of an export with serve's, row for row.
 """
 
 from __future__ import annotations
@@ -63,11 +64,12 @@ def _headers(content_type: str) -> dict[str, str]:
 
 def is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
-    # No Content-Type at all is read as JSON too, as serve does.
+    # No Content-Type at all is read as JSON too: that is what a bare `curl -d` sends to most APIs.
     return media in ("", "application/json") or media.endswith("+json")
 
 
-def _annotation_name(annotation: Any) -> str | None:
+def annotation_name(annotation: Any) -> str | None:
+    """ "int" for int or 'int'; None for annotations that are not a plain builtin type or bytes."""
     if isinstance(annotation, str):
         return annotation if annotation in (*JSON_TYPES, "bytes") else None
     if isinstance(annotation, type) and annotation.__name__ in (*JSON_TYPES, "bytes"):
@@ -129,7 +131,7 @@ def check_arguments(name: str, signature: inspect.Signature, args: tuple[Any, ..
         parameter = signature.parameters[parameter_name]
         if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
             continue
-        expected = _annotation_name(parameter.annotation)
+        expected = annotation_name(parameter.annotation)
         if expected is None:
             continue
         if expected == "bytes":
