@@ -12,8 +12,6 @@ from typing import Any
 
 from jupyter_faas import config as _config
 from jupyter_faas import contract as _contract
-from jupyter_faas.contract import JSON_TYPES as _JSON_TYPES
-from jupyter_faas.contract import annotation_name
 from jupyter_faas.definition.schema import ArgumentInvalid, validate, validators
 from jupyter_faas.errors import (
     FaasMemoryError,
@@ -67,26 +65,14 @@ class Call:
 
 
 def check_types(call: Call) -> None:
+    """The arguments fit the signature and its plain annotations, then its richer ones (which convert them);
+    else a 422 naming the parameter."""
     signature = call.deployment.definition.signature
+    try:
+        _contract.check_arguments(call.deployment.name, signature, call.args, call.kwargs)
+    except _contract.ContractError as e:
+        raise HttpError(e.status, e.kind, e.message, **e.extra) from None
     bound = signature.bind(*call.args, **call.kwargs)
-    for name, value in bound.arguments.items():
-        parameter = signature.parameters[name]
-        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-            continue
-        expected = annotation_name(parameter.annotation)
-        if expected is None:
-            continue
-        if expected == "bytes":
-            ok = isinstance(value, bytes)
-        else:
-            ok = isinstance(value, _JSON_TYPES[expected]) and not (expected != "bool" and isinstance(value, bool))
-        if not ok:
-            raise HttpError(
-                422,
-                "ArgumentError",
-                f"{call.deployment.name}(): parameter {name!r} expects {expected}, got {type(value).__name__}",
-                parameter=name,
-            )
     if validators(call.deployment.definition).adapters:
         try:
             converted = validate(call.deployment.definition, dict(bound.arguments))
@@ -107,13 +93,6 @@ def registry_failed(error: RegistryError) -> HttpError:
     the caller only the fact."""
     log.error("jupyter-faas: %s", error)
     return HttpError(500, "RegistryError", "the function registry could not be read; see the server log")
-
-
-def missing_parameter(message: str) -> str | None:
-    """The parameter a signature error names ("missing a required argument: 'x'"), if it names one."""
-    if "'" in message:
-        return message.split("'")[1]
-    return None
 
 
 def read_arguments(name: str, content_type: str, body: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:

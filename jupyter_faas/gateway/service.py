@@ -26,7 +26,6 @@ from jupyter_faas.gateway.answers import (
     encode_result,
     error_for,
     finite,
-    missing_parameter,
     read_arguments,
     registry_failed,
     shown,
@@ -239,10 +238,7 @@ class Endpoints:
         args, kwargs = read_arguments(name, content_type, body)
         call = Call(deployment, args, kwargs, content_type, body)
         try:
-            try:
-                check_types(call)
-            except TypeError as e:
-                raise HttpError(422, "ArgumentError", f"{name}(): {e}", parameter=missing_parameter(str(e))) from None
+            check_types(call)
         except HttpError as e:
             if not is_json(content_type):
                 e.message += (
