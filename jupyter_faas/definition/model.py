@@ -104,17 +104,27 @@ def _finish(
     limits: Limits,
 ) -> FunctionDefinition:
     fn_globals.update(captured)
+    final: Any
     if isinstance(function, type):
-        return _finish_class(name, function, fn_globals, captured, filename, source, limits)
-    kind = _kinds.kind_of(function)
-    _kinds.check_inputs(name, kind, limits)
-    final = types.FunctionType(
-        function.__code__, fn_globals, function.__name__, function.__defaults__, function.__closure__
-    )
-    final.__kwdefaults__ = function.__kwdefaults__
-    final.__annotations__ = dict(function.__annotations__)
-    final.__doc__ = function.__doc__
-    final.__qualname__ = name
+        # A warm class: its __call__ is the function, and every method must be reusable for it to be.
+        kind = _kinds.kind_of(_kinds.call_method(function, name))
+        _kinds.check_inputs(name, kind, limits)
+        final = _kinds.rebind(function, fn_globals, name)
+        signature = _kinds.call_signature(final)
+        is_reusable = all(reusable(method, captured) for method in _kinds.methods(final))
+    else:
+        kind = _kinds.kind_of(function)
+        _kinds.check_inputs(name, kind, limits)
+        final = types.FunctionType(
+            function.__code__, fn_globals, function.__name__, function.__defaults__, function.__closure__
+        )
+        final.__kwdefaults__ = function.__kwdefaults__
+        final.__annotations__ = dict(function.__annotations__)
+        final.__doc__ = function.__doc__
+        final.__qualname__ = name
+        signature = inspect.signature(final)
+        is_reusable = reusable(final, captured)
+    # cloudpickle takes a class as well as a function.
     payload = serialize(name, final, captured)
     return FunctionDefinition(
         name=name,
@@ -122,39 +132,12 @@ def _finish(
         payload=payload,
         filename=filename,
         source=source,
-        signature=inspect.signature(final),
+        signature=signature,
         limits=limits,
-        reusable=reusable(final, captured),
+        reusable=is_reusable,
         captured=tuple(sorted(captured)),
         kind=kind,
-    )
-
-
-def _finish_class(
-    name: str,
-    cls: type,
-    fn_globals: dict[str, Any],
-    captured: dict[str, Any],
-    filename: str,
-    source: str,
-    limits: Limits,
-) -> FunctionDefinition:
-    kind = _kinds.kind_of(_kinds.call_method(cls, name))
-    _kinds.check_inputs(name, kind, limits)
-    final = _kinds.rebind(cls, fn_globals, name)
-    payload = serialize(name, final, captured)  # type: ignore[arg-type]  # cloudpickle takes a class as well
-    return FunctionDefinition(
-        name=name,
-        version=hashlib.sha256(payload).hexdigest(),
-        payload=payload,
-        filename=filename,
-        source=source,
-        signature=_kinds.call_signature(final),
-        limits=limits,
-        reusable=all(reusable(method, captured) for method in _kinds.methods(final)),
-        captured=tuple(sorted(captured)),
-        kind=kind,
-        warm_class=True,
+        warm_class=isinstance(function, type),
     )
 
 
