@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import threading
-import uuid
 from typing import Any
 
 from tornado import web
@@ -107,15 +107,23 @@ class _Faas(web.RequestHandler):
     @property
     def request_id(self) -> str:
         if self._faas_request_id is None:
-            self._faas_request_id = uuid.uuid4().hex
+            # 128 random bits as 32 hex digits, as uuid4().hex gave, at a fraction of its cost.
+            self._faas_request_id = os.urandom(16).hex()
         return self._faas_request_id
 
     def set_default_headers(self) -> None:
-        # Called again when an error clears the headers: the same id then.
+        # Called again when an error clears the headers: the same id then. A fresh id is made only when the
+        # headers are sent (flush): a request that starts an invocation takes the invocation's id instead.
         super().set_default_headers()
         self.clear_header("Server")
         self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("X-Request-Id", self.request_id)
+        if self._faas_request_id is not None:
+            self.set_header("X-Request-Id", self._faas_request_id)
+
+    def flush(self, include_footers: bool = False) -> Any:
+        if not self._headers_written and "X-Request-Id" not in self._headers:
+            self.set_header("X-Request-Id", self.request_id)
+        return super().flush(include_footers)
 
     def note_invocation(self, invocation_id: str) -> None:
         """This request started an invocation: its id is the request's, so the record can be found from it."""
