@@ -98,6 +98,22 @@ def test_bytes_items_go_as_raw_chunks(server: Served) -> None:
     assert response.content == b"AAABBBCCC"
 
 
+def test_a_streamed_answer_and_an_empty_answer_each_carry_their_own_request_id(server: Served) -> None:
+    """The id is set when the headers go out: a stream's first chunk and a 204 without a body must have it too."""
+    streamed = server.post("letters", json={"n": 2}, headers=AUTH)
+    assert streamed.status_code == 200 and streamed.content == b"AAABBB"
+    assert streamed.headers["X-Request-Id"] in {record["id"] for record in invocations_of(server, "letters")}
+
+    created = httpx.post(f"{server.url}faas/api/keys", json={"functions": ["letters"]}, headers=AUTH, timeout=60)
+    assert created.status_code == 201
+    key_url = f"{server.url}faas/api/keys/{created.json()['id']}"
+    deleted = httpx.delete(key_url, headers=AUTH, timeout=60)
+    gone = httpx.delete(key_url, headers=AUTH, timeout=60)
+    assert (deleted.status_code, deleted.content, gone.status_code) == (204, b"", 404)
+    ids = [response.headers["X-Request-Id"] for response in (streamed, created, deleted, gone)]
+    assert all(len(ident) >= 16 for ident in ids) and len(set(ids)) == len(ids)
+
+
 def test_a_warm_class_and_an_async_function_answer_over_http(server: Served) -> None:
     assert server.post("Greeter", json={"name": "ann"}, headers=AUTH).json() == "hello ann"
     assert server.post("Greeter", json={"name": "bob"}, headers=AUTH).json() == "hello bob"
