@@ -14,8 +14,8 @@ from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.gateway import inkernel
 from tests.helpers import WASM_CACHE, faas_shell
 
-# A real Jupyter server for the server extension's tests: jp_serverapp, jp_fetch.
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
+# A real Jupyter server for the server extension's tests (jp_serverapp, jp_fetch); a backstop for hung tests.
+pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.timeout_backstop"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,6 +13,9 @@ import pytest
 
 from tests.helpers import WASM_CACHE
 
+# Benchmark scripts, not guarantees of the package: CI runs them in its second, `-m slow`, pass.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "run.py"
 SCALING = ROOT / "benchmarks" / "scaling.py"

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# Benchmark scripts, not guarantees of the package: CI runs them in its second, `-m slow`, pass.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "http_endpoints.py"
 

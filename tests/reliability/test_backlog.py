@@ -31,9 +31,10 @@ ENV = {
 NAPS, NAP = 40, 0.5  # 40 naps of 0.5 s on 2 slots: the backlog takes 10 s to drain
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[StateServed]:
-    with serving(tmp_path, CELLS, ENV) as server:
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StateServed]:
+    """One serve for the module: each test ends with every invocation it queued settled, so the next starts empty."""
+    with serving(tmp_path_factory.mktemp("backlog"), CELLS, ENV) as server:
         yield server
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from jupyter_faas.record.log import LOG_FILENAME, read_invocations
 
-KILLS = int(os.environ.get("FAAS_LOG_KILLS", "20"))
+KILLS = int(os.environ.get("FAAS_LOG_KILLS", "10"))
 # The log commits a batch every second; a batch under way when the kill lands is lost with it, so a
 # record appended more than this long before the kill must be on disk (the figure README quotes is the
 # largest loss measured, which is what this bound leaves room for on a busy machine).

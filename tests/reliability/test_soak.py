@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SOAK = Path(__file__).parents[2] / "benchmarks" / "soak.py"
-SECONDS = float(os.environ.get("FAAS_SOAK_SECONDS", "20"))
+SECONDS = float(os.environ.get("FAAS_SOAK_SECONDS", "10"))
 
 
 @pytest.mark.timeout(600)
