@@ -199,6 +199,9 @@ def echo_server() -> Iterator[tuple[str, int]]:
         listener.close()
 
 
+_FITS_IN_BUFFERS = 64 * 1024
+
+
 def loopback_floor(payload: int, rounds: int) -> dict[str, float]:
     """Round-trip latency and bytes/s (sent + received) of echoing `payload` bytes through a plain socket."""
     data = os.urandom(payload)
@@ -207,13 +210,22 @@ def loopback_floor(payload: int, rounds: int) -> dict[str, float]:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for _ in range(rounds + 1):
             start = time.perf_counter()
-            conn.sendall(data)
+            # A large payload is sent from a thread of its own while this one reads: sending it all first
+            # deadlocks once the echo's and this socket's buffers are full (10 MB did, now and then). A small one
+            # fits in the buffers, and a thread's start would cost more than its round trip.
+            sender = threading.Thread(target=conn.sendall, args=(data,), name="loopback-send", daemon=True)
+            if payload > _FITS_IN_BUFFERS:
+                sender.start()
+            else:
+                conn.sendall(data)
             left = payload
             while left:
                 chunk = conn.recv(min(left, 4 * MB))
                 if not chunk:
                     raise RuntimeError("the loopback echo closed early")
                 left -= len(chunk)
+            if payload > _FITS_IN_BUFFERS:
+                sender.join()
             samples.append(time.perf_counter() - start)
     samples = samples[1:]  # the first round opens the connection's buffers
     return {"p50_ms": statistics.median(samples) * 1000, "bytes_per_s": 2 * payload * len(samples) / sum(samples)}
