@@ -119,8 +119,10 @@ def read_arguments(name: str, content_type: str, body: bytes) -> tuple[tuple[Any
     )
 
 
-def check_arguments(name: str, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """The arguments fit the signature and its plain annotations, or a 422 naming the parameter."""
+def check_arguments(
+    name: str, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> inspect.BoundArguments:
+    """The arguments bound to the signature, checked against its plain annotations; else a 422 naming the parameter."""
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as e:
@@ -145,6 +147,7 @@ def check_arguments(name: str, signature: inspect.Signature, args: tuple[Any, ..
                 f"{name}(): parameter {parameter_name!r} expects {expected}, got {type(value).__name__}",
                 parameter=parameter_name,
             )
+    return bound
 
 
 def encode_result(name: str, value: Any) -> Answer:

@@ -69,10 +69,9 @@ def check_types(call: Call) -> None:
     else a 422 naming the parameter."""
     signature = call.deployment.definition.signature
     try:
-        _contract.check_arguments(call.deployment.name, signature, call.args, call.kwargs)
+        bound = _contract.check_arguments(call.deployment.name, signature, call.args, call.kwargs)
     except _contract.ContractError as e:
-        raise HttpError(e.status, e.kind, e.message, **e.extra) from None
-    bound = signature.bind(*call.args, **call.kwargs)
+        raise _as_http(e) from None
     if validators(call.deployment.definition).adapters:
         try:
             converted = validate(call.deployment.definition, dict(bound.arguments))
@@ -100,7 +99,12 @@ def read_arguments(name: str, content_type: str, body: bytes) -> tuple[tuple[Any
     try:
         return _contract.read_arguments(name, content_type, body)
     except _contract.ContractError as e:
-        raise HttpError(e.status, e.kind, e.message, **e.extra) from None
+        raise _as_http(e) from None
+
+
+def _as_http(error: _contract.ContractError) -> HttpError:
+    """The contract's refusal as the gateway's error: the same status, type, message and fields."""
+    return HttpError(error.status, error.kind, error.message, **error.extra)
 
 
 def encode_result(name: str, value: Any) -> Any:
