@@ -160,11 +160,16 @@ class _Alarm:
                 self._engine.increment_epoch()
 
 
+def _instance_key(program: WasmProgram) -> tuple[str, str | None, int]:
+    """What an instance is made for: its component, its grant, and its memory limit (the store's)."""
+    return (program.digest, program.allow_read, program.memory)
+
+
 @dataclass
 class _Instance:
     """A fresh instance no call has run in, with its store and the output its WASI streams collect."""
 
-    key: tuple[str, str | None]
+    key: tuple[str, str | None, int]
     store: wasmtime.Store
     instance: _component.Instance
     output: list[tuple[str, bytes]]
@@ -176,7 +181,7 @@ class WasmRuntime(_runtimes.Runtime):
 
     The instance for the next call is made right after a call ends, off the call's path, on a thread of its own
     (wasmtime releases the GIL); the old store is dropped there too. A call still runs in an instance no call
-    ran in: one made ahead for the same component and grant, or else one made on the spot.
+    ran in: one made ahead for the same component, grant and memory limit, or else one made on the spot.
     """
 
     def __init__(self) -> None:
@@ -186,7 +191,7 @@ class WasmRuntime(_runtimes.Runtime):
         self._process = psutil.Process()
         self._alarm: _Alarm | None = None
         # Made ahead: the instance for the next call, and the store of the last one, still to drop.
-        self._ahead: Future[_Instance | None] | None = None
+        self._ahead: Future[_Instance] | None = None
         self._helper: ThreadPoolExecutor | None = None
         self._owner = os.getpid()
 
@@ -263,11 +268,11 @@ class WasmRuntime(_runtimes.Runtime):
                 f"{program.name}: its WebAssembly instance does not fit in its memory limit of "
                 f"{format_size(program.memory)}: {str(e).splitlines()[0]}"
             ) from None
-        key = (program.digest, program.allow_read)
-        return _Instance(key, store, instance, output, _runtimes.elapsed_ms(began))
+        return _Instance(_instance_key(program), store, instance, output, _runtimes.elapsed_ms(began))
 
     def _made_ahead(self, program: WasmProgram) -> _Instance | None:
-        """The instance made ahead, if it is for this program (waiting for it if it is still being made)."""
+        """The instance made ahead, if it was made for this program's component, grant and memory limit (waiting
+        for it if it is still being made)."""
         ahead, self._ahead = self._ahead, None
         if ahead is None or os.getpid() != self._owner:
             return None  # in a process forked from the sandbox, the helper thread did not come along
@@ -275,9 +280,7 @@ class WasmRuntime(_runtimes.Runtime):
             ready = ahead.result()
         except Exception:
             return None  # made on the spot instead, where its error reaches the call
-        if ready is None or ready.key != (program.digest, program.allow_read):
-            return None
-        return ready
+        return ready if ready.key == _instance_key(program) else None
 
     def _make_next(self, program: WasmProgram, used: _Instance) -> None:
         """After a call: drop its store, and make the next call's instance, both off the call's path."""
