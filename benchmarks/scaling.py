@@ -213,8 +213,9 @@ def loopback_floor(payload: int, rounds: int) -> dict[str, float]:
             # A large payload is sent from a thread of its own while this one reads: sending it all first
             # deadlocks once the echo's and this socket's buffers are full (10 MB did, now and then). A small one
             # fits in the buffers, and a thread's start would cost more than its round trip.
-            sender = threading.Thread(target=conn.sendall, args=(data,), name="loopback-send", daemon=True)
+            sender: threading.Thread | None = None
             if payload > _FITS_IN_BUFFERS:
+                sender = threading.Thread(target=conn.sendall, args=(data,), name="loopback-send", daemon=True)
                 sender.start()
             else:
                 conn.sendall(data)
@@ -224,7 +225,7 @@ def loopback_floor(payload: int, rounds: int) -> dict[str, float]:
                 if not chunk:
                     raise RuntimeError("the loopback echo closed early")
                 left -= len(chunk)
-            if payload > _FITS_IN_BUFFERS:
+            if sender is not None:
                 sender.join()
             samples.append(time.perf_counter() - start)
     samples = samples[1:]  # the first round opens the connection's buffers
