@@ -272,7 +272,7 @@ def start_faas(procs: Processes, token: str) -> Server:
         DASK_FAAS__CLUSTER__IDLE_TIMEOUT="600s",  # the workers stay up between the measurements
     )
     began = time.perf_counter()
-    command = [exe, "serve", str(notebook), "--ip", "127.0.0.1", "--port", "0", "--token", token]
+    command = [exe, "serve", str(notebook), "--ip", "127.0.0.1", "--port", "0", f"--token={token}"]
     process = procs.launch("faas", command, env)
     deadline = START_DEADLINE_S["faas"]
     found = wait_for(

@@ -145,7 +145,7 @@ def start_serve(
     """
     environment = {**os.environ, "DASK_FAAS__STATE_DIR": str(state), **(env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_faas.cli", "serve", str(notebook), "--port", "0", "--token", token, *extra],
+        [sys.executable, "-m", "jupyter_faas.cli", "serve", str(notebook), "--port", "0", f"--token={token}", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
