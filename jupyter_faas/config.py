@@ -91,6 +91,12 @@ def idle_timeout() -> float:
     return _checked("faas.cluster.idle-timeout", lambda v: parse_duration(v, "faas.cluster.idle-timeout", minimum=1))
 
 
+def connect_timeout() -> float:
+    return _checked(
+        "faas.cluster.connect-timeout", lambda v: parse_duration(v, "faas.cluster.connect-timeout", minimum=0.1)
+    )
+
+
 def maximum_workers() -> int:
     value = _get("faas.cluster.maximum")
     if value is None:
@@ -406,6 +412,7 @@ def tracing_otlp_endpoint() -> str | None:
 
 _VALIDATORS = {
     "faas.cluster.idle-timeout": idle_timeout,
+    "faas.cluster.connect-timeout": connect_timeout,
     "faas.cluster.maximum": maximum_workers,
     "faas.cluster.slots-per-worker": slots_per_worker,
     "faas.cluster.worker-memory": worker_memory,

@@ -50,6 +50,7 @@ def test_a_yaml_file_in_the_dask_config_folder_sets_keys(tmp_path: Path) -> None
         ("faas.cluster.start-method", "teleport", "faas.cluster.start-method: expected one of"),
         ("faas.cluster.factory", "LocalCluster", "faas.cluster.factory: expected a mapping"),
         ("faas.cluster.address", 8786, "faas.cluster.address: expected a scheduler address"),
+        ("faas.cluster.connect-timeout", "0s", "faas.cluster.connect-timeout: .*at least 0.1s"),
         ("faas.defaults.retries", -1, "faas.defaults.retries"),
         ("faas.defaults.isolation", "cold", "faas.defaults.isolation: expected one of warm, fresh"),
         ("faas.cluster.zones", 0, "faas.cluster.zones: expected a whole number of at least 1"),

@@ -277,15 +277,16 @@ def connect(token: str, hooks: ScalingHooks) -> ClusterHandle:
     if address and factory:
         raise ConfigError("set only one of faas.cluster.address and faas.cluster.factory")
     owner = os.environ.get(OWNER_SCHEDULER_ENV) if _config.share_server() else None
+    connect_timeout = _config.connect_timeout()
     if address:
         try:
-            client = Client(address, set_as_default=False, timeout="10s")  # type: ignore[no-untyped-call]  # Client() is unannotated
+            client = Client(address, set_as_default=False, timeout=connect_timeout)  # type: ignore[no-untyped-call]  # Client() is unannotated
         except OSError as e:
             raise ConfigError(f"faas.cluster.address: cannot reach the scheduler at {address}: {e}") from None
         handle = ClusterHandle("address", client, None, maximum)
     elif owner and not factory:
         try:
-            client = Client(owner, set_as_default=False, timeout="10s")  # type: ignore[no-untyped-call]  # Client() is unannotated
+            client = Client(owner, set_as_default=False, timeout=connect_timeout)  # type: ignore[no-untyped-call]  # Client() is unannotated
         except OSError as e:
             raise FaasError(
                 f"cannot reach the cluster of the Jupyter server that started this kernel ({owner}): {e}. "

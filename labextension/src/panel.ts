@@ -202,6 +202,10 @@ export class ServerlessPanel extends Widget {
   }
 
   set selected(name: string | null) {
+    if (name !== this._selected) {
+      // Until its own details arrive, nothing of the previous function (its Undeploy button above all) stays.
+      this._details.replaceChildren(...(name ? [element('p', 'jp-faas-Loading', `Loading ${name}…`)] : []));
+    }
     this._selected = name;
     this._onSelect(name);
     // A failure is drawn in the panel by refresh itself.
@@ -210,6 +214,8 @@ export class ServerlessPanel extends Widget {
 
   /** Fetch everything the panel shows and draw it; rejects (so polling backs off) when the API fails. */
   async refresh(): Promise<void> {
+    // Only the newest refresh draws: an older one (a poll begun before a click or an undeploy) may end later.
+    const generation = ++this._generation;
     try {
       const [functions, platform, letters, triggers] = await Promise.all([
         this.client.functions(),
@@ -222,9 +228,13 @@ export class ServerlessPanel extends Widget {
       }
       const invocations = this._selected ? await this.client.invocations(this._selected) : [];
       const tree = invocations.length > 0 ? await this._callTree(invocations[0].id) : null;
-      this._render(functions, platform, letters, invocations, triggers, tree);
+      if (generation === this._generation) {
+        this._render(functions, platform, letters, invocations, triggers, tree);
+      }
     } catch (error) {
-      this._renderError(error);
+      if (generation === this._generation) {
+        this._renderError(error);
+      }
       throw error;
     }
   }
@@ -482,6 +492,7 @@ export class ServerlessPanel extends Widget {
   private _onSelect: (name: string | null) => void;
   private _now: () => number;
   private _poll: Poll | null = null;
+  private _generation = 0;
   private _selected: string | null = null;
   private _status: HTMLDivElement;
   private _strip: HTMLDivElement;

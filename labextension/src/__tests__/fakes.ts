@@ -115,7 +115,10 @@ export interface ISeen {
   url: string;
 }
 
-/** A fake fetch answering each faas/api path from `routes` (status 200 with JSON), else 404. */
+/** A fake fetch answering each faas/api path from `routes` (status 200 with JSON), else 404.
+ *
+ * A route may be a function, called at request time; what it returns (or the promise's value) is the body.
+ */
 export function fakeServer(
   routes: Record<string, unknown>,
   seen: ISeen[] = [],
@@ -133,7 +136,8 @@ export function fakeServer(
     const key = `${request.method} ${url.pathname}${url.search}`;
     seen.push({ method: request.method, url: url.href });
     if (key in routes) {
-      const body = routes[key];
+      const route = routes[key];
+      const body = typeof route === 'function' ? await route() : route;
       return new Response(typeof body === 'string' ? body : JSON.stringify(body), {
         status: status[key] ?? 200,
         headers: { 'Content-Type': 'application/json' }

@@ -1,6 +1,6 @@
 import { FaasClient } from '../client';
 import { chartPoints, formatAgo, formatCost, formatMs, ServerlessPanel } from '../panel';
-import { fakeServer, ISeen, NOW, standardRoutes } from './fakes';
+import { fakeServer, ISeen, NOW, square, standardRoutes } from './fakes';
 
 function text(panel: ServerlessPanel, selector: string): string[] {
   return Array.from(panel.node.querySelectorAll(selector)).map(node => (node.textContent ?? '').trim());
@@ -110,6 +110,37 @@ describe('ServerlessPanel', () => {
     expect(text(panel, '.jp-faas-Details h3')).toEqual(['square(x: int)']);
     panel.selected = null;
     expect(selections).toEqual(['square', null]);
+  });
+
+  it('draws only the newest refresh, even when an older one ends after it', async () => {
+    const routes = standardRoutes();
+    let release: () => void = () => undefined;
+    const held = new Promise<void>(resolve => (release = resolve));
+    let calls = 0;
+    // The first listing (a poll begun before an undeploy) still has square and answers last.
+    routes['GET /faas/api/functions'] = () => (++calls === 1 ? held.then(() => ({ functions: [square] })) : { functions: [] });
+    const panel = makePanel(routes);
+    const older = panel.refresh();
+    while (calls < 1) {
+      await new Promise(resolve => setTimeout(resolve, 1));
+    }
+    await panel.refresh();
+    expect(panel.node.querySelectorAll('.jp-faas-Row')).toHaveLength(0);
+    release();
+    await older;
+    expect(panel.node.querySelectorAll('.jp-faas-Row')).toHaveLength(0);
+  });
+
+  it('drops the previous function’s details, and its Undeploy button, as soon as another is selected', async () => {
+    const panel = makePanel();
+    panel.selected = 'square';
+    await panel.refresh();
+    expect(panel.node.querySelectorAll('.jp-faas-Undeploy')).toHaveLength(1);
+    panel.selected = 'other';
+    expect(text(panel, '.jp-faas-Details')).toEqual(['Loading other…']);
+    expect(panel.node.querySelectorAll('.jp-faas-Undeploy')).toHaveLength(0);
+    panel.selected = null;
+    expect(text(panel, '.jp-faas-Details')).toEqual(['']);
   });
 
   it('undeploys only after confirmation', async () => {

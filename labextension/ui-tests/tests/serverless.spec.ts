@@ -49,11 +49,14 @@ test.describe('The Serverless sidebar', () => {
     await page.locator(`#${SIDEBAR} .jp-faas-Row[data-name="square"]`).click();
     await page.screenshot({ path: path.join(SCREENSHOTS, 'lab.png') });
 
-    // Undeploy asks first; cancelling keeps it, confirming removes it.
+    // Undeploy asks first; cancelling keeps it, confirming removes it. The button is square's once its details show.
+    await expect(page.locator(`#${SIDEBAR} .jp-faas-Details h3`)).toHaveText('square(x)', { timeout: 30 * 1000 });
     await page.locator(`#${SIDEBAR} .jp-faas-Undeploy`).click();
+    await expect(page.locator('.jp-Dialog-header')).toHaveText('Undeploy square?');
     await page.locator('.jp-Dialog .jp-mod-reject').click();
     await expect(row).toBeVisible();
     await page.locator(`#${SIDEBAR} .jp-faas-Undeploy`).click();
+    await expect(page.locator('.jp-Dialog-header')).toHaveText('Undeploy square?');
     await page.locator('.jp-Dialog .jp-mod-accept').click();
     await expect(row).toHaveCount(0, { timeout: 30 * 1000 });
     const gone = await request.post('/faas/functions/square', { data: { x: 3 } });

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
@@ -46,6 +47,8 @@ elif mode == "count":
     seen.append(arg)
     json.faas_seen = seen
     result = len(seen)
+elif mode == "alloc":
+    result = len(bytearray(arg))
 else:
     result = {"echo": arg, "sha": hashlib.sha256(json.dumps(arg).encode()).hexdigest()}
 result
@@ -217,3 +220,28 @@ def test_the_runtime_itself_stops_a_call_and_stays_usable(edge: dict[str, FaasFu
         function("loop")
     assert function("echo", 3)["echo"] == 3
     assert _runtimes.last_init_ms is not None and _runtimes.last_init_ms < 200
+
+
+def test_an_instance_made_ahead_is_used_only_under_the_memory_limit_it_was_made_with(
+    edge: dict[str, FaasFunction],
+) -> None:
+    # In this process: the same component under two memory limits, called in turn. Each call's instance is made
+    # ahead by the call before, under that call's limit; the store's limit is what this process leaves of it.
+    rss = psutil.Process().memory_info().rss
+    params = ["mode", "arg=None"]
+    roomy = from_wasm_cell(
+        EDGE, {}, Limits(timeout=20, memory=rss + 2**30, retries=0, concurrency=None), name="edge", params=params,
+        magic_line=LINE,
+    ).load()  # fmt: skip
+    tight = from_wasm_cell(
+        EDGE, {}, Limits(timeout=20, memory=2**20, retries=0, concurrency=None), name="edge", params=params,
+        magic_line=LINE,
+    ).load()  # fmt: skip
+    size = 200 * 2**20
+    for _ in range(2):
+        assert roomy("alloc", size) == size
+        with pytest.raises(FaasMemoryError):
+            tight("alloc", size)  # made ahead by roomy's call, its instance would have room for this
+        with pytest.raises(FaasMemoryError):
+            tight("alloc", size)
+        assert roomy("alloc", size) == size  # and the other way round
