@@ -35,6 +35,18 @@ def test_importing_the_package_does_not_import_distributed() -> None:
     assert done.stdout.strip() == "False", done.stderr
 
 
+def test_loading_the_extension_does_not_read_notebooks() -> None:
+    # nbformat (with jsonschema's format checkers) took more than a second of %load_ext; only serve reads notebooks.
+    code = (
+        "import sys; from IPython.testing.globalipapp import start_ipython; "
+        "start_ipython().run_line_magic('load_ext', 'jupyter_faas'); "
+        "print(sorted(m for m in ('nbformat', 'jsonschema', 'jupyter_faas.gateway.notebook') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
 def test_the_version_matches_the_package_metadata() -> None:
     from importlib.metadata import version
 

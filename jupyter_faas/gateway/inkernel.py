@@ -16,7 +16,7 @@ from jupyter_faas import config as _config
 from jupyter_faas.client import deploy as _deploy
 from jupyter_faas.dispatch import platform as _platform
 from jupyter_faas.gateway.keys import KeyStore
-from jupyter_faas.gateway.serve import HostPolicy, HttpThread, serve_http
+from jupyter_faas.gateway.server import HostPolicy, HttpThread, serve_http
 from jupyter_faas.gateway.service import Endpoints
 from jupyter_faas.gateway.triggers import TriggerStore
 from jupyter_faas.record.registry import Registry

@@ -24,7 +24,7 @@ from tornado import netutil
 from jupyter_faas import function
 from jupyter_faas.dispatch.platform import Platform
 from jupyter_faas.errors import ConfigError
-from jupyter_faas.gateway.serve import HostPolicy, HttpThread, serve_http
+from jupyter_faas.gateway.server import HostPolicy, HttpThread, serve_http
 from jupyter_faas.gateway.service import Endpoints
 from jupyter_faas.record import tracing as _tracing
 from jupyter_faas.record.registry import Registry

@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from jupyter_faas.gateway import serve as _serve
+from jupyter_faas.gateway import server as _server
 from tests.helpers import RELIABILITY_AUTH as AUTH
 from tests.helpers import RELIABILITY_CELLS as CELLS
 from tests.helpers import RELIABILITY_TOKEN as TOKEN
@@ -124,7 +124,7 @@ def test_wrong_tokens_of_every_length_are_refused_and_compared_in_constant_time(
             response = client.get(f"{served.url}faas/api/functions", headers={"Authorization": header})
             assert response.status_code == 401, header
     # The comparison is hmac.compare_digest's, whose time does not depend on where the tokens differ.
-    assert "hmac.compare_digest(" in inspect.getsource(_serve._ServeBase.faas_guard)
+    assert "hmac.compare_digest(" in inspect.getsource(_server._ServeBase.faas_guard)
     assert served.works()
 
 
