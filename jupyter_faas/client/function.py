@@ -131,7 +131,7 @@ class FaasFunction:
                 f"{self.name} is a generator function: its items cannot yet stream back into another function. "
                 "Call a plain function from here, or iterate it from the notebook or over HTTP"
             )
-        stream.attach(platform.invoke(self._definition, blob, on_item=stream.put))
+        stream.attach(platform.invoke(self._definition, blob, on_item=stream.sink))
         return stream
 
     def aio(self, *args: Any, **kwargs: Any) -> Any:

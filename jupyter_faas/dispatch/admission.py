@@ -107,6 +107,28 @@ class Invocation:
     init_ms: float | None = None
     items: int = 0
     first_item: float | None = None
+    # While it runs on a worker, how to stop it there; and whether its caller has asked for that (it left).
+    stopper: Callable[[], None] | None = None
+    stop_requested: bool = False
+
+    def stoppable(self, stopper: Callable[[], None] | None) -> None:
+        """How to stop it while it runs on a worker; None once it no longer runs there."""
+        self.stopper = stopper
+        if stopper is not None and self.stop_requested:
+            _stop_soon(stopper)
+
+    def request_stop(self) -> None:
+        """Its caller has left: stop it where it runs (now, or as soon as it starts there); it is never retried."""
+        self.stop_requested = True
+        stopper = self.stopper
+        if stopper is not None:
+            _stop_soon(stopper)
+
+
+def _stop_soon(stopper: Callable[[], None]) -> None:
+    # On a thread of its own: a stop may come from a garbage collection, in any thread at any point, and
+    # sending it takes the stream's lock, which that very thread may hold.
+    threading.Thread(target=stopper, name="faas-stop", daemon=True).start()
 
 
 @dataclass(eq=False)
@@ -136,6 +158,13 @@ class InvocationFuture(Future[Any]):
     """The future of one invocation, carrying the invocation's id."""
 
     id: str
+    # Set by the platform that runs it: stops it where it runs.
+    on_stop: Callable[[], None] | None = None
+
+    def stop(self) -> None:
+        """Stop the invocation where it runs, unless it has ended: its caller no longer wants what it makes."""
+        if self.on_stop is not None and not self.done():
+            self.on_stop()
 
 
 class FutureSink:

@@ -100,9 +100,10 @@ class MapResults:
 def should_retry(invocation: Invocation, outcome: Outcome) -> bool:
     """A failure worth another attempt, while the function's retries last.
 
-    Never once a generator's items have reached its caller: another attempt would send them again.
+    Never once a generator's items have reached its caller: another attempt would send them again; nor once
+    its caller has left.
     """
-    if invocation.items:
+    if invocation.items or invocation.stop_requested:
         return False
     return outcome.status in _RETRIED and invocation.attempts <= invocation.definition.limits.retries
 

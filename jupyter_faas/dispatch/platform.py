@@ -344,6 +344,7 @@ class Platform:
             future.id, definition, blob, 0, time.time(), time.perf_counter(), sink, 0, trigger=trigger,
             max_output=max_output, secrets=secrets, max_bytes=max_bytes, background=background,
         )  # fmt: skip
+        future.on_stop = invocation.request_stop
         invocation.called_by(parent)
         if queue_timeout is not None:
             self._queued.add(future.id, queue_timeout, sink, definition.name)
@@ -462,6 +463,8 @@ class Platform:
                 setup_timeout=definition.limits.setup_timeout,
                 inputs=definition.limits.inputs,
                 on_event=lambda event: _streams.on_event(by_index[event[1]], event),
+                # Only a generator's caller can leave before its call ends (it closes its stream).
+                on_stoppable=(lambda stop: _streams.stoppable(by_index, stop)) if definition.streams else None,
             )
         )
 

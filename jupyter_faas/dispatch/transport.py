@@ -32,6 +32,7 @@ from jupyter_faas.worker.messages import (
     Run,
     RunExtras,
     RunWithExtras,
+    StopCall,
     StreamEvent,
     WorkerFrame,
 )
@@ -105,6 +106,9 @@ class Job:
     inputs: int = 1
     # Where a setup's end ("init") and a generator's items ("item") go, as they come.
     on_event: Callable[[StreamEvent], None] | None = None
+    # Told, when the job's run starts on a worker, how to stop the call at an index while it runs; and told
+    # None once it has ended there.
+    on_stoppable: Callable[[Callable[[int], None] | None], None] | None = None
 
 
 def _end(job: Job, outcome: Outcome) -> None:
@@ -116,6 +120,11 @@ def _end(job: Job, outcome: Outcome) -> None:
 def _end_as_lost(job: Job, message: str, worker: str | None = None) -> None:
     """Lost: the platform retries it or reports it."""
     _end(job, Outcome("lost", error=("WorkerLost", message, "", None), worker=worker))
+
+
+def _unstoppable(job: Job) -> None:
+    if job.on_stoppable is not None:
+        job.on_stoppable(None)
 
 
 def _request(job: Job, with_package: bool) -> RunWithExtras:
@@ -250,6 +259,14 @@ class _Replies:
     def send(self, message: Run | RunWithExtras) -> None:
         with self.sending:
             _wire.send(self.sock, message)
+
+    def stop(self, index: int) -> None:
+        """Ask the worker to stop the call at `index`, if it is still running; nothing once the job is over."""
+        with self.sending:
+            if self.open:
+                message: StopCall = ("stop", index)
+                with contextlib.suppress(OSError):  # a broken stream is the job's to report
+                    _wire.send(self.sock, message)
 
     def called(self) -> None:
         with self.dispatcher._lock:
@@ -401,6 +418,8 @@ class DirectDispatcher:
         # The worker answers in the order of job.indices, so what is unanswered is always a tail.
         answered = 0
         replies = _Replies(self, link, sock)
+        if job.on_stoppable is not None:
+            job.on_stoppable(replies.stop)
         try:
             sock.settimeout(job.timeout + _SILENCE_GRACE)
             while True:
@@ -429,10 +448,12 @@ class DirectDispatcher:
                 if frame[0] == "done":
                     break
         except BaseException:
+            _unstoppable(job)
             replies.close()
             job.indices = job.indices[answered:]
             link.discard(sock)
             raise
+        _unstoppable(job)
         replies.close()
         sock.settimeout(None)
         link.give_back(sock)

@@ -15,6 +15,7 @@ from typing import Any
 from jupyter_faas import config as _config
 from jupyter_faas.contract import is_json
 from jupyter_faas.definition.signature import takes_bytes
+from jupyter_faas.dispatch.admission import InvocationFuture
 from jupyter_faas.dispatch.platform import Platform, new_ids, pack_calls
 from jupyter_faas.dispatch.streams import ItemStream
 from jupyter_faas.errors import ArgumentsTooLarge, InputRefused, LimitError, MissingSecret, QueueFull, RegistryError
@@ -267,10 +268,10 @@ class Endpoints:
         """Start a generator's invocation: its items, as it yields them (an HttpError if it cannot start)."""
         call = self.prepare(name, content_type, body)
         stream = ItemStream(name, call.deployment.definition.limits.timeout)
-        future = self._submit(call, _config.http_queue_timeout(), on_item=stream.put, traceparent=traceparent)
+        future = self._submit(call, _config.http_queue_timeout(), on_item=stream.sink, traceparent=traceparent)
         stream.attach(future)
         if on_submit is not None:
-            on_submit(future.id)  # type: ignore[attr-defined]
+            on_submit(future.id)
         return stream
 
     def _submit(
@@ -280,7 +281,7 @@ class Endpoints:
         background: bool = False,
         on_item: Callable[[bytes], None] | None = None,
         traceparent: str | None = None,
-    ) -> Future[Any]:
+    ) -> InvocationFuture:
         definition = call.deployment.definition
         try:
             blob = pack_calls(definition.name, [(call.args, call.kwargs)])
@@ -319,7 +320,7 @@ class Endpoints:
         call = self.prepare(name, content_type, body)
         future = self._submit(call, _config.http_queue_timeout(), traceparent=traceparent)
         if on_submit is not None:
-            on_submit(future.id)  # type: ignore[attr-defined]
+            on_submit(future.id)
         try:
             value = await asyncio.wrap_future(future)
         except Exception as error:
@@ -334,13 +335,13 @@ class Endpoints:
         future = self._submit(call, None, background=True, traceparent=traceparent)
         pending = _Pending(call.deployment.name, future, call, source)
         # Journaled before the 202: an invocation a caller was told about is never silently forgotten.
-        invocation_id: str = future.id  # type: ignore[attr-defined]
+        invocation_id: str = future.id
         deployment = call.deployment
         self.in_flight.begin(invocation_id, deployment.name, deployment.version, call.content_type, call.raw, source)
         with self._lock:
-            self._pending[future.id] = pending  # type: ignore[attr-defined]
-        future.add_done_callback(lambda _: self._settle(future.id, pending))  # type: ignore[attr-defined]
-        return Reply(202, {"id": future.id, "status": "queued"})  # type: ignore[attr-defined]
+            self._pending[future.id] = pending
+        future.add_done_callback(lambda _: self._settle(future.id, pending))
+        return Reply(202, {"id": future.id, "status": "queued"})
 
     def _settle(self, invocation_id: str, pending: _Pending) -> None:
         """Runs when an asynchronous invocation ends; one that failed after its retries is a dead letter."""

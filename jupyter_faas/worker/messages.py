@@ -62,6 +62,11 @@ WorkerFrame = Answers | Done | Output | Missing | ChildCall
 ChildReply = tuple[Literal["reply"], int, bytes]
 # What a ChildReply carries: ("ok", value, invocation ids) or ("error", exception, invocation ids).
 ChildResult = tuple[Literal["ok", "error"], object, list[str]]
+# ("stop", index): the caller of the invocation at index has left (it closed its stream of items): the worker
+# stops that invocation if it is running, and drops the message otherwise.
+StopCall = tuple[Literal["stop"], int]
+# What the client sends on a stream while a Run is going: answers to its calls, and stops.
+ToWorker = ChildReply | StopCall
 
 # -- worker <-> sandbox, over the sandbox's socket -----------------------------------------------------
 

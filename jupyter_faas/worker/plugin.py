@@ -21,7 +21,6 @@ from jupyter_faas.worker.messages import (
     Answer,
     Answers,
     ChildCall,
-    ChildReply,
     Done,
     Hello,
     Missing,
@@ -31,6 +30,7 @@ from jupyter_faas.worker.messages import (
     RunExtras,
     SandboxCall,
     StreamEvent,
+    ToWorker,
 )
 from jupyter_faas.worker.pool import NO_RESULT_LIMIT, Batch, Invoker, Upstream
 
@@ -114,9 +114,9 @@ class InvokerServer:
             hello: Hello = ("hello", self._worker_started, self.invoker.slots)
             _wire.send(sock, hello)
             while not self._closed:
-                request: Run | ChildReply = _wire.receive(sock)
-                if request[0] == "reply":
-                    continue  # for a call whose invocation has already ended
+                request: Run | ToWorker = _wire.receive(sock)
+                if request[0] != "run":
+                    continue  # a reply or a stop for an invocation that has already ended
                 self._handle(sock, request)
         except (OSError, _wire.ConnectionLost, EOFError):
             pass

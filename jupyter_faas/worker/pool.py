@@ -36,6 +36,7 @@ from jupyter_faas.worker.messages import (
     SandboxRun,
     SetupStarted,
     StreamEvent,
+    ToWorker,
 )
 
 # How often a running invocation's memory is sampled; fast calls answer before the first sample.
@@ -278,6 +279,7 @@ class Sandbox:
         self._send(batch, indices, with_package=fresh)
         answered = 0
         deadline = time.monotonic() + timeout
+        began = time.time()  # when the running call started
         # Calls run at once answer in any order: kept here until those before them have answered.
         at_once = batch.inputs > 1 and len(indices) > 1
         early: dict[int, Answer] = {}
@@ -299,11 +301,19 @@ class Sandbox:
             ready = _readable(self.conn, upstream, min(_MEMORY_POLL, remaining))
             if upstream is not None and upstream.sock in ready:
                 try:
-                    reply = _wire.receive(upstream.sock)
+                    from_client: ToWorker = _wire.receive(upstream.sock)
                 except OSError:
                     self.kill()  # the platform is gone: nobody waits for this call any more
                     raise
-                self._pass_on(reply)
+                if from_client[0] == "stop":
+                    # Calls run at once share the process: stopping one would stop them all, so they run on.
+                    if from_client[1] == index and not at_once:
+                        self.kill()
+                        left = f"{name} was stopped: its caller closed its stream of items"
+                        why = ("error", "StreamClosed", left)
+                        return self._fail_rest(indices, answered, early, at_once, why, (began, fresh, None), on_answer)
+                    continue
+                self._pass_on(from_client)
             if self.conn not in ready:
                 resident = self._resident(batch.isolation == "fresh")
                 if resident is not None and resident > memory:
@@ -370,6 +380,7 @@ class Sandbox:
             on_answer(index, sent)
             answered += 1
             deadline = time.monotonic() + timeout
+            began = time.time()
             if sent[0] == "memory" and batch.isolation != "fresh":
                 # Its peak is spent and its memory may still be held: the next call starts clean. (A fresh
                 # call's process is already gone, with its memory.)

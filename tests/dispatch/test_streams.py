@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from jupyter_faas import FaasTimeout, function
 from jupyter_faas.dispatch.platform import Platform
 from jupyter_faas.errors import UsageError
+from jupyter_faas.record.records import InvocationRecord
 from tests.helpers import wait_for
 
 
@@ -60,6 +62,20 @@ def never_read(progress: str) -> Iterator[bytes]:
         with open(progress, "w") as f:
             f.write(str(i))
         yield b"y" * 65536
+
+
+@function(timeout="60s", retries=2)
+def forever(progress: str) -> Iterator[int]:
+    import itertools
+    import os
+    import time
+
+    for i in itertools.count():
+        with open(progress + ".part", "w") as f:
+            f.write(str(i))
+        os.replace(progress + ".part", progress)  # whole numbers only, for the reader
+        time.sleep(0.002)
+        yield i
 
 
 @function(retries=2)
@@ -153,3 +169,66 @@ def test_map_and_submit_of_a_generator_say_to_iterate_it(platform: Platform) -> 
 def test_a_cell_body_that_yields_is_a_generator(shell: InteractiveShell, platform: Platform) -> None:
     shell.run_cell_magic("faas", "countdown n:int", "for i in range(n, 0, -1):\n    yield i")
     assert list(shell.user_ns["countdown"](3)) == [3, 2, 1]
+
+
+def _reached(progress: Path) -> int:
+    return int(progress.read_text()) if progress.exists() else -1
+
+
+def _stopped_record(invocation_id: str | None) -> InvocationRecord:
+    found = wait_for(lambda: [r for r in forever.invocations if r.id == invocation_id], 20, "the stopped call's record")
+    return found[0]
+
+
+def _stays_stopped(progress: Path) -> None:
+    # Proving that something does not happen needs an observation window: 100 of its items' time.
+    reached = _reached(progress)
+    time.sleep(0.5)
+    assert _reached(progress) == reached
+
+
+def test_closing_a_stream_stops_the_function_long_before_its_timeout(platform: Platform, tmp_path: Path) -> None:
+    progress = tmp_path / "progress"
+    items = forever(str(progress))
+    assert [next(items) for _ in range(3)] == [0, 1, 2]
+    began = time.monotonic()
+    items.close()
+    record = _stopped_record(items.id)
+    assert record.status == "error" and record.error == "StreamClosed", record
+    assert record.attempts == 1 and record.items >= 3  # stopped, never retried (it has retries=2)
+    assert time.monotonic() - began < 15  # its timeout is 60 s
+    _stays_stopped(progress)
+    assert list(items) == []  # a closed stream ends, as a closed generator does
+    assert list(counted(2)) == [0, 1]  # and the platform goes on
+
+
+def test_leaving_a_for_loop_with_break_stops_the_function(platform: Platform, tmp_path: Path) -> None:
+    progress = tmp_path / "progress"
+    before = {record.id for record in forever.invocations}
+    for item in forever(str(progress)):
+        if item == 2:
+            break
+    new = wait_for(lambda: [r for r in forever.invocations if r.id not in before], 20, "the stopped call's record")
+    assert new[0].status == "error" and new[0].error == "StreamClosed" and new[0].attempts == 1, new[0]
+    _stays_stopped(progress)
+
+
+def test_a_stream_dropped_before_any_item_stops_the_function(platform: Platform, tmp_path: Path) -> None:
+    progress = tmp_path / "progress"
+    items = forever(str(progress))
+    invocation_id = items.id
+    wait_for(lambda: _reached(progress) >= 0, 20, "the function to start")
+    del items
+    gc.collect()  # the stream and its future hold each other: the collector frees them
+    record = _stopped_record(invocation_id)
+    assert record.status == "error" and record.error == "StreamClosed" and record.attempts == 1, record
+    _stays_stopped(progress)
+
+
+def test_a_stream_that_ends_is_not_stopped_when_it_is_closed(platform: Platform) -> None:
+    items = counted(3)
+    assert list(items) == [0, 1, 2]
+    items.close()
+    gc.collect()
+    record = wait_for(lambda: [r for r in counted.invocations if r.id == items.id], 10, "the record")[0]
+    assert record.status == "ok" and record.items == 3

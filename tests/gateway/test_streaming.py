@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import AUTH, Served, error_of, invocations_of, start_serve, stop_process_group, write_notebook
+from tests.helpers import (
+    AUTH,
+    Served,
+    error_of,
+    invocations_of,
+    start_serve,
+    stop_process_group,
+    wait_for,
+    write_notebook,
+)
 
 CELLS = [
     "%%faas --http\n"
@@ -29,6 +39,15 @@ CELLS = [
     "        self.greeting = 'hello'\n\n"
     "    def __call__(self, name: str) -> str:\n"
     "        return f'{self.greeting} {name}'\n",
+    "%%faas --http --timeout 60s\n"
+    "def forever(progress: str):\n"
+    "    import itertools, os, time\n"
+    "    for i in itertools.count():\n"
+    "        with open(progress + '.part', 'w') as f:\n"
+    "            f.write(str(i))\n"
+    "        os.replace(progress + '.part', progress)\n"
+    "        time.sleep(0.002)\n"
+    "        yield i\n",
     "%%faas --http\nasync def awaited(x: int) -> int:\n"
     "    import asyncio\n    await asyncio.sleep(0.01)\n    return x + 1\n",
 ]
@@ -120,6 +139,22 @@ def test_a_warm_class_and_an_async_function_answer_over_http(server: Served) -> 
     records = invocations_of(server, "Greeter")
     assert [record["init_ms"] is not None for record in records].count(True) >= 1
     assert server.post("awaited", json={"x": 41}, headers=AUTH).json() == 42
+
+
+def test_a_caller_that_disconnects_mid_stream_stops_the_function(server: Served, tmp_path: Path) -> None:
+    progress = tmp_path / "progress"
+    url = f"{server.url}faas/functions/forever"
+    with httpx.stream("POST", url, json={"progress": str(progress)}, headers=AUTH, timeout=60) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert [json.loads(next(lines)) for _ in range(3)] == [0, 1, 2]
+    # The connection is closed: the server finds out at its next write, and stops the function there.
+    record = wait_for(lambda: invocations_of(server, "forever"), 20, "the stopped call's record")[0]
+    assert record["status"] == "error" and record["error"] == "StreamClosed" and record["attempts"] == 1, record
+    assert record["duration_ms"] < 20_000  # its timeout is 60 s
+    reached = progress.read_text()
+    time.sleep(0.5)  # an observation window: 100 of its items' time
+    assert progress.read_text() == reached
 
 
 def test_openapi_describes_streamed_answers(server: Served) -> None:

@@ -283,3 +283,56 @@ def test_connections_that_never_send_a_token_are_closed_and_hold_no_threads(monk
             sock.close()
         server.close()
         invoker.close()
+
+
+def test_a_stop_ends_only_the_running_call_it_names_and_a_stray_one_is_dropped() -> None:
+    invoker = Invoker(slots=1)
+    server = InvokerServer(invoker, "127.0.0.1", time.time())
+    token = b"s" * _invoker.TOKEN_LENGTH
+    server.tokens.add(token)
+    body = "print('began', x, flush=True)\ntime.sleep(x)\nx"
+    definition = from_cell(body, {"time": time}, LIMITS, name="f", params=["x=None"])
+    package = (definition.payload, definition.filename, definition.source, definition.reusable)
+
+    def request(*sleeps: float) -> tuple:
+        blob = cloudpickle.dumps([((seconds,), {}) for seconds in sleeps])
+        indices = list(range(len(sleeps)))
+        return ("run", "f", definition.version, package, blob, indices, 30.0, 256 * 10**6, 65536, None, "warm", 2**30)
+
+    def until_running(client: socket.socket, index: int, answered: list[tuple[int, tuple]]) -> list[tuple[int, tuple]]:
+        """Frames up to the first output of the call at `index` (so it is running), or to the run's end."""
+        while True:
+            frame = _wire.receive(client)
+            if frame[0] in ("answers", "done"):
+                answered.extend(frame[1])
+            if (frame[0] == "output" and frame[1] == index) or frame[0] == "done":
+                return answered
+
+    try:
+        with socket.create_connection(server.endpoint, timeout=60) as client:
+            _wire.send_token(client, token)
+            assert _wire.receive(client)[0] == "hello"
+            # Stops and replies for invocations that have ended come between runs: they are dropped.
+            _wire.send(client, ("stop", 0))
+            _wire.send(client, ("reply", 7, b""))
+            _wire.send(client, request(0.0))
+            answered = until_running(client, -1, [])
+            assert [(index, answer[0]) for index, answer in answered] == [(0, "ok")]
+            # Two calls of 20 s in one batch. A stop for the call not yet running is dropped; a stop for the
+            # running one ends it at once, and the next call runs, until it is stopped in turn.
+            began = time.monotonic()
+            _wire.send(client, request(20.0, 20.0))
+            answered = until_running(client, 0, [])
+            _wire.send(client, ("stop", 1))
+            _wire.send(client, ("stop", 0))
+            answered = until_running(client, 1, answered)
+            _wire.send(client, ("stop", 1))
+            answered = until_running(client, -1, answered)
+            assert [(index, answer[0], answer[6][0]) for index, answer in answered] == [
+                (0, "error", "StreamClosed"),
+                (1, "error", "StreamClosed"),
+            ]
+            assert time.monotonic() - began < 15
+    finally:
+        server.close()
+        invoker.close()
