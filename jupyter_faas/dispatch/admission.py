@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import threading
 import time
 from collections import deque
@@ -113,22 +115,50 @@ class Invocation:
 
     def stoppable(self, stopper: Callable[[], None] | None) -> None:
         """How to stop it while it runs on a worker; None once it no longer runs there."""
+        if stopper is not None:
+            _stops.ready()
         self.stopper = stopper
         if stopper is not None and self.stop_requested:
-            _stop_soon(stopper)
+            _stops.send(stopper)
 
     def request_stop(self) -> None:
-        """Its caller has left: stop it where it runs (now, or as soon as it starts there); it is never retried."""
+        """Its caller has left: stop it where it runs (now, or as soon as it starts there); it is never retried.
+
+        Safe to call from a garbage collection, in any thread at any point (a dropped stream does).
+        """
         self.stop_requested = True
         stopper = self.stopper
         if stopper is not None:
-            _stop_soon(stopper)
+            _stops.send(stopper)
 
 
-def _stop_soon(stopper: Callable[[], None]) -> None:
-    # On a thread of its own: a stop may come from a garbage collection, in any thread at any point, and
-    # sending it takes the stream's lock, which that very thread may hold.
-    threading.Thread(target=stopper, name="faas-stop", daemon=True).start()
+class _StopSender:
+    """Sends stops from a thread of its own: a stop may come from a garbage collection, in any thread at any
+    point, and sending it takes the stream's lock, which that very thread may hold. A SimpleQueue's put is
+    safe there; starting a thread is not, so the thread starts beforehand, when a stoppable call starts."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def ready(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():  # none yet, or this is a forked process
+                self._thread = threading.Thread(target=self._run, name="faas-stops", daemon=True)
+                self._thread.start()
+
+    def send(self, stopper: Callable[[], None]) -> None:
+        self._queue.put(stopper)
+
+    def _run(self) -> None:
+        while True:
+            stopper = self._queue.get()
+            with contextlib.suppress(Exception):  # a stream already broken is its job's to report
+                stopper()
+
+
+_stops = _StopSender()
 
 
 @dataclass(eq=False)
