@@ -135,17 +135,21 @@ def start_serve(
     *extra: str,
     env: dict[str, str] | None = None,
     umask: int = -1,
-    token: str = TOKEN,
+    token: str | None = TOKEN,
     announcement: str = r"function\(s\) of .* at (http://\S+/)",
 ) -> Served:
     """Start serve on a free port and wait for its announcement; the caller stops it with stop_process_group.
 
     `umask` is the one serve runs under (-1: this process's own). `announcement`: the line to wait for, its
     group the URL (the default: once ready; EARLY_ANNOUNCEMENT: as soon as it answers, while its notebook runs).
+    `token` None: serve makes its own (and prints it).
     """
     environment = {**os.environ, "DASK_FAAS__STATE_DIR": str(state), **(env or {})}
+    given = [] if token is None else [f"--token={token}"]
+    if token is None:
+        environment.pop("JUPYTER_FAAS_TOKEN", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_faas.cli", "serve", str(notebook), "--port", "0", f"--token={token}", *extra],
+        [sys.executable, "-m", "jupyter_faas.cli", "serve", str(notebook), "--port", "0", *given, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

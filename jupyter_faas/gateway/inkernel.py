@@ -36,7 +36,7 @@ class KernelGateway:
         sockets = netutil.bind_sockets(port, address=ADDRESS)
         port = sockets[0].getsockname()[1]
         self.url = f"http://{ADDRESS}:{port}/"
-        self.token = secrets.token_urlsafe(24)
+        self.token = secrets.token_hex(24)
         self.state: Path = _config.state_dir() / "kernels" / str(os.getpid())
         self.registry = Registry(None)
         self.triggers = TriggerStore(self.state / "triggers")

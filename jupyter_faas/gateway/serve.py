@@ -111,7 +111,8 @@ class ServeApp(JupyterApp):
         # The notebook is the source of truth: its run sets the triggers again. What files were handled stays.
         triggers.clear()
         os.chdir(path.parent)  # as a kernel does: relative paths in the notebook mean its own folder
-        token = self.token or secrets.token_urlsafe(24)
+        # Hex, as Jupyter's own: a token that began with '-' could not be passed back as --token VALUE.
+        token = self.token or secrets.token_hex(24)
         platform = _platform.current(start=False)
         endpoints = Endpoints(platform, registry, state, url=url, starting=True)
         # Answering from now on, while the notebook runs: health says "starting" (503) until all is set.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -83,6 +84,24 @@ def test_a_json_object_is_keyword_arguments_and_the_answer_is_the_json_result(se
 def test_a_json_array_is_positional_arguments(served: Served) -> None:
     assert served.post("add", json=[1, 2], headers=AUTH).json() == 3
     assert served.post("add", json=[1], headers=AUTH).json() == 11
+
+
+def test_a_token_serve_makes_can_be_passed_back_as_its_token_option(tmp_path: Path) -> None:
+    # A made token that began with "-" would read as an option in `serve --token TOKEN`: serve makes hex ones.
+    notebook = write_notebook(tmp_path / "made.ipynb", ["%%faas double x:int\nx * 2"])
+    served = start_serve(notebook, tmp_path / "state", token=None)
+    try:
+        line = wait_for(lambda: [line for line in served.output if "token: " in line], 30, "the token line")[0]
+        made = line.split("token: ")[1].split()[0]
+        assert re.fullmatch(r"[0-9a-f]{48}", made), line
+        assert served.post("double", json={"x": 4}, headers={"Authorization": f"Bearer {made}"}).json() == 8
+    finally:
+        stop_process_group(served.process)
+    again = start_serve(notebook, tmp_path / "state", "--token", made, token=None)
+    try:
+        assert again.post("double", json={"x": 5}, headers={"Authorization": f"Bearer {made}"}).json() == 10
+    finally:
+        stop_process_group(again.process)
 
 
 def test_both_token_forms_are_accepted(served: Served) -> None:
