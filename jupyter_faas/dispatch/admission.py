@@ -188,11 +188,12 @@ class InvocationFuture(Future[Any]):
     """The future of one invocation, carrying the invocation's id."""
 
     id: str
-    # Set by the platform that runs it: stops it where it runs.
+    # For a generator's call, set by the platform that runs it: stops it where it runs.
     on_stop: Callable[[], None] | None = None
 
-    def stop(self) -> None:
-        """Stop the invocation where it runs, unless it has ended: its caller no longer wants what it makes."""
+    def stop_stream(self) -> None:
+        """A generator's call whose caller closed its stream: stop it where it runs, unless it has ended.
+        Nothing for other calls."""
         if self.on_stop is not None and not self.done():
             self.on_stop()
 

@@ -344,7 +344,8 @@ class Platform:
             future.id, definition, blob, 0, time.time(), time.perf_counter(), sink, 0, trigger=trigger,
             max_output=max_output, secrets=secrets, max_bytes=max_bytes, background=background,
         )  # fmt: skip
-        future.on_stop = invocation.request_stop
+        if on_item is not None:
+            future.on_stop = invocation.request_stop
         invocation.called_by(parent)
         if queue_timeout is not None:
             self._queued.add(future.id, queue_timeout, sink, definition.name)

@@ -93,13 +93,14 @@ class _Buffer:
         return entry
 
     def abandon(self) -> bool:
-        """Drop what waits and whatever comes after; True if the end had not come yet."""
+        """Drop what waits and whatever comes after; True the first time, if the end had not come yet."""
         with self.lock:
             ended = any(entry is _END for entry in self.items)
+            first = not self.abandoned
             self.abandoned = True
             self.items = deque([_END] if ended else [])
             self.lock.notify_all()
-        return not ended
+        return first and not ended
 
 
 class ItemStream(Iterator[Any], AsyncIterator[Any]):
@@ -187,7 +188,7 @@ class ItemStream(Iterator[Any], AsyncIterator[Any]):
     def close(self) -> None:
         """Stop reading: items still to come are dropped, and the function, if it has not ended, is stopped."""
         if self._buffer.abandon() and self._future is not None:
-            self._future.stop()
+            self._future.stop_stream()
 
     def __del__(self) -> None:
         self.close()
