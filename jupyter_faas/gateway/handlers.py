@@ -15,6 +15,7 @@ from typing import Any
 from tornado import web
 
 from jupyter_faas import config as _config
+from jupyter_faas.dispatch.streams import ItemStream
 from jupyter_faas.errors import FunctionKeyError
 from jupyter_faas.gateway import streaming as _streaming
 from jupyter_faas.gateway.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -237,6 +238,8 @@ class _Invoke(_Faas):
     key_methods = ("post",)
     _reserved = 0
     _received = False
+    # A generator's items being answered: closed if the caller goes away, which stops the function.
+    _answering: ItemStream | None = None
 
     @property
     def body_budget(self) -> BodyBudget:
@@ -282,6 +285,9 @@ class _Invoke(_Faas):
         if not self._received:
             self._chunks = []
             self._release()
+        if self._answering is not None:
+            # Also before its first item, when nothing has been written yet that could find the caller gone.
+            self._answering.close()
         super().on_connection_close()
 
     def on_finish(self) -> None:
@@ -329,7 +335,11 @@ class _Invoke(_Faas):
             name, content_type, body, on_submit=self.note_invocation, traceparent=traceparent
         )
         events = _streaming.wants_events(self.request.headers.get("Accept", ""))
-        await _streaming.answer(self, name, stream, events)
+        self._answering = stream
+        try:
+            await _streaming.answer(self, name, stream, events)
+        finally:
+            self._answering = None
 
 
 class _Functions(_Faas):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -48,6 +50,15 @@ CELLS = [
     "        os.replace(progress + '.part', progress)\n"
     "        time.sleep(0.002)\n"
     "        yield i\n",
+    "%%faas --http --timeout 60s\n"
+    "def slow_start(progress: str):\n"
+    "    import itertools, os, time\n"
+    "    for i in itertools.count():\n"
+    "        with open(progress + '.part', 'w') as f:\n"
+    "            f.write(str(i))\n"
+    "        os.replace(progress + '.part', progress)\n"
+    "        time.sleep(0.002)\n"
+    "    yield 'never'\n",
     "%%faas --http\nasync def awaited(x: int) -> int:\n"
     "    import asyncio\n    await asyncio.sleep(0.01)\n    return x + 1\n",
 ]
@@ -154,6 +165,26 @@ def test_a_caller_that_disconnects_mid_stream_stops_the_function(server: Served,
     assert record["duration_ms"] < 20_000  # its timeout is 60 s
     reached = progress.read_text()
     time.sleep(0.5)  # an observation window: 100 of its items' time
+    assert progress.read_text() == reached
+
+
+def test_a_caller_that_disconnects_before_the_first_item_stops_the_function(server: Served, tmp_path: Path) -> None:
+    # Nothing has been written when it leaves, so no failed write can tell: the closed connection must.
+    progress = tmp_path / "progress"
+    body = json.dumps({"progress": str(progress)}).encode()
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as raw:
+        raw.sendall(
+            b"POST /faas/functions/slow_start HTTP/1.1\r\n"
+            + f"Host: {parts.netloc}\r\nAuthorization: {AUTH['Authorization']}\r\n".encode()
+            + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        wait_for(progress.exists, 20, "the function to start")
+    record = wait_for(lambda: invocations_of(server, "slow_start"), 20, "the stopped call's record")[0]
+    assert record["status"] == "error" and record["error"] == "StreamClosed" and record["items"] == 0, record
+    reached = progress.read_text()
+    time.sleep(0.5)  # an observation window: 100 of its steps' time
     assert progress.read_text() == reached
 
 
