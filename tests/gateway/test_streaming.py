@@ -23,6 +23,18 @@ from tests.helpers import (
     write_notebook,
 )
 
+COUNTING = (
+    "%%faas --http --timeout 60s\n"
+    "def {name}(progress: str):\n"
+    "    import itertools, os, time\n"
+    "    for i in itertools.count():\n"
+    "        with open(progress + '.part', 'w') as f:\n"
+    "            f.write(str(i))\n"
+    "        os.replace(progress + '.part', progress)\n"
+    "        time.sleep(0.002)\n"
+    "{each_step}{after}"
+)
+
 CELLS = [
     "%%faas --http\n"
     "def until_released(gate: str):\n"
@@ -41,24 +53,9 @@ CELLS = [
     "        self.greeting = 'hello'\n\n"
     "    def __call__(self, name: str) -> str:\n"
     "        return f'{self.greeting} {name}'\n",
-    "%%faas --http --timeout 60s\n"
-    "def forever(progress: str):\n"
-    "    import itertools, os, time\n"
-    "    for i in itertools.count():\n"
-    "        with open(progress + '.part', 'w') as f:\n"
-    "            f.write(str(i))\n"
-    "        os.replace(progress + '.part', progress)\n"
-    "        time.sleep(0.002)\n"
-    "        yield i\n",
-    "%%faas --http --timeout 60s\n"
-    "def slow_start(progress: str):\n"
-    "    import itertools, os, time\n"
-    "    for i in itertools.count():\n"
-    "        with open(progress + '.part', 'w') as f:\n"
-    "            f.write(str(i))\n"
-    "        os.replace(progress + '.part', progress)\n"
-    "        time.sleep(0.002)\n"
-    "    yield 'never'\n",
+    # Endless, writing how far it got: one yields each step, the other never reaches its first item.
+    COUNTING.format(name="forever", each_step="        yield i\n", after=""),
+    COUNTING.format(name="slow_start", each_step="", after="    yield 'never'\n"),
     "%%faas --http\nasync def awaited(x: int) -> int:\n"
     "    import asyncio\n    await asyncio.sleep(0.01)\n    return x + 1\n",
 ]
