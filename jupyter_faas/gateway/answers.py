@@ -182,8 +182,6 @@ def describe_deployment(
     }
 
 
-# JSON's own numbers only, each one Python can carry: no NaN or Infinity, nothing that overflows a float,
-# no integer longer than Python reads (4300 digits).
 def status_of(error: BaseException) -> FailedStatus:
     """The status an asynchronous invocation that raised `error` ends with."""
     if isinstance(error, FaasTimeout):

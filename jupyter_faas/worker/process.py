@@ -55,13 +55,12 @@ class _ProcStatus:
                     return os.pread(fd, 8192, 0)
             except OSError:
                 pass
-        # Closed or replaced by the call: this read opens the file, and the next one uses the new descriptor.
+        # Closed or replaced by the call: opened again, and read through the new descriptor.
         self._open()
-        try:
-            with open(self._PATH, "rb") as f:
-                return f.read()
-        except OSError:
-            return b""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                return os.pread(self._fd, 8192, 0)
+        return b""
 
 
 class PeakMeter:
